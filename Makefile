@@ -1,0 +1,37 @@
+# DisCEdge - the two commands of the README, and the rest.
+#   make demo    set-up, build, run the 9-turn scenario on a fresh node
+#   make test    set-up, build, the whole suite; then again under ASan+UBSan
+#   make bench   the benchmark of bench/ (writes bench/out/, see bench/RESULTS.md)
+JOBS ?= 2
+
+.PHONY: all setup build build-asan demo test test-plain test-asan bench clean
+
+all: build
+
+setup:
+	scripts/setup.sh
+
+build: setup
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build -j$(JOBS)
+
+build-asan: setup
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDC_SANITIZE=ON >/dev/null
+	cmake --build build-asan -j$(JOBS)
+
+demo: build
+	scripts/demo.sh
+
+test-plain: build
+	ctest --test-dir build --output-on-failure
+
+test-asan: build-asan
+	ctest --test-dir build-asan --output-on-failure
+
+test: test-plain test-asan
+
+bench: build
+	bench/run.sh
+
+clean:
+	rm -rf build build-asan

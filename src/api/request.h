@@ -1,0 +1,26 @@
+/* request.h - /completion request bodies to ctx_request, responses back to JSON.
+ *
+ * Parsing is strict about the types of the fields it knows and ignores the
+ * ones it does not (as llama-server does), so clients that send extra
+ * llama.cpp options still work. */
+#ifndef DC_API_REQUEST_H
+#define DC_API_REQUEST_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "../ctx/ctx.h"
+
+typedef struct {
+    int default_n_predict; /* used when n_predict is absent or negative */
+} api_defaults;
+
+/* Parses body into req. Strings in req point into *root, which the caller
+ * json_decref()s after use (also on error, where *root may be NULL). */
+dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, json_t **root,
+                             dc_error *err);
+
+/* The /completion response: llama.cpp's fields plus the session fields. */
+json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *model);
+
+#endif

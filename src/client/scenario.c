@@ -1,0 +1,171 @@
+/* scenario.c - `discedge scenario FILE --node NAME=URL ...`: runs a scenario
+ * file turn by turn, moving between nodes where it says so, and prints a
+ * per-turn table (and CSV with --csv). The benchmark is built on this. */
+#include "scenario.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+
+typedef struct {
+    char *name;
+    const char *url;
+} node_map;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: discedge scenario FILE.yaml --node NAME=URL [--node NAME=URL ...]\n"
+            "         [--mode tokenized|raw|client-side] [--csv FILE] [--n-predict N]\n"
+            "         [--temperature T] [--seed S] [--user-id ID] [--quiet]\n"
+            "Runs the scenario's turns in order; a `locations` list switches node.\n"
+            "The first --node is the default for scenarios without locations;\n"
+            "--node URL alone names it after its position (node1, node2, ...).\n");
+}
+
+static const char *lookup(node_map *nodes, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(nodes[i].name, name)) return nodes[i].url;
+    return NULL;
+}
+
+/* One line of the reply for the table: newlines flattened, cut at width. */
+static void preview(const char *s, char *out, size_t width) {
+    size_t k = 0;
+    while (*s == ' ' || *s == '\n') s++;
+    for (; *s && k + 1 < width; s++) out[k++] = (*s == '\n' || *s == '\t' || *s == '\r') ? ' ' : *s;
+    out[k] = '\0';
+}
+
+static void csv_field(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+int scenario_main(int argc, char **argv) {
+    static struct option opts[] = {{"node", required_argument, 0, 'n'},      {"mode", required_argument, 0, 'm'},
+                                   {"csv", required_argument, 0, 'c'},       {"n-predict", required_argument, 0, 'p'},
+                                   {"temperature", required_argument, 0, 't'}, {"seed", required_argument, 0, 's'},
+                                   {"user-id", required_argument, 0, 'u'},   {"quiet", no_argument, 0, 'q'},
+                                   {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+    node_map nodes[16];
+    int n_nodes = 0, quiet = 0;
+    const char *mode = "tokenized", *csv_path = NULL, *user = NULL;
+    client_session sess;
+    int n_predict = 0;
+    double temperature = -1;
+    long seed = -1;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'n': {
+            if (n_nodes == 16) {
+                fprintf(stderr, "scenario: at most 16 nodes\n");
+                return 2;
+            }
+            char *eq = strchr(optarg, '=');
+            /* a bare URL ("http://...") has its '=' nowhere before "://" */
+            if (eq && (!strstr(optarg, "://") || eq < strstr(optarg, "://"))) {
+                nodes[n_nodes].name = strndup(optarg, (size_t)(eq - optarg));
+                nodes[n_nodes].url = eq + 1;
+            } else {
+                char name[16];
+                snprintf(name, sizeof name, "node%d", n_nodes + 1);
+                nodes[n_nodes].name = strdup(name);
+                nodes[n_nodes].url = optarg;
+            }
+            n_nodes++;
+            break;
+        }
+        case 'm': mode = optarg; break;
+        case 'c': csv_path = optarg; break;
+        case 'p': n_predict = atoi(optarg); break;
+        case 't': temperature = atof(optarg); break;
+        case 's': seed = atol(optarg); break;
+        case 'u': user = optarg; break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc - 1 || n_nodes == 0) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(mode, "tokenized") && strcmp(mode, "raw") && strcmp(mode, "client-side")) {
+        fprintf(stderr, "scenario: unknown mode %s\n", mode);
+        return 2;
+    }
+    scenario sc;
+    char err[256];
+    if (scenario_load(argv[optind], &sc, err, sizeof err) != 0) {
+        fprintf(stderr, "scenario: %s\n", err);
+        return 2;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < sc.n_turns; i++)
+        if (sc.turns[i].node && !lookup(nodes, n_nodes, sc.turns[i].node)) {
+            fprintf(stderr, "scenario: turn %zu runs on node %s; map it with --node %s=URL\n", i + 1, sc.turns[i].node,
+                    sc.turns[i].node);
+            rc = 2;
+        }
+    FILE *csv = NULL;
+    if (!rc && csv_path && !(csv = fopen(csv_path, "w"))) {
+        fprintf(stderr, "scenario: cannot write %s\n", csv_path);
+        rc = 2;
+    }
+    if (rc) goto out;
+    if (csv)
+        fprintf(csv, "turn,node,mode,status,latency_ms,request_bytes,context_tokens,tokens_predicted,tokenize_ms,"
+                     "prompt_ms,predicted_ms,store_ms,reply\n");
+
+    client_session_init(&sess, mode, user ? user : sc.user_id);
+    sess.n_predict = n_predict;
+    sess.temperature = temperature;
+    sess.seed = seed;
+    if (!quiet) {
+        printf("%s (%s mode, %zu turns)\n", sc.name, mode, sc.n_turns);
+        printf("%4s  %-10s %6s %10s %9s %8s  %s\n", "turn", "node", "status", "latency_ms", "req_bytes", "ctx_tok",
+               "reply");
+    }
+    for (size_t i = 0; i < sc.n_turns; i++) {
+        const char *name = sc.turns[i].node ? sc.turns[i].node : nodes[0].name;
+        const char *url = lookup(nodes, n_nodes, name);
+        client_turn t;
+        int ok = client_session_send(&sess, url, sc.turns[i].message, &t) == 0;
+        char pv[61];
+        preview(ok ? t.content.s : (t.http.status ? t.http.body.s : t.http.error), pv, sizeof pv);
+        if (!quiet)
+            printf("%4zu  %-10s %6ld %10.1f %9ld %8d  %s\n", i + 1, name, t.http.status, t.http.ms,
+                   t.http.request_bytes, t.context_tokens, pv);
+        if (csv) {
+            fprintf(csv, "%zu,%s,%s,%ld,%.3f,%ld,%d,%d,%.3f,%.3f,%.3f,%.3f,", i + 1, name, mode, t.http.status,
+                    t.http.ms, t.http.request_bytes, t.context_tokens, t.tokens_predicted, t.tokenize_ms, t.prompt_ms,
+                    t.predicted_ms, t.store_ms);
+            csv_field(csv, ok ? t.content.s : t.http.body.s ? t.http.body.s : t.http.error);
+            fputc('\n', csv);
+        }
+        fflush(stdout);
+        client_turn_free(&t);
+        if (!ok) {
+            fprintf(stderr, "scenario: turn %zu failed on %s\n", i + 1, name);
+            rc = 1;
+            break;
+        }
+    }
+    if (!quiet && !rc) printf("session %s, user %s: %u turns\n", sess.session_id[0] ? sess.session_id : "-",
+                              sess.user_id, sess.turn);
+    client_session_free(&sess);
+out:
+    if (csv) fclose(csv);
+    scenario_free(&sc);
+    for (int i = 0; i < n_nodes; i++) free(nodes[i].name);
+    return rc;
+}

@@ -1,0 +1,335 @@
+/* ctx.c - the context manager; see ctx.h.
+ *
+ * Tokenized mode (the product): a turn renders only the new user message
+ * with the chat template (ending with the assistant prefix) and tokenizes it.
+ * The model input is the stored tokens plus those. The turn then commits as
+ * [user tokens][generated ids][end-of-turn tokens]: the reply is never
+ * re-tokenized, so the next turn feeds the model exactly what it produced.
+ *
+ * Raw mode (the paper's baseline): the history is stored as text; every turn
+ * re-renders the whole conversation and tokenizes all of it.
+ *
+ * Client-side mode: the prompt is the client's own formatted history (parsed
+ * with special tokens, since the client wrote the markup); nothing is stored.
+ *
+ * The commit is synchronous: the response goes out after the store has the
+ * turn on disk, so "200" means "committed" and the next request of the
+ * session, on any thread, sees it. On the embedded store this costs one
+ * fsync (store_commit_ms in the timings). */
+#include "ctx.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../util/clock.h"
+#include "../util/keylock.h"
+#include "../util/log.h"
+#include "turn.h"
+
+struct ctx {
+    ctx_params p;
+    llm *m;
+    store *s;
+    keylock *locks;
+};
+
+ctx_params ctx_default_params(void) {
+    return (ctx_params){.node_id = "node", .stale_retries = 3, .stale_retry_ms = 10};
+}
+
+ctx *ctx_new(const ctx_params *p, llm *m, store *s) {
+    ctx *c = dc_xrealloc(NULL, sizeof *c);
+    c->p = *p;
+    c->m = m;
+    c->s = s;
+    c->locks = keylock_new();
+    return c;
+}
+
+void ctx_free(ctx *c) {
+    if (!c) return;
+    keylock_free(c->locks);
+    free(c);
+}
+
+const char *ctx_mode_name(session_mode m) {
+    switch (m) {
+    case MODE_TOKENIZED: return "tokenized";
+    case MODE_RAW: return "raw";
+    case MODE_CLIENT_SIDE: return "client-side";
+    }
+    return "unknown";
+}
+
+session_mode ctx_mode_parse(const char *s) {
+    if (!strcmp(s, "tokenized")) return MODE_TOKENIZED;
+    if (!strcmp(s, "raw")) return MODE_RAW;
+    if (!strcmp(s, "client-side")) return MODE_CLIENT_SIDE;
+    return 0;
+}
+
+void ctx_reply_free(ctx_reply *rep) { strbuf_free(&rep->content); }
+
+static dc_code store_fail(dc_error *err, store_status st) {
+    return dc_fail(err, DC_E_STORE, "store: %s (%s)", store_status_str(st), store_last_error());
+}
+
+/* Generation and its bookkeeping, shared by all three modes. */
+static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tokvec *out, ctx_reply *rep,
+                        dc_error *err) {
+    char why[160];
+    rep->context_tokens = (int)input->n;
+    if (llm_generate(c->m, input->v, input->n, &req->gen, out, &rep->llm, why, sizeof why) != 0)
+        return dc_fail(err, DC_E_INTERNAL, "generation failed: %s", why);
+    llm_detokenize(c->m, out->v, out->n, &rep->content);
+    return DC_OK;
+}
+
+/* Tokens a stored turn contributes to the input, system message excluded. */
+static size_t turn_body_tokens(const turn_rec *t) {
+    return t->tok[SEG_USER].n + t->tok[SEG_REPLY].n + t->tok[SEG_END].n;
+}
+
+static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *turns, uint32_t n_turns,
+                               turn_rec *rec, tokvec *input, ctx_reply *rep, dc_error *err) {
+    double t0 = clock_mono_ms();
+    if (n_turns == 0 && req->system) {
+        llm_msg sys = {"system", req->system};
+        if (llm_chat_render(c->m, &sys, 1, false, &rec->tok[SEG_SYSTEM]) != 0)
+            return dc_fail(err, DC_E_INVALID, "the model's chat template cannot render a system message");
+    }
+    llm_msg user = {"user", req->prompt};
+    if (llm_chat_render(c->m, &user, 1, true, &rec->tok[SEG_USER]) != 0)
+        return dc_fail(err, DC_E_INTERNAL, "cannot render the message with the chat template");
+    rep->tokenize_ms = clock_mono_ms() - t0;
+
+    const tokvec *sys = n_turns ? &turns[0].tok[SEG_SYSTEM] : &rec->tok[SEG_SYSTEM];
+    size_t budget = (size_t)llm_n_ctx(c->m), fixed = sys->n + rec->tok[SEG_USER].n + (size_t)req->gen.n_predict;
+    if (fixed > budget)
+        return dc_fail(err, DC_E_CTX_LENGTH,
+                       "the message (%zu tokens) plus n_predict (%d) does not fit the context window (%zu tokens)",
+                       fixed - (size_t)req->gen.n_predict, req->gen.n_predict, budget);
+    size_t history = 0;
+    for (uint32_t i = 0; i < n_turns; i++) history += turn_body_tokens(&turns[i]);
+    uint32_t first = 0; /* drop the oldest whole turns until the rest fits */
+    while (fixed + history > budget) history -= turn_body_tokens(&turns[first++]);
+    rep->truncated_turns = (int)first;
+
+    tokvec_reserve(input, fixed + history);
+    tokvec_append(input, sys->v, sys->n);
+    for (uint32_t i = first; i < n_turns; i++)
+        for (int s = SEG_USER; s <= SEG_END; s++) tokvec_append(input, turns[i].tok[s].v, turns[i].tok[s].n);
+    tokvec_append(input, rec->tok[SEG_USER].v, rec->tok[SEG_USER].n);
+    return DC_OK;
+}
+
+/* Raw mode re-renders the kept conversation from text on every turn; when it
+ * does not fit, the oldest turn goes and it renders again. */
+static dc_code build_raw(ctx *c, const ctx_request *req, const turn_rec *turns, uint32_t n_turns, turn_rec *rec,
+                         tokvec *input, ctx_reply *rep, dc_error *err) {
+    const char *system = n_turns ? (turns[0].text[SEG_SYSTEM].n ? turns[0].text[SEG_SYSTEM].s : NULL) : req->system;
+    if (!n_turns && system) strbuf_puts(&rec->text[SEG_SYSTEM], system);
+    strbuf_puts(&rec->text[SEG_USER], req->prompt);
+    llm_msg *msgs = dc_xrealloc(NULL, (2 * (size_t)n_turns + 2) * sizeof *msgs);
+    size_t budget = (size_t)llm_n_ctx(c->m);
+    double t0 = clock_mono_ms();
+    dc_code rc = DC_OK;
+    for (uint32_t first = 0;; first++) {
+        size_t n = 0;
+        if (system) msgs[n++] = (llm_msg){"system", system};
+        for (uint32_t i = first; i < n_turns; i++) {
+            msgs[n++] = (llm_msg){"user", turns[i].text[SEG_USER].s ? turns[i].text[SEG_USER].s : ""};
+            msgs[n++] = (llm_msg){"assistant", turns[i].text[SEG_REPLY].s ? turns[i].text[SEG_REPLY].s : ""};
+        }
+        msgs[n++] = (llm_msg){"user", req->prompt};
+        tokvec_clear(input);
+        if (llm_chat_render(c->m, msgs, n, true, input) != 0) {
+            rc = dc_fail(err, DC_E_INVALID, "the model's chat template cannot render this conversation");
+            break;
+        }
+        if (input->n + (size_t)req->gen.n_predict <= budget) {
+            rep->truncated_turns = (int)first;
+            break;
+        }
+        if (first == n_turns) {
+            rc = dc_fail(err, DC_E_CTX_LENGTH,
+                         "the message (%zu tokens) plus n_predict (%d) does not fit the context window (%zu tokens)",
+                         input->n, req->gen.n_predict, budget);
+            break;
+        }
+    }
+    rep->tokenize_ms = clock_mono_ms() - t0;
+    free(msgs);
+    return rc;
+}
+
+static dc_code complete_client_side(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *err) {
+    tokvec input = {0}, out = {0};
+    double t0 = clock_mono_ms();
+    dc_code rc = DC_OK;
+    if (llm_tokenize(c->m, req->prompt, strlen(req->prompt), true, &input) != 0)
+        rc = dc_fail(err, DC_E_INVALID, "the prompt cannot be tokenized");
+    rep->tokenize_ms = clock_mono_ms() - t0;
+    if (!rc && input.n == 0) rc = dc_fail(err, DC_E_INVALID, "prompt is empty");
+    if (!rc && input.n + (size_t)req->gen.n_predict > (size_t)llm_n_ctx(c->m))
+        rc = dc_fail(err, DC_E_CTX_LENGTH, "the prompt (%zu tokens) plus n_predict (%d) does not fit the context window (%d tokens)",
+                     input.n, req->gen.n_predict, llm_n_ctx(c->m));
+    if (!rc) rc = generate(c, &input, req, &out, rep, err);
+    rep->turn = req->turn;
+    tokvec_free(&input);
+    tokvec_free(&out);
+    return rc;
+}
+
+/* Reads the session, re-reading while the stored turn is behind the client. */
+static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uint32_t turn, session_meta *meta,
+                            turn_rec **turns, bool *exists, ctx_reply *rep, dc_error *err) {
+    for (int attempt = 0;; attempt++) {
+        double t0 = clock_mono_ms();
+        store_status st = store_session_load(c->s, sid, meta, turns);
+        rep->store_read_ms += clock_mono_ms() - t0;
+        if (st != STORE_OK && st != STORE_NOT_FOUND) return store_fail(err, st);
+        *exists = st == STORE_OK;
+        if (*exists && strcmp(meta->user_id, rep->user_id) != 0) {
+            store_turns_free(*turns, meta->turn);
+            *turns = NULL;
+            return dc_fail(err, DC_E_FORBIDDEN, "session %s belongs to another user", sid);
+        }
+        uint32_t stored = *exists ? meta->turn : 0;
+        switch (turn_decide(*exists, stored, turn, attempt >= c->p.stale_retries)) {
+        case TURN_PROCEED:
+            if (*exists && meta->mode != req->mode)
+                return dc_fail(err, DC_E_MODE_MISMATCH, "session %s is in %s mode, not %s", sid,
+                               ctx_mode_name(meta->mode), ctx_mode_name(req->mode));
+            if (*exists && meta->fingerprint != llm_fingerprint(c->m))
+                return dc_fail(err, DC_E_INCOMPATIBLE,
+                               "session %s was stored for another tokenizer or chat template (model %s)", sid,
+                               meta->model);
+            return DC_OK;
+        case TURN_CONFLICT:
+            err->expected_turn = stored + 1;
+            return dc_fail(err, DC_E_CONFLICT, "turn %u of session %s is already committed; expected turn %u",
+                           turn, sid, stored + 1);
+        case TURN_STALE:
+            return dc_fail(err, DC_E_STALE, "stored context is at turn %u, request is turn %u; still behind after %d re-reads",
+                           stored, turn, attempt);
+        case TURN_NOT_FOUND:
+            return dc_fail(err, DC_E_NOT_FOUND, "no session %s (turn %u requested)", sid, turn);
+        case TURN_WAIT:
+            if (*exists) store_turns_free(*turns, meta->turn);
+            *turns = NULL;
+            rep->retries++;
+            clock_sleep_ms(c->p.stale_retry_ms);
+            break;
+        }
+    }
+}
+
+dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *err) {
+    memset(rep, 0, sizeof *rep);
+    rep->mode = req->mode;
+    if (!req->prompt) return dc_fail(err, DC_E_INVALID, "prompt is required");
+    if (req->gen.n_predict < 1) return dc_fail(err, DC_E_INVALID, "n_predict must be >= 1");
+    if (req->user_id) {
+        if (!id_is_valid(req->user_id)) return dc_fail(err, DC_E_INVALID, "user_id must be 1-64 characters of [A-Za-z0-9._-]");
+        strcpy(rep->user_id, req->user_id);
+    } else if (id_random_hex(rep->user_id) != 0) {
+        return dc_fail(err, DC_E_INTERNAL, "no randomness for a user id");
+    }
+    if (req->mode == MODE_CLIENT_SIDE) return complete_client_side(c, req, rep, err);
+
+    uint32_t turn = req->turn ? req->turn : 1;
+    if (req->session_id) {
+        if (!id_is_valid(req->session_id))
+            return dc_fail(err, DC_E_INVALID, "session_id must be 1-64 characters of [A-Za-z0-9._-]");
+        if (!req->turn) return dc_fail(err, DC_E_INVALID, "turn is required with session_id");
+        strcpy(rep->session_id, req->session_id);
+    } else {
+        if (turn != 1) return dc_fail(err, DC_E_INVALID, "turn %u needs the session_id of turn 1", turn);
+        if (id_random_hex(rep->session_id) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
+    }
+    rep->turn = turn;
+
+    keylock_entry *lock = keylock_acquire(c->locks, rep->session_id);
+    session_meta meta = {0};
+    turn_rec *turns = NULL, rec = {0};
+    tokvec input = {0};
+    bool exists = false;
+    dc_code rc = load_current(c, rep->session_id, req, turn, &meta, &turns, &exists, rep, err);
+    uint32_t n_turns = exists ? meta.turn : 0;
+    if (!rc && exists && req->system) rc = dc_fail(err, DC_E_INVALID, "system is accepted on turn 1 only");
+    if (!rc)
+        rc = req->mode == MODE_TOKENIZED ? build_tokenized(c, req, turns, n_turns, &rec, &input, rep, err)
+                                         : build_raw(c, req, turns, n_turns, &rec, &input, rep, err);
+    if (!rc) rc = generate(c, &input, req, &rec.tok[SEG_REPLY], rep, err);
+    if (!rc) {
+        rec.turn = turn;
+        rec.fingerprint = llm_fingerprint(c->m);
+        if (req->mode == MODE_TOKENIZED) {
+            rec.kind = TURN_TOKENS;
+            const tokvec *end = llm_turn_end(c->m);
+            tokvec_append(&rec.tok[SEG_END], end->v, end->n);
+        } else {
+            rec.kind = TURN_TEXT;
+            strbuf_append(&rec.text[SEG_REPLY], rep->content.s ? rep->content.s : "", rep->content.n);
+        }
+        int64_t now = clock_wall_ms();
+        if (!exists) {
+            meta = (session_meta){.mode = (uint8_t)req->mode, .created_ms = now, .fingerprint = rec.fingerprint};
+            strcpy(meta.user_id, rep->user_id);
+            snprintf(meta.model, sizeof meta.model, "%s", llm_model_name(c->m));
+        }
+        meta.turn = turn;
+        meta.last_ms = now;
+        /* the conversation's length in tokens, as the model would see it whole */
+        if (req->mode == MODE_TOKENIZED) meta.n_tokens += (uint32_t)turn_rec_tokens(&rec);
+        else meta.n_tokens = (uint32_t)(input.n + rec.tok[SEG_REPLY].n + llm_turn_end(c->m)->n);
+        double t0 = clock_mono_ms();
+        store_status st = store_turn_commit(c->s, rep->session_id, &meta, &rec);
+        rep->store_commit_ms = clock_mono_ms() - t0;
+        if (st == STORE_CONFLICT) {
+            /* another writer sharing the store got there first */
+            err->expected_turn = turn + 1;
+            rc = dc_fail(err, DC_E_CONFLICT, "turn %u of session %s was committed by another request", turn,
+                         rep->session_id);
+        } else if (st != STORE_OK) {
+            rc = store_fail(err, st);
+        }
+    }
+    keylock_release(c->locks, lock);
+    if (rc) strbuf_clear(&rep->content);
+    tokvec_free(&input);
+    turn_rec_free(&rec);
+    store_turns_free(turns, n_turns);
+    return rc;
+}
+
+static dc_code owned_meta(ctx *c, const char *sid, const char *user_id, session_meta *out, dc_error *err) {
+    if (!id_is_valid(sid)) return dc_fail(err, DC_E_INVALID, "session id must be 1-64 characters of [A-Za-z0-9._-]");
+    if (!user_id) return dc_fail(err, DC_E_INVALID, "user_id is required (query parameter)");
+    store_status st = store_meta_get(c->s, sid, out);
+    if (st == STORE_NOT_FOUND) return dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
+    if (st != STORE_OK) return store_fail(err, st);
+    if (strcmp(out->user_id, user_id) != 0) return dc_fail(err, DC_E_FORBIDDEN, "session %s belongs to another user", sid);
+    return DC_OK;
+}
+
+dc_code ctx_session_get(ctx *c, const char *sid, const char *user_id, session_meta *out, dc_error *err) {
+    return owned_meta(c, sid, user_id, out, err);
+}
+
+dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_error *err) {
+    session_meta m;
+    if (!id_is_valid(sid)) return dc_fail(err, DC_E_INVALID, "session id must be 1-64 characters of [A-Za-z0-9._-]");
+    /* under the session lock, so a delete never interleaves with a commit */
+    keylock_entry *lock = keylock_acquire(c->locks, sid);
+    dc_code rc = owned_meta(c, sid, user_id, &m, err);
+    if (!rc) {
+        store_status st = store_session_delete(c->s, sid);
+        if (st == STORE_NOT_FOUND) rc = dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
+        else if (st != STORE_OK) rc = store_fail(err, st);
+    }
+    keylock_release(c->locks, lock);
+    return rc;
+}

@@ -1,0 +1,64 @@
+/* ctx.h - the context manager: sessions, the turn protocol, the three modes.
+ *
+ * One request, one call: ctx_complete takes the new user message of a turn,
+ * checks the client's turn counter against the store, builds the model input
+ * in token space, generates, and commits the turn. It depends on the llm.h and
+ * store.h contracts only; it never sees HTTP. */
+#ifndef DC_CTX_H
+#define DC_CTX_H
+
+#include <stdint.h>
+
+#include "../llm/llm.h"
+#include "../store/store.h"
+#include "../util/error.h"
+
+typedef struct ctx ctx;
+
+typedef struct {
+    const char *node_id;
+    int stale_retries;    /* re-reads when the stored turn is behind (paper: 3) */
+    int stale_retry_ms;   /* pause between re-reads (paper: 10 ms) */
+} ctx_params;
+
+ctx_params ctx_default_params(void);
+
+/* Borrows m and s; both must outlive the ctx. */
+ctx *ctx_new(const ctx_params *p, llm *m, store *s);
+void ctx_free(ctx *c);
+
+typedef struct {
+    session_mode mode;
+    const char *prompt;     /* tokenized/raw: the new user message; client-side: the formatted history */
+    const char *system;     /* optional system message, first turn only */
+    const char *session_id; /* NULL: a new session is created */
+    const char *user_id;    /* NULL: one is assigned */
+    uint32_t turn;          /* 0: not given (allowed only for a new session) */
+    llm_gen_params gen;
+} ctx_request;
+
+typedef struct {
+    char session_id[ID_MAX + 1]; /* empty in client-side mode */
+    char user_id[ID_MAX + 1];
+    session_mode mode;
+    uint32_t turn;
+    strbuf content;
+    int context_tokens;      /* tokens fed to the model */
+    int truncated_turns;     /* oldest turns left out to fit the context window */
+    int retries;             /* store re-reads while the replica was behind */
+    llm_timings llm;
+    double tokenize_ms, store_read_ms, store_commit_ms;
+} ctx_reply;
+
+dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *err);
+void ctx_reply_free(ctx_reply *rep);
+
+/* Session metadata, for its owner only (user_id must match: else 403). */
+dc_code ctx_session_get(ctx *c, const char *sid, const char *user_id, session_meta *out, dc_error *err);
+dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_error *err);
+
+const char *ctx_mode_name(session_mode m);
+/* Parses "tokenized", "raw", "client-side"; returns 0 if unknown. */
+session_mode ctx_mode_parse(const char *s);
+
+#endif

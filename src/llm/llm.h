@@ -1,0 +1,100 @@
+/* llm.h - the LLM service as the context manager sees it.
+ *
+ * Everything here is in token space: the context manager renders and
+ * tokenizes a user message once, keeps token ids, and hands whole token
+ * sequences to llm_generate. The implementation (local.c) links llama.cpp
+ * in-process; a remote llama-server implementation will keep this contract.
+ *
+ * Threading: llm_tokenize, llm_chat_render and llm_detokenize may be called
+ * from any thread at any time. llm_generate runs one sequence at a time on the
+ * model's single context; concurrent callers queue on an internal lock. */
+#ifndef DC_LLM_H
+#define DC_LLM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../util/vec.h"
+
+typedef struct llm llm;
+
+typedef struct {
+    const char *model_path;
+    const char *backend_dir; /* where libggml-cpu-*.so live; NULL = built-in default */
+    int n_ctx;               /* context window in tokens; 0 = the model's training size, capped at 8192 */
+    int n_threads;           /* 0 = physical cores */
+    bool progress;           /* print loading progress (when stderr is a terminal) */
+} llm_params;
+
+llm_params llm_default_params(void);
+
+/* Loads the model and creates its context. NULL on failure, reason in err. */
+llm *llm_load(const llm_params *p, char *err, size_t errlen);
+void llm_free(llm *m);
+
+/* Model facts. */
+const char *llm_model_name(const llm *m);   /* general.name, or the file name */
+int llm_n_ctx(const llm *m);
+int llm_n_threads(const llm *m);
+/* 64-bit FNV-1a over the vocabulary (every token's text and attributes) and the
+ * chat template: two nodes agree on it exactly when stored token ids mean the
+ * same thing to both. */
+uint64_t llm_fingerprint(const llm *m);
+
+/* Tokenizes text. parse_special=false keeps "<|im_end|>" in user text as plain
+ * text; true turns it into the control token. No BOS is added. Returns 0, or
+ * -1 if the text cannot be tokenized. */
+int llm_tokenize(const llm *m, const char *text, size_t len, bool parse_special, tokvec *out);
+
+/* A chat message for rendering. role is "system", "user" or "assistant". */
+typedef struct {
+    const char *role;
+    const char *content;
+} llm_msg;
+
+/* Renders messages with the model's own chat template and appends their
+ * tokens to out. The template's markup is tokenized with special tokens
+ * parsed; message contents never are, so a message cannot forge markup. With
+ * add_assistant the assistant prefix (e.g. "<|im_start|>assistant\n") ends the
+ * output. Rendering messages one at a time and concatenating gives the same
+ * tokens as rendering them together (the context manager relies on it; a test
+ * checks it). Returns 0, or -1 if the template fails. */
+int llm_chat_render(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *out);
+
+/* The tokens the template puts after an assistant reply (e.g. "<|im_end|>\n").
+ * A committed turn stores the generated ids followed by these. */
+const tokvec *llm_turn_end(const llm *m);
+
+/* Appends the text of toks to out (special tokens are not rendered). */
+void llm_detokenize(const llm *m, const int32_t *toks, size_t n, strbuf *out);
+
+typedef struct {
+    int n_predict;       /* cap on generated tokens; must be >= 1 */
+    float temperature;   /* <= 0: greedy */
+    float top_p;         /* 0 < top_p <= 1 */
+    int top_k;           /* <= 0: off */
+    uint32_t seed;       /* for sampling when temperature > 0 */
+} llm_gen_params;
+
+llm_gen_params llm_default_gen_params(void);
+
+typedef struct {
+    int prompt_n;        /* tokens prefilled */
+    double prompt_ms;
+    int predicted_n;     /* tokens generated (end-of-generation token not counted) */
+    double predicted_ms;
+    bool stopped_eog;    /* stopped at an end-of-generation token */
+    bool stopped_limit;  /* stopped at n_predict or the context end */
+} llm_timings;
+
+/* Generates a reply to the token sequence input, appending the generated ids
+ * (without the end-of-generation token) to out. Returns 0, or -1 with a
+ * reason in err (e.g. the input does not fit the context). */
+int llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
+                 llm_timings *t, char *err, size_t errlen);
+
+/* Physical cores of this machine (for the default thread count). */
+int llm_physical_cores(void);
+
+#endif

@@ -1,0 +1,162 @@
+/* serve.c - `discedge serve`: one edge node. Loads the model, opens the
+ * store, starts the HTTP API, then waits for SIGINT/SIGTERM, sweeping
+ * expired sessions once a minute meanwhile. */
+#include "serve.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/server.h"
+#include "ctx/ctx.h"
+#include "llm/llm.h"
+#include "store/store.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: discedge serve --model PATH [options]\n"
+            "\n"
+            "Runs one DisCEdge edge node: an HTTP API (POST /completion, GET|DELETE\n"
+            "/v1/sessions/{id}, GET /health) that keeps each session's context as\n"
+            "tokens in the embedded store.\n"
+            "\n"
+            "  --model PATH          GGUF model to serve (required)\n"
+            "  --host ADDR           IPv4 address to listen on (default 127.0.0.1)\n"
+            "  --port N              TCP port (default 8080; 0 picks a free one and prints it)\n"
+            "  --node-id NAME        this node's name in responses (default: hostname)\n"
+            "  --data-dir DIR        embedded store folder (default ./data)\n"
+            "  --session-ttl SECS    drop sessions idle this long (default 86400)\n"
+            "  --ctx-size N          context window in tokens (default: model's, at most 4096)\n"
+            "  --threads N           inference threads (default: physical cores)\n"
+            "  --n-predict N         default reply length cap (default 128)\n"
+            "  --stale-retries N     re-reads when the stored turn is behind (default 3)\n"
+            "  --stale-retry-ms MS   pause between re-reads (default 10)\n"
+            "  --max-body BYTES      request body limit (default 1048576)\n"
+            "  --backend-dir DIR     folder with libggml-cpu-*.so (default: the build's)\n"
+            "  --log-level LEVEL     debug|info|warn|error (default info)\n");
+}
+
+int serve_main(int argc, char **argv) {
+    enum { O_TTL = 256, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG };
+    static struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                   {"host", required_argument, 0, 'H'},
+                                   {"port", required_argument, 0, 'p'},
+                                   {"node-id", required_argument, 0, 'n'},
+                                   {"data-dir", required_argument, 0, 'd'},
+                                   {"ctx-size", required_argument, 0, 'c'},
+                                   {"threads", required_argument, 0, 't'},
+                                   {"session-ttl", required_argument, 0, O_TTL},
+                                   {"n-predict", required_argument, 0, O_NPRED},
+                                   {"stale-retries", required_argument, 0, O_RETRIES},
+                                   {"stale-retry-ms", required_argument, 0, O_RETRY_MS},
+                                   {"max-body", required_argument, 0, O_MAXBODY},
+                                   {"backend-dir", required_argument, 0, O_BACKEND},
+                                   {"log-level", required_argument, 0, O_LOG},
+                                   {"help", no_argument, 0, 'h'},
+                                   {0, 0, 0, 0}};
+    llm_params lp = llm_default_params();
+    store_params sp = store_default_params();
+    ctx_params cp = ctx_default_params();
+    api_params ap = api_default_params();
+    char host[64] = "node";
+    gethostname(host, sizeof host - 1);
+    cp.node_id = ap.node_id = host;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': lp.model_path = optarg; break;
+        case 'H': ap.host = optarg; break;
+        case 'p': ap.port = atoi(optarg); break;
+        case 'n': cp.node_id = ap.node_id = optarg; break;
+        case 'd': sp.data_dir = optarg; break;
+        case 'c': lp.n_ctx = atoi(optarg); break;
+        case 't': lp.n_threads = atoi(optarg); break;
+        case O_TTL: sp.ttl_ms = atoll(optarg) * 1000; break;
+        case O_NPRED: ap.default_n_predict = atoi(optarg); break;
+        case O_RETRIES: cp.stale_retries = atoi(optarg); break;
+        case O_RETRY_MS: cp.stale_retry_ms = atoi(optarg); break;
+        case O_MAXBODY: ap.max_body = (size_t)atoll(optarg); break;
+        case O_BACKEND: lp.backend_dir = optarg; break;
+        case O_LOG:
+            if (!strcmp(optarg, "debug")) log_set_level(LOG_DEBUG);
+            else if (!strcmp(optarg, "info")) log_set_level(LOG_INFO);
+            else if (!strcmp(optarg, "warn")) log_set_level(LOG_WARN);
+            else if (!strcmp(optarg, "error")) log_set_level(LOG_ERROR);
+            else {
+                fprintf(stderr, "serve: unknown --log-level %s\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc || !lp.model_path) {
+        usage(stderr);
+        return 2;
+    }
+    if (ap.port < 0 || ap.port > 65535 || lp.n_ctx < 0 || lp.n_threads < 0 || ap.default_n_predict < 1 ||
+        cp.stale_retries < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1) {
+        fprintf(stderr, "serve: a numeric option is out of range (see --help)\n");
+        return 2;
+    }
+
+    /* Block the stop signals before any thread starts, so they all inherit
+     * the mask and the signals reach only sigtimedwait below. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[256];
+    int rc = 1;
+    store *s = NULL;
+    ctx *cx = NULL;
+    api_server *srv = NULL;
+    llm *m = llm_load(&lp, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "serve: %s\n", err);
+        return 1;
+    }
+    if (!(s = store_open(&sp, err, sizeof err))) {
+        fprintf(stderr, "serve: %s\n", err);
+        goto out;
+    }
+    long expired = store_expire(s, clock_wall_ms());
+    cx = ctx_new(&cp, m, s);
+    if (!(srv = api_server_start(&ap, cx, m, err, sizeof err))) {
+        fprintf(stderr, "serve: %s\n", err);
+        goto out;
+    }
+    /* Tests and scripts read this line to find the port. */
+    printf("discedge: node %s listening on http://%s:%d (model %s, ctx %d, threads %d, store %s)\n", ap.node_id,
+           ap.host, api_server_port(srv), llm_model_name(m), llm_n_ctx(m), llm_n_threads(m), sp.data_dir);
+    fflush(stdout);
+    if (expired > 0) log_info("removed %ld expired sessions", expired);
+
+    struct timespec sweep = {60, 0};
+    for (;;) {
+        int sig = sigtimedwait(&stop, NULL, &sweep);
+        if (sig == SIGINT || sig == SIGTERM) break;
+        long n = store_expire(s, clock_wall_ms());
+        if (n > 0) log_info("removed %ld expired sessions", n);
+        else if (n < 0) log_warn("session expiry sweep failed: %s", store_last_error());
+    }
+    log_info("stopping");
+    rc = 0;
+out:
+    api_server_stop(srv);
+    ctx_free(cx);
+    store_close(s);
+    llm_free(m);
+    return rc;
+}

@@ -1,0 +1,299 @@
+/* embedded.c - the embedded store: LMDB in --data-dir.
+ *
+ * Why LMDB: a crash-safe B+tree in one file with ACID transactions and no
+ * server. Its single-writer transactions make the store's compare-and-set
+ * trivially correct: the check of the stored turn and the append happen in
+ * one write transaction, and LMDB serializes write transactions across
+ * threads and processes. Each commit is synced to disk before it returns, so
+ * a node that answered 200 has the turn even if it crashes right after.
+ *
+ * Layout, two named databases:
+ *   "meta"   key: session id                    value: meta record (codec)
+ *   "turns"  key: session id, NUL, u32 BE turn  value: turn record (codec)
+ * The big-endian turn keeps a session's turns adjacent and in order, so a
+ * session loads with one cursor walk. */
+#include "store.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../util/clock.h"
+
+struct store {
+    MDB_env *env;
+    MDB_dbi meta, turns;
+    int64_t ttl_ms;
+};
+
+static _Thread_local char last_error[256];
+
+static store_status fail(store_status st, const char *what, int rc) {
+    snprintf(last_error, sizeof last_error, "%s: %s", what, rc ? mdb_strerror(rc) : "bad record");
+    return st;
+}
+
+const char *store_last_error(void) { return last_error; }
+
+store_params store_default_params(void) {
+    return (store_params){
+        .data_dir = "data",
+        .ttl_ms = 24LL * 3600 * 1000,
+        .map_size = (size_t)4 << 30, /* address space only; the file grows as used */
+    };
+}
+
+store *store_open(const store_params *p, char *err, size_t errlen) {
+    if (mkdir(p->data_dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create data dir %s: %s", p->data_dir, strerror(errno));
+        return NULL;
+    }
+    store *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->ttl_ms = p->ttl_ms;
+    MDB_txn *txn = NULL;
+    int rc = mdb_env_create(&s->env);
+    if (!rc) rc = mdb_env_set_maxdbs(s->env, 4);
+    if (!rc) rc = mdb_env_set_mapsize(s->env, p->map_size);
+    /* MDB_NOTLS: read transactions are not tied to a thread slot, so the many
+     * short-lived connection threads of the HTTP server cannot exhaust the
+     * reader table. */
+    if (!rc) rc = mdb_env_open(s->env, p->data_dir, MDB_NOTLS, 0600);
+    if (!rc) rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (!rc) rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta);
+    if (!rc) rc = mdb_dbi_open(txn, "turns", MDB_CREATE, &s->turns);
+    if (!rc) {
+        rc = mdb_txn_commit(txn);
+        txn = NULL;
+    }
+    if (rc) {
+        snprintf(err, errlen, "cannot open store in %s: %s", p->data_dir, mdb_strerror(rc));
+        if (txn) mdb_txn_abort(txn);
+        mdb_env_close(s->env);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void store_close(store *s) {
+    if (!s) return;
+    mdb_env_close(s->env);
+    free(s);
+}
+
+static MDB_val key_of(const char *sid) { return (MDB_val){strlen(sid), (void *)sid}; }
+
+/* turns key: sid NUL turn(BE) */
+static MDB_val turn_key(char buf[ID_MAX + 6], const char *sid, uint32_t turn) {
+    size_t n = strlen(sid);
+    memcpy(buf, sid, n);
+    buf[n] = '\0';
+    unsigned char *t = (unsigned char *)buf + n + 1;
+    t[0] = (unsigned char)(turn >> 24);
+    t[1] = (unsigned char)(turn >> 16);
+    t[2] = (unsigned char)(turn >> 8);
+    t[3] = (unsigned char)turn;
+    return (MDB_val){n + 5, buf};
+}
+
+static bool expired(const store *s, const session_meta *m, int64_t now_ms) {
+    return s->ttl_ms > 0 && m->last_ms + s->ttl_ms < now_ms;
+}
+
+/* Reads and decodes the meta record inside txn. */
+static store_status meta_read(store *s, MDB_txn *txn, const char *sid, session_meta *out) {
+    MDB_val k = key_of(sid), v;
+    int rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) return STORE_NOT_FOUND;
+    if (rc) return fail(STORE_IO, "meta read", rc);
+    codec_status cs = codec_meta_decode(v.mv_data, v.mv_size, out);
+    if (cs) {
+        snprintf(last_error, sizeof last_error, "meta of %s: %s", sid, codec_status_str(cs));
+        return STORE_CORRUPT;
+    }
+    return expired(s, out, clock_wall_ms()) ? STORE_NOT_FOUND : STORE_OK;
+}
+
+store_status store_meta_get(store *s, const char *sid, session_meta *out) {
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return fail(STORE_IO, "begin read", rc);
+    store_status st = meta_read(s, txn, sid, out);
+    mdb_txn_abort(txn);
+    return st;
+}
+
+void store_turns_free(turn_rec *turns, uint32_t n) {
+    if (!turns) return;
+    for (uint32_t i = 0; i < n; i++) turn_rec_free(&turns[i]);
+    free(turns);
+}
+
+store_status store_session_load(store *s, const char *sid, session_meta *meta, turn_rec **turns) {
+    *turns = NULL;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return fail(STORE_IO, "begin read", rc);
+    store_status st = meta_read(s, txn, sid, meta);
+    turn_rec *out = NULL;
+    if (st == STORE_OK && meta->turn > 0) {
+        out = calloc(meta->turn, sizeof *out);
+        if (!out) st = fail(STORE_IO, "out of memory", ENOMEM);
+    }
+    /* Every turn 1..meta.turn must be there: a gap means the store is damaged. */
+    for (uint32_t i = 0; st == STORE_OK && i < meta->turn; i++) {
+        char kb[ID_MAX + 6];
+        MDB_val k = turn_key(kb, sid, i + 1), v;
+        rc = mdb_get(txn, s->turns, &k, &v);
+        if (rc) {
+            st = rc == MDB_NOTFOUND ? STORE_CORRUPT : STORE_IO;
+            fail(st, "turn read", rc == MDB_NOTFOUND ? 0 : rc);
+            break;
+        }
+        codec_status cs = codec_turn_decode(v.mv_data, v.mv_size, &out[i]);
+        if (cs || out[i].turn != i + 1) {
+            snprintf(last_error, sizeof last_error, "turn %u of %s: %s", i + 1, sid,
+                     cs ? codec_status_str(cs) : "turn number mismatch");
+            st = STORE_CORRUPT;
+        }
+    }
+    mdb_txn_abort(txn);
+    if (st != STORE_OK) {
+        store_turns_free(out, meta->turn);
+        return st;
+    }
+    *turns = out;
+    return STORE_OK;
+}
+
+/* Deletes the session's records inside a write transaction. */
+static int delete_in(store *s, MDB_txn *txn, const char *sid, uint32_t n_turns) {
+    MDB_val k = key_of(sid);
+    int rc = mdb_del(txn, s->meta, &k, NULL);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    for (uint32_t t = 1; t <= n_turns; t++) {
+        char kb[ID_MAX + 6];
+        MDB_val tk = turn_key(kb, sid, t);
+        rc = mdb_del(txn, s->turns, &tk, NULL);
+        if (rc && rc != MDB_NOTFOUND) return rc;
+    }
+    return 0;
+}
+
+store_status store_turn_commit(store *s, const char *sid, const session_meta *meta, const turn_rec *t) {
+    if (meta->turn != t->turn || t->turn == 0) return fail(STORE_IO, "commit: meta/turn mismatch", 0);
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc) return fail(STORE_IO, "begin write", rc);
+    session_meta cur;
+    store_status st = meta_read(s, txn, sid, &cur);
+    uint32_t stored = 0;
+    if (st == STORE_OK) {
+        stored = cur.turn;
+    } else if (st == STORE_NOT_FOUND) {
+        /* absent, or expired: an expired session's leftovers go before turn 1 */
+        MDB_val k = key_of(sid), v;
+        if (mdb_get(txn, s->meta, &k, &v) == 0 && codec_meta_decode(v.mv_data, v.mv_size, &cur) == CODEC_OK &&
+            (rc = delete_in(s, txn, sid, cur.turn)) != 0) {
+            mdb_txn_abort(txn);
+            return fail(STORE_IO, "expire", rc);
+        }
+        st = STORE_OK;
+    } else {
+        mdb_txn_abort(txn);
+        return st;
+    }
+    if (stored != t->turn - 1) {
+        mdb_txn_abort(txn);
+        return STORE_CONFLICT;
+    }
+    strbuf rec = {0};
+    codec_turn_encode(t, &rec);
+    char kb[ID_MAX + 6];
+    MDB_val tk = turn_key(kb, sid, t->turn), tv = {rec.n, rec.s};
+    rc = mdb_put(txn, s->turns, &tk, &tv, 0);
+    if (!rc) {
+        strbuf_clear(&rec);
+        codec_meta_encode(meta, &rec);
+        MDB_val mk = key_of(sid), mv = {rec.n, rec.s};
+        rc = mdb_put(txn, s->meta, &mk, &mv, 0);
+    }
+    strbuf_free(&rec);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return fail(STORE_IO, "commit", rc);
+    }
+    rc = mdb_txn_commit(txn);
+    return rc ? fail(STORE_IO, "commit", rc) : STORE_OK;
+}
+
+store_status store_session_delete(store *s, const char *sid) {
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc) return fail(STORE_IO, "begin write", rc);
+    session_meta cur;
+    MDB_val k = key_of(sid), v;
+    rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return STORE_NOT_FOUND;
+    }
+    uint32_t n = 0;
+    if (!rc && codec_meta_decode(v.mv_data, v.mv_size, &cur) == CODEC_OK) n = cur.turn;
+    if (!rc) rc = delete_in(s, txn, sid, n);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return fail(STORE_IO, "delete", rc);
+    }
+    rc = mdb_txn_commit(txn);
+    return rc ? fail(STORE_IO, "delete", rc) : STORE_OK;
+}
+
+long store_expire(store *s, int64_t now_ms) {
+    MDB_txn *txn;
+    if (mdb_txn_begin(s->env, NULL, 0, &txn)) return -1;
+    MDB_cursor *cur;
+    if (mdb_cursor_open(txn, s->meta, &cur)) {
+        mdb_txn_abort(txn);
+        return -1;
+    }
+    /* Collect first, delete after: deleting under a live cursor is legal in
+     * LMDB but its repositioning rules are subtle; this is not a hot path. */
+    typedef struct { char sid[ID_MAX + 1]; uint32_t turns; } victim;
+    victim *vs = NULL;
+    size_t nv = 0, cap = 0;
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        session_meta m;
+        if (k.mv_size > ID_MAX || codec_meta_decode(v.mv_data, v.mv_size, &m) != CODEC_OK || !expired(s, &m, now_ms))
+            continue;
+        if (nv == cap) vs = dc_xrealloc(vs, (cap = cap ? cap * 2 : 16) * sizeof *vs);
+        memcpy(vs[nv].sid, k.mv_data, k.mv_size);
+        vs[nv].sid[k.mv_size] = '\0';
+        vs[nv++].turns = m.turn;
+    }
+    mdb_cursor_close(cur);
+    int rc = 0;
+    for (size_t i = 0; i < nv && !rc; i++) rc = delete_in(s, txn, vs[i].sid, vs[i].turns);
+    free(vs);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return -1;
+    }
+    return mdb_txn_commit(txn) ? -1 : (long)nv;
+}
+
+const char *store_status_str(store_status st) {
+    switch (st) {
+    case STORE_OK: return "ok";
+    case STORE_NOT_FOUND: return "not found";
+    case STORE_CONFLICT: return "conflict";
+    case STORE_CORRUPT: return "corrupt record";
+    case STORE_IO: return "store i/o error";
+    }
+    return "unknown";
+}

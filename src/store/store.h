@@ -1,0 +1,69 @@
+/* store.h - where session context lives: the contract every store keeps.
+ *
+ * The context manager sees sessions through this interface only. Today the
+ * one implementation is the embedded store (embedded.c, LMDB in --data-dir);
+ * the replicated NATS JetStream store will sit behind the same calls.
+ *
+ * Contract:
+ *  - store_turn_commit is the only write of context, and it is a
+ *    compare-and-set: turn N commits only if the stored turn is N-1 (0 for a
+ *    new session). Exactly one of two racing writers of turn N wins; the other
+ *    gets STORE_CONFLICT. Meta and turn record change together or not at all.
+ *  - A session whose last activity is older than the TTL reads as absent and
+ *    is removed by store_expire.
+ *  - Records are decoded with codec.c; a record that fails to decode is
+ *    reported as STORE_CORRUPT, never handed out. */
+#ifndef DC_STORE_H
+#define DC_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec.h"
+
+typedef struct store store;
+
+typedef enum {
+    STORE_OK = 0,
+    STORE_NOT_FOUND,
+    STORE_CONFLICT, /* commit: the stored turn is not turn-1 */
+    STORE_CORRUPT,  /* a stored record failed to decode */
+    STORE_IO        /* the backing store failed (disk full, permissions...) */
+} store_status;
+
+typedef struct {
+    const char *data_dir;  /* created if absent */
+    int64_t ttl_ms;        /* idle sessions older than this read as absent */
+    size_t map_size;       /* embedded: upper bound of the database file */
+} store_params;
+
+store_params store_default_params(void);
+
+/* Opens (creating if needed) the store. On failure returns NULL and writes a
+ * reason into err. */
+store *store_open(const store_params *p, char *err, size_t errlen);
+void store_close(store *s);
+
+/* Reads the session's meta record. */
+store_status store_meta_get(store *s, const char *sid, session_meta *out);
+
+/* Reads the session's meta and its turn records 1..meta.turn into turns[],
+ * which the caller frees with store_turns_free. */
+store_status store_session_load(store *s, const char *sid, session_meta *meta, turn_rec **turns);
+void store_turns_free(turn_rec *turns, uint32_t n);
+
+/* Appends turn t->turn with the new meta (whose turn must equal t->turn).
+ * Compare-and-set as described above. */
+store_status store_turn_commit(store *s, const char *sid, const session_meta *meta, const turn_rec *t);
+
+store_status store_session_delete(store *s, const char *sid);
+
+/* Removes every session idle for longer than the TTL at now_ms. Returns the
+ * number removed, or -1 on error. */
+long store_expire(store *s, int64_t now_ms);
+
+const char *store_status_str(store_status st);
+/* Detail of the last STORE_IO/STORE_CORRUPT seen by this thread. */
+const char *store_last_error(void);
+
+#endif

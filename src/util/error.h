@@ -1,0 +1,37 @@
+/* error.h - the error vocabulary shared by every layer.
+ *
+ * A layer that fails fills a dc_error; only the HTTP layer turns it into a
+ * status code and JSON (api/errors.c), so the mapping lives in one place. */
+#ifndef DC_ERROR_H
+#define DC_ERROR_H
+
+#include <stdint.h>
+
+typedef enum {
+    DC_OK = 0,
+    DC_E_INVALID,       /* 400 invalid_request: a field is missing or wrong */
+    DC_E_JSON,          /* 400 invalid_json: the body does not parse */
+    DC_E_CTX_LENGTH,    /* 400 context_length_exceeded */
+    DC_E_MODE_MISMATCH, /* 400 mode_mismatch: session created in another mode */
+    DC_E_FORBIDDEN,     /* 403 forbidden: the session belongs to another user */
+    DC_E_NOT_FOUND,     /* 404 not_found */
+    DC_E_METHOD,        /* 405 method_not_allowed */
+    DC_E_CONFLICT,      /* 409 turn_conflict: turn already committed */
+    DC_E_INCOMPATIBLE,  /* 409 incompatible_context: stored for another tokenizer */
+    DC_E_TOO_LARGE,     /* 413 payload_too_large */
+    DC_E_INTERNAL,      /* 500 server_error */
+    DC_E_STORE,         /* 500 store_error: the store failed or holds corrupt data */
+    DC_E_STALE,         /* 503 stale_context: the replica is behind the client */
+    DC_E__COUNT
+} dc_code;
+
+typedef struct {
+    dc_code code;
+    uint32_t expected_turn; /* for DC_E_CONFLICT: the turn the client should send */
+    char message[256];
+} dc_error;
+
+/* Fills err (if non-NULL) and returns code, so callers can `return dc_fail(...)`. */
+dc_code dc_fail(dc_error *err, dc_code code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+#endif
