@@ -1,1 +1,99 @@
+"""test_scenario.py - `discedge scenario` against real nodes: the per-turn
+table, CSV, roaming between two nodes, and clear errors for bad input.
 
+usage: test_scenario.py DISCEDGE_BINARY MODEL.gguf SCENARIO_DIR"""
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dcnode import Node  # noqa: E402
+
+BIN = MODEL = SCEN = None
+
+
+def run(*args):
+    p = subprocess.run([BIN, "scenario"] + list(args), capture_output=True, text=True, timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+class Scenario(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        # Two node processes over one embedded store folder: LMDB is safe across
+        # processes, so this is a real hand-over between nodes on one host.
+        cls.dir = tempfile.mkdtemp(prefix="dc-scen-")
+        cls.a = Node(BIN, MODEL, data_dir=cls.dir, node_id="edge-1").start()
+        cls.b = Node(BIN, MODEL, data_dir=cls.dir, node_id="edge-2").start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.a.cleanup()
+        cls.b.cleanup()
+        subprocess.run(["rm", "-rf", cls.dir])
+
+    @staticmethod
+    def url(node):
+        return "http://127.0.0.1:%d" % node.port
+
+    def check_csv(self, path, nodes):
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(len(rows), 9)
+        self.assertEqual([r["status"] for r in rows], ["200"] * 9)
+        self.assertEqual([r["node"] for r in rows], nodes)
+        ctx = [int(r["context_tokens"]) for r in rows]
+        self.assertEqual(ctx, sorted(ctx))  # the context grows every turn
+        for r in rows:
+            self.assertGreater(int(r["request_bytes"]), 0)
+            self.assertTrue(r["reply"])
+        return rows
+
+    def test_nine_turns_one_node(self):
+        out = os.path.join(self.dir, "one.csv")
+        rc, stdout, stderr = run(os.path.join(SCEN, "robotics-9turn.yaml"), "--node", "edge-1=" + self.url(self.a),
+                                 "--n-predict", "24", "--temperature", "0", "--csv", out)
+        self.assertEqual(rc, 0, stderr)
+        self.assertIn("Robotics and Autonomous Systems Test", stdout)
+        self.assertIn("9 turns", stdout)
+        self.check_csv(out, ["edge-1"] * 9)
+
+    def test_roaming_between_nodes(self):
+        out = os.path.join(self.dir, "roam.csv")
+        rc, stdout, stderr = run(os.path.join(SCEN, "robotics-9turn-roaming.yaml"),
+                                 "--node", "edge-1=" + self.url(self.a), "--node", "edge-2=" + self.url(self.b),
+                                 "--n-predict", "24", "--temperature", "0", "--csv", out)
+        self.assertEqual(rc, 0, stderr)
+        self.check_csv(out, ["edge-1", "edge-1", "edge-2", "edge-2", "edge-1", "edge-1", "edge-2", "edge-2", "edge-2"])
+
+    def test_client_side_requests_grow(self):
+        out = os.path.join(self.dir, "cs.csv")
+        rc, _, stderr = run(os.path.join(SCEN, "robotics-9turn.yaml"), "--node", self.url(self.a),
+                            "--mode", "client-side", "--n-predict", "24", "--temperature", "0", "--csv", out)
+        self.assertEqual(rc, 0, stderr)
+        with open(out) as f:
+            sizes = [int(r["request_bytes"]) for r in csv.DictReader(f)]
+        self.assertEqual(sizes, sorted(sizes))
+        self.assertGreater(sizes[-1], 3 * sizes[0])  # the client resends its whole history
+
+    def test_bad_input(self):
+        rc, _, err = run(os.path.join(SCEN, "robotics-9turn-roaming.yaml"), "--node", "edge-1=" + self.url(self.a))
+        self.assertEqual(rc, 2)
+        self.assertIn("--node edge-2=URL", err)
+        bad = os.path.join(self.dir, "bad.yaml")
+        with open(bad, "w") as f:
+            f.write("name: [unclosed\n")
+        rc, _, err = run(bad, "--node", self.url(self.a))
+        self.assertEqual(rc, 2)
+        self.assertIn("YAML error", err)
+        rc, _, err = run(os.path.join(SCEN, "robotics-9turn.yaml"), "--node", "http://127.0.0.1:1")
+        self.assertEqual(rc, 1)
+        self.assertIn("turn 1 failed", err)
+
+
+if __name__ == "__main__":
+    BIN, MODEL, SCEN = sys.argv[1], sys.argv[2], sys.argv[3]
+    unittest.main(argv=[sys.argv[0], "-v"])
