@@ -11,7 +11,7 @@
 #include "client.h"
 
 typedef struct {
-    char *name;
+    char name[32];
     const char *url;
 } node_map;
 
@@ -73,12 +73,10 @@ int scenario_main(int argc, char **argv) {
             char *eq = strchr(optarg, '=');
             /* a bare URL ("http://...") has its '=' nowhere before "://" */
             if (eq && (!strstr(optarg, "://") || eq < strstr(optarg, "://"))) {
-                nodes[n_nodes].name = strndup(optarg, (size_t)(eq - optarg));
+                snprintf(nodes[n_nodes].name, sizeof nodes[n_nodes].name, "%.*s", (int)(eq - optarg), optarg);
                 nodes[n_nodes].url = eq + 1;
             } else {
-                char name[16];
-                snprintf(name, sizeof name, "node%d", n_nodes + 1);
-                nodes[n_nodes].name = strdup(name);
+                snprintf(nodes[n_nodes].name, sizeof nodes[n_nodes].name, "node%d", n_nodes + 1);
                 nodes[n_nodes].url = optarg;
             }
             n_nodes++;
@@ -95,28 +93,26 @@ int scenario_main(int argc, char **argv) {
         default: usage(stderr); return 2;
         }
     }
+    scenario sc = {0};
+    char err[256];
+    int rc = 0;
+    FILE *csv = NULL;
     if (optind != argc - 1 || n_nodes == 0) {
         usage(stderr);
-        return 2;
-    }
-    if (strcmp(mode, "tokenized") && strcmp(mode, "raw") && strcmp(mode, "client-side")) {
+        rc = 2;
+    } else if (strcmp(mode, "tokenized") && strcmp(mode, "raw") && strcmp(mode, "client-side")) {
         fprintf(stderr, "scenario: unknown mode %s\n", mode);
-        return 2;
-    }
-    scenario sc;
-    char err[256];
-    if (scenario_load(argv[optind], &sc, err, sizeof err) != 0) {
+        rc = 2;
+    } else if (scenario_load(argv[optind], &sc, err, sizeof err) != 0) {
         fprintf(stderr, "scenario: %s\n", err);
-        return 2;
+        rc = 2;
     }
-    int rc = 0;
     for (size_t i = 0; i < sc.n_turns; i++)
         if (sc.turns[i].node && !lookup(nodes, n_nodes, sc.turns[i].node)) {
             fprintf(stderr, "scenario: turn %zu runs on node %s; map it with --node %s=URL\n", i + 1, sc.turns[i].node,
                     sc.turns[i].node);
             rc = 2;
         }
-    FILE *csv = NULL;
     if (!rc && csv_path && !(csv = fopen(csv_path, "w"))) {
         fprintf(stderr, "scenario: cannot write %s\n", csv_path);
         rc = 2;
@@ -166,6 +162,5 @@ int scenario_main(int argc, char **argv) {
 out:
     if (csv) fclose(csv);
     scenario_free(&sc);
-    for (int i = 0; i < n_nodes; i++) free(nodes[i].name);
     return rc;
 }

@@ -54,7 +54,13 @@ class Node:
         return rc
 
     def cleanup(self):
-        self.stop()
+        """Stops the node and fails if it did not exit cleanly: under the
+        sanitizers a leak or a UB report makes the exit status non-zero."""
+        rc = self.stop()
+        if rc != 0:
+            with open(os.path.join(self.data_dir, "node.log"), "rb") as f:
+                tail = f.read()[-4000:].decode("utf-8", "replace")
+            raise AssertionError("node %s exited with %s:\n%s" % (self.node_id, rc, tail))
         if self.own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
