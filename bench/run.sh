@@ -10,19 +10,9 @@ REPS=${REPS:-3}
 MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 OUT=bench/out/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
-PID=
-cleanup() { if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill "$PID"; wait "$PID" 2>/dev/null || true; fi; }
-trap cleanup EXIT
-
-build/discedge serve --model "$MODEL" --port 0 --node-id bench --data-dir "$OUT/store" >"$OUT/node.out" 2>"$OUT/node.log" &
-PID=$!
-for _ in $(seq 1 600); do
-  grep -q 'listening on' "$OUT/node.out" 2>/dev/null && break
-  kill -0 "$PID" 2>/dev/null || { cat "$OUT/node.log" >&2; exit 1; }
-  sleep 0.1
-done
-URL=$(grep -o 'http://[0-9.]*:[0-9]*' "$OUT/node.out")
-cat "$OUT/node.out"
+source scripts/nodes.sh
+node_start bench "$OUT"
+URL=$NODE_URL
 # one unmeasured warm-up conversation (page cache, CPU backend)
 build/discedge scenario scenarios/robotics-9turn.yaml --node "$URL" --n-predict 16 --quiet
 
