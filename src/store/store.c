@@ -1,0 +1,85 @@
+/* store.c - the store interface: picks the implementation from the
+ * parameters and forwards to it. See store.h for the contract. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_impl.h"
+
+static _Thread_local char last_error[256];
+
+store_status store_fail(store_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+const char *store_last_error(void) { return last_error; }
+
+bool store_expired(const store *s, int64_t last_ms, int64_t now_ms) {
+    return s->ttl_ms > 0 && last_ms + s->ttl_ms < now_ms;
+}
+
+store_params store_default_params(void) {
+    return (store_params){
+        .data_dir = "data",
+        .url = NULL,
+        .keygroup = "default",
+        .replicas = 1,
+        .ttl_ms = 24LL * 3600 * 1000,
+        .map_size = (size_t)4 << 30, /* address space only; the file grows as used */
+    };
+}
+
+store *store_open(const store_params *p, char *err, size_t errlen) {
+    if (p->url && *p->url) {
+        if (strncmp(p->url, "nats://", 7) != 0) {
+            snprintf(err, errlen, "--store %s: expected nats://HOST:PORT[,...]", p->url);
+            return NULL;
+        }
+        return store_nats_open(p, err, errlen);
+    }
+    return store_embedded_open(p, err, errlen);
+}
+
+const char *store_kind(const store *s) { return s->ops->name; }
+
+void store_close(store *s) {
+    if (s) s->ops->close(s);
+}
+
+store_status store_meta_get(store *s, const char *sid, session_meta *out) { return s->ops->meta_get(s, sid, out); }
+
+store_status store_session_load(store *s, const char *sid, session_meta *meta, turn_rec **turns) {
+    *turns = NULL;
+    return s->ops->session_load(s, sid, meta, turns);
+}
+
+store_status store_turn_commit(store *s, const char *sid, const session_meta *meta, const turn_rec *t) {
+    if (meta->turn != t->turn || t->turn == 0) return store_fail(STORE_IO, "commit: meta and turn record disagree");
+    return s->ops->turn_commit(s, sid, meta, t);
+}
+
+store_status store_session_delete(store *s, const char *sid) { return s->ops->session_delete(s, sid); }
+
+long store_expire(store *s, int64_t now_ms) { return s->ops->expire(s, now_ms); }
+
+void store_turns_free(turn_rec *turns, uint32_t n) {
+    if (!turns) return;
+    for (uint32_t i = 0; i < n; i++) turn_rec_free(&turns[i]);
+    free(turns);
+}
+
+const char *store_status_str(store_status st) {
+    switch (st) {
+    case STORE_OK: return "ok";
+    case STORE_NOT_FOUND: return "not found";
+    case STORE_CONFLICT: return "conflict";
+    case STORE_CORRUPT: return "corrupt record";
+    case STORE_IO: return "store i/o error";
+    }
+    return "unknown";
+}
