@@ -121,3 +121,25 @@ json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *
     json_object_set_new(o, "node", json_string(node));
     return o;
 }
+
+json_t *api_turns_json(const turn_rec *turns, uint32_t n) {
+    static const char *names[SEG_COUNT] = {"system", "user", "reply", "end"};
+    json_t *arr = json_array();
+    for (uint32_t i = 0; i < n; i++) {
+        json_t *t = json_pack("{s:i}", "turn", (int)turns[i].turn);
+        for (int k = 0; k < SEG_COUNT; k++) {
+            if (turns[i].kind == TURN_TOKENS) {
+                json_t *ids = json_array();
+                for (size_t j = 0; j < turns[i].tok[k].n; j++) json_array_append_new(ids, json_integer(turns[i].tok[k].v[j]));
+                json_object_set_new(t, names[k], ids);
+            } else {
+                strbuf clean = {0};
+                utf8_sanitize(turns[i].text[k].s ? turns[i].text[k].s : "", turns[i].text[k].n, &clean);
+                json_object_set_new(t, names[k], json_string(clean.s));
+                strbuf_free(&clean);
+            }
+        }
+        json_array_append_new(arr, t);
+    }
+    return arr;
+}

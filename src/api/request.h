@@ -23,4 +23,8 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
 /* The /completion response: llama.cpp's fields plus the session fields. */
 json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *model);
 
+/* Stored turns as JSON: per turn its segments, token ids (tokenized mode)
+ * or text (raw mode). For clients and tests that compare contexts. */
+json_t *api_turns_json(const turn_rec *turns, uint32_t n);
+
 #endif

@@ -89,12 +89,17 @@ static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn
     dc_code rc;
     json_t *body = NULL;
     if (!strcmp(method, "GET")) {
-        rc = ctx_session_get(s->c, sid, user, &m, &err);
+        const char *include = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "include");
+        bool with_turns = include && !strcmp(include, "turns");
+        turn_rec *turns = NULL;
+        rc = with_turns ? ctx_session_turns(s->c, sid, user, &m, &turns, &err) : ctx_session_get(s->c, sid, user, &m, &err);
         if (!rc)
             body = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:I, s:I}", "session_id", sid, "user_id", m.user_id,
                              "model", m.model, "mode", ctx_mode_name(m.mode), "turn", (int)m.turn, "context_tokens",
                              (int)m.n_tokens, "created_ms", (json_int_t)m.created_ms, "last_activity_ms",
                              (json_int_t)m.last_ms);
+        if (!rc && with_turns) json_object_set_new(body, "turns", api_turns_json(turns, m.turn));
+        store_turns_free(turns, rc ? 0 : m.turn);
     } else if (!strcmp(method, "DELETE")) {
         rc = ctx_session_delete(s->c, sid, user, &err);
         if (!rc) body = json_pack("{s:s, s:b}", "session_id", sid, "deleted", 1);

@@ -319,6 +319,16 @@ dc_code ctx_session_get(ctx *c, const char *sid, const char *user_id, session_me
     return owned_meta(c, sid, user_id, out, err);
 }
 
+dc_code ctx_session_turns(ctx *c, const char *sid, const char *user_id, session_meta *out, turn_rec **turns,
+                          dc_error *err) {
+    *turns = NULL;
+    dc_code rc = owned_meta(c, sid, user_id, out, err);
+    if (rc) return rc;
+    store_status st = store_session_load(c->s, sid, out, turns);
+    if (st == STORE_NOT_FOUND) return dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
+    return st == STORE_OK ? DC_OK : store_fail(err, st);
+}
+
 dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_error *err) {
     session_meta m;
     if (!id_is_valid(sid)) return dc_fail(err, DC_E_INVALID, "session id must be 1-64 characters of [A-Za-z0-9._-]");

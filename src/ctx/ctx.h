@@ -55,6 +55,9 @@ void ctx_reply_free(ctx_reply *rep);
 
 /* Session metadata, for its owner only (user_id must match: else 403). */
 dc_code ctx_session_get(ctx *c, const char *sid, const char *user_id, session_meta *out, dc_error *err);
+/* The same, with the stored turn records (freed with store_turns_free(turns, out->turn)). */
+dc_code ctx_session_turns(ctx *c, const char *sid, const char *user_id, session_meta *out, turn_rec **turns,
+                          dc_error *err);
 dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_error *err);
 
 const char *ctx_mode_name(session_mode m);

@@ -117,6 +117,8 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     natsOptions *o = NULL;
     natsStatus st = natsOptions_Create(&o);
     if (st == NATS_OK) st = natsOptions_SetServers(o, servers, n);
+    /* the first server is the node's own (nearest): prefer it, fail over in order */
+    if (st == NATS_OK) st = natsOptions_SetNoRandomize(o, true);
     if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, -1); /* a node outlives store outages */
     if (st == NATS_OK) st = natsOptions_SetReconnectWait(o, 250);
     if (st == NATS_OK) st = natsOptions_SetRetryOnFailedConnect(o, false, NULL, NULL);

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +22,7 @@ class Node:
         self.port = None
 
     def start(self):
+        os.makedirs(self.data_dir, exist_ok=True)
         self.log = open(os.path.join(self.data_dir, "node.log"), "ab")
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--model", self.model, "--host", "127.0.0.1", "--port", "0",
@@ -85,3 +87,90 @@ class Node:
         fields.setdefault("n_predict", 48)
         fields.setdefault("stream", False)
         return self.request("POST", "/completion", fields)
+
+
+def free_port():
+    """A port nobody listens on right now (for servers that need theirs in
+    advance, such as NATS cluster routes)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NatsServer:
+    """A real nats-server with JetStream on loopback; optionally one member of
+    a cluster (routes to the others)."""
+
+    def __init__(self, binary, workdir, name="n1", cluster=None, route_port=None, routes=()):
+        self.binary, self.name = binary, name
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.conf = os.path.join(self.dir, "nats.conf")
+        lines = ["server_name: %s" % name, "listen: 127.0.0.1:%d" % self.port,
+                 "jetstream { store_dir: %s }" % json.dumps(os.path.join(self.dir, "js"))]
+        if cluster:
+            lines.append("cluster { name: %s, listen: 127.0.0.1:%d, routes: [%s] }" % (
+                cluster, route_port, ", ".join("nats://127.0.0.1:%d" % p for p in routes)))
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.proc = None
+
+    @property
+    def url(self):
+        return "nats://127.0.0.1:%d" % self.port
+
+    def start(self):
+        self.log = open(os.path.join(self.dir, "nats.log"), "ab")
+        self.proc = subprocess.Popen([self.binary, "-c", self.conf], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("nats-server %s did not start (log in %s)" % (self.name, self.dir))
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+        if self.proc:
+            self.log.close()
+        self.proc = None
+
+
+def nats_cluster(binary, workdir, size=3):
+    """Starts `size` clustered JetStream servers and waits for their
+    JetStream meta leader."""
+    routes = [free_port() for _ in range(size)]
+    servers = [NatsServer(binary, workdir, "core%d" % (i + 1), "core", routes[i], routes) for i in range(size)]
+    for s in servers:
+        s.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for s in servers:
+            with open(os.path.join(s.dir, "nats.log"), "rb") as f:
+                log = f.read()
+            if b"JetStream cluster new metadata leader" in log or b"Self is new JetStream cluster metadata leader" in log:
+                return servers
+        time.sleep(0.1)
+    raise RuntimeError("no JetStream meta leader in %s" % workdir)
+
+
+def model_variant(model, workdir, suffix=b"B"):
+    """A copy of the model whose general.name differs in its last character:
+    another model identity (keygroup) with the same weights and tokenizer."""
+    name = b"Smollm2 135M 8k Lc100K Mix1 Ep2"
+    with open(model, "rb") as f:
+        data = bytearray(f.read())
+    i = data.find(name, 0, 1 << 20)
+    if i < 0:
+        raise RuntimeError("model name not found in %s" % model)
+    data[i + len(name) - 1:i + len(name)] = suffix
+    out = os.path.join(workdir, "model-b.gguf")
+    with open(out, "wb") as f:
+        f.write(data)
+    return out

@@ -1,0 +1,216 @@
+"""test_nats.py - sessions replicated through real nats-server processes
+between real nodes, on loopback.
+
+usage: test_nats.py DISCEDGE_BINARY MODEL.gguf NATS_SERVER SCENARIO_DIR"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dcnode import NatsServer, Node, model_variant, nats_cluster  # noqa: E402
+
+BIN = MODEL = NATS = SCEN = None
+# Nodes on one 2-core host must not oversubscribe it: ggml threads spin.
+ONE_THREAD = ("--threads", "1")
+
+
+def scenario(*args):
+    p = subprocess.run([BIN, "scenario"] + list(args), capture_output=True, text=True, timeout=600)
+    sid = None
+    for line in p.stdout.splitlines():
+        if line.startswith("session "):
+            sid = line.split()[1].rstrip(",")
+    return p.returncode, sid, p.stdout + p.stderr
+
+
+def url(node):
+    return "http://127.0.0.1:%d" % node.port
+
+
+class OneServer(unittest.TestCase):
+    """The smallest deployment: one nats-server, two edge nodes."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="dc-nats-")
+        cls.nats = NatsServer(NATS, cls.dir).start()
+        store = ("--store", cls.nats.url) + ONE_THREAD
+        cls.a = Node(BIN, MODEL, os.path.join(cls.dir, "a"), "edge-1", store).start()
+        cls.b = Node(BIN, MODEL, os.path.join(cls.dir, "b"), "edge-2", store).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        for n in (cls.a, cls.b):
+            n.cleanup()
+        cls.nats.kill()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def turns(self, node, sid, user):
+        st, info = node.request("GET", "/v1/sessions/%s?user_id=%s&include=turns" % (sid, user))
+        self.assertEqual(st, 200, info)
+        return info
+
+    def test_roaming_context_equals_single_node(self):
+        rc, sid, out = scenario(os.path.join(SCEN, "robotics-9turn-roaming.yaml"), "--node", "edge-1=" + url(self.a),
+                                "--node", "edge-2=" + url(self.b), "--temperature", "0", "--n-predict", "48")
+        self.assertEqual(rc, 0, out)
+        roamed = self.turns(self.a, sid, "moving_robotics_client")
+        self.assertEqual(roamed["turn"], 9)
+        # the reference: the same conversation on one node with the embedded store
+        ref_node = Node(BIN, MODEL, os.path.join(self.dir, "ref"), "ref", ONE_THREAD).start()
+        try:
+            rc, ref_sid, out = scenario(os.path.join(SCEN, "robotics-9turn.yaml"), "--node", url(ref_node),
+                                        "--temperature", "0", "--n-predict", "48")
+            self.assertEqual(rc, 0, out)
+            ref = self.turns(ref_node, ref_sid, "robotics_dev")
+        finally:
+            ref_node.cleanup()
+        for got, want in zip(roamed["turns"], ref["turns"]):
+            for seg in ("system", "user", "reply", "end"):
+                self.assertEqual(got[seg], want[seg], "turn %d, %s segment" % (got["turn"], seg))
+        self.assertEqual(roamed["context_tokens"], ref["context_tokens"])
+
+    def test_two_nodes_racing_on_a_turn(self):
+        """200 races, each two nodes committing the same turn of one session:
+        half on turn 1 of a new session id, half on turn 2."""
+        wins = {"edge-1": 0, "edge-2": 0}
+        for i in range(200):
+            sid = "race-%d-%d" % (os.getpid(), i)
+            turn = 1 + i % 2
+            if turn == 2:
+                st, r = self.a.complete(prompt="Hi", user_id="racer", session_id=sid, turn=1, n_predict=1)
+                self.assertEqual(st, 200, r)
+            barrier = threading.Barrier(2)
+            results = {}
+
+            def go(node):
+                barrier.wait()
+                results[node.node_id] = node.complete(prompt="Go %d" % i, user_id="racer", session_id=sid,
+                                                      turn=turn, n_predict=1)
+
+            threads = [threading.Thread(target=go, args=(n,)) for n in (self.a, self.b)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            statuses = sorted(st for st, _ in results.values())
+            self.assertEqual(statuses, [200, 409], "race %d: %r" % (i, results))
+            winner = [k for k, (st, _) in results.items() if st == 200][0]
+            wins[winner] += 1
+            st, info = self.b.request("GET", "/v1/sessions/%s?user_id=racer" % sid)
+            self.assertEqual((st, info["turn"]), (200, turn), info)
+        print("races won: %r" % wins, file=sys.stderr)
+
+    def test_delete_removes_on_every_node(self):
+        st, r = self.a.complete(prompt="Hello", user_id="del", n_predict=4)
+        self.assertEqual(st, 200, r)
+        sid = r["session_id"]
+        st, _ = self.b.request("GET", "/v1/sessions/%s?user_id=del" % sid)
+        self.assertEqual(st, 200)
+        st, _ = self.b.request("DELETE", "/v1/sessions/%s?user_id=del" % sid)
+        self.assertEqual(st, 200)
+        st, _ = self.a.request("GET", "/v1/sessions/%s?user_id=del" % sid)
+        self.assertEqual(st, 404)
+        st, r = self.a.complete(prompt="Again", user_id="del", session_id=sid, turn=1, n_predict=4)
+        self.assertEqual(st, 200, r)  # the id can start over
+
+    def test_other_model_cannot_see_the_session(self):
+        st, r = self.a.complete(prompt="Hello", user_id="modela", n_predict=4)
+        self.assertEqual(st, 200, r)
+        sid = r["session_id"]
+        other = Node(BIN, model_variant(MODEL, self.dir), os.path.join(self.dir, "c"), "edge-b",
+                     ("--store", self.nats.url) + ONE_THREAD).start()
+        try:
+            st, _ = other.request("GET", "/v1/sessions/%s?user_id=modela" % sid)
+            self.assertEqual(st, 404)
+            st, body = other.complete(prompt="Next", user_id="modela", session_id=sid, turn=2, n_predict=4)
+            self.assertEqual(st, 404, body)
+        finally:
+            other.cleanup()
+
+
+class Restart(unittest.TestCase):
+    def test_restart_every_process(self):
+        d = tempfile.mkdtemp(prefix="dc-nats-restart-")
+        nats = NatsServer(NATS, d).start()
+        store = ("--store", nats.url) + ONE_THREAD
+        a = Node(BIN, MODEL, os.path.join(d, "a"), "edge-1", store).start()
+        try:
+            sids = []
+            for k in range(3):
+                st, r = a.complete(prompt="Session %d says hi" % k, user_id="keeper", n_predict=8)
+                self.assertEqual(st, 200, r)
+                st, r = a.complete(prompt="And more", user_id="keeper", session_id=r["session_id"], turn=2,
+                                   n_predict=8)
+                self.assertEqual(st, 200, r)
+                sids.append(r["session_id"])
+            self.assertEqual(a.stop(), 0)
+            nats.kill(sig=15)
+            nats.start()
+            a.start()
+            for sid in sids:
+                st, info = a.request("GET", "/v1/sessions/%s?user_id=keeper&include=turns" % sid)
+                self.assertEqual((st, info["turn"], len(info["turns"])), (200, 2, 2), info)
+            st, r = a.complete(prompt="Still here?", user_id="keeper", session_id=sids[0], turn=3, n_predict=8)
+            self.assertEqual(st, 200, r)
+        finally:
+            a.cleanup()
+            nats.kill()
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class CoreCluster(unittest.TestCase):
+    """Three clustered servers, an R3 stream; a server dies mid-session."""
+
+    def test_session_survives_a_killed_core_server(self):
+        d = tempfile.mkdtemp(prefix="dc-nats-cluster-")
+        core = nats_cluster(NATS, d)
+        urls = [s.url for s in core]
+        # each node prefers "its" server and fails over to the others
+        a = Node(BIN, MODEL, os.path.join(d, "a"), "edge-1",
+                 ("--store", ",".join(urls), "--store-replicas", "3") + ONE_THREAD).start()
+        b = Node(BIN, MODEL, os.path.join(d, "b"), "edge-2",
+                 ("--store", ",".join(urls[1:] + urls[:1]), "--store-replicas", "3") + ONE_THREAD).start()
+        try:
+            st, r = a.complete(prompt="My secret code word is PELICAN. Please remember it.", user_id="ha")
+            self.assertEqual(st, 200, r)
+            sid, committed = r["session_id"], 1
+            core[0].kill()  # SIGKILL: node a's own server
+            outcomes = []
+            for turn, node in ((2, b), (3, a), (4, b), (5, a)):
+                deadline = time.monotonic() + 60
+                while True:
+                    st, r = node.complete(prompt="What is my secret code word?", user_id="ha", session_id=sid,
+                                          turn=turn)
+                    outcomes.append(st)
+                    if st == 200:
+                        break
+                    # during the fail-over a request may fail, clearly; never a wrong context
+                    self.assertIn(st, (500, 503), r)
+                    self.assertIn(r["error"]["type"], ("store_error", "stale_context"), r)
+                    self.assertLess(time.monotonic(), deadline, "no recovery within 60 s")
+                    time.sleep(0.5)
+                self.assertEqual((r["turn"], r["context_tokens"] > 0), (turn, True))
+                committed = turn
+            core[0].start()
+            for node in (a, b):
+                st, info = node.request("GET", "/v1/sessions/%s?user_id=ha&include=turns" % sid)
+                self.assertEqual((st, info["turn"]), (200, committed), info)
+                self.assertEqual([t["turn"] for t in info["turns"]], list(range(1, committed + 1)))
+            print("outcomes during the outage: %r" % outcomes, file=sys.stderr)
+        finally:
+            a.cleanup()
+            b.cleanup()
+            for s in core:
+                s.kill()
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    BIN, MODEL, NATS, SCEN = sys.argv[1:5]
+    unittest.main(argv=[sys.argv[0], "-v"])
