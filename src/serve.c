@@ -57,6 +57,8 @@ static void usage(FILE *f) {
             "  --ctx-size N          context window in tokens (default: model's, at most 4096)\n"
             "  --threads N           inference threads (default: physical cores)\n"
             "  --n-predict N         default reply length cap (default 128)\n"
+            "  --sync-timeout MS     longest wait for a client's previous turn to replicate\n"
+            "                        here before `strong` requests get 503 (default 2000)\n"
             "  --stale-retries N     re-reads when the stored turn is behind (default 3)\n"
             "  --stale-retry-ms MS   pause between re-reads (default 10)\n"
             "  --max-body BYTES      request body limit (default 1048576)\n"
@@ -65,7 +67,7 @@ static void usage(FILE *f) {
 }
 
 int serve_main(int argc, char **argv) {
-    enum { O_STORE = 256, O_REPLICAS, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG };
+    enum { O_STORE = 256, O_REPLICAS, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG };
     static struct option opts[] = {{"model", required_argument, 0, 'm'},
                                    {"host", required_argument, 0, 'H'},
                                    {"port", required_argument, 0, 'p'},
@@ -75,6 +77,7 @@ int serve_main(int argc, char **argv) {
                                    {"threads", required_argument, 0, 't'},
                                    {"store", required_argument, 0, O_STORE},
                                    {"store-replicas", required_argument, 0, O_REPLICAS},
+                                   {"sync-timeout", required_argument, 0, O_SYNC},
                                    {"session-ttl", required_argument, 0, O_TTL},
                                    {"n-predict", required_argument, 0, O_NPRED},
                                    {"stale-retries", required_argument, 0, O_RETRIES},
@@ -104,6 +107,7 @@ int serve_main(int argc, char **argv) {
         case 't': lp.n_threads = atoi(optarg); break;
         case O_STORE: sp.url = optarg; break;
         case O_REPLICAS: sp.replicas = atoi(optarg); break;
+        case O_SYNC: cp.sync_timeout_ms = atoi(optarg); break;
         case O_TTL: sp.ttl_ms = atoll(optarg) * 1000; break;
         case O_NPRED: ap.default_n_predict = atoi(optarg); break;
         case O_RETRIES: cp.stale_retries = atoi(optarg); break;
@@ -129,7 +133,7 @@ int serve_main(int argc, char **argv) {
         return 2;
     }
     if (ap.port < 0 || ap.port > 65535 || lp.n_ctx < 0 || lp.n_threads < 0 || ap.default_n_predict < 1 ||
-        cp.stale_retries < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 || sp.replicas > 5) {
+        cp.stale_retries < 0 || cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 || sp.replicas > 5) {
         fprintf(stderr, "serve: a numeric option is out of range (see --help)\n");
         return 2;
     }

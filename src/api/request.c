@@ -59,6 +59,12 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
     if ((rc = get_string(r, "session_id", &req->session_id, err))) return rc;
     if ((rc = get_string(r, "user_id", &req->user_id, err))) return rc;
     if ((rc = get_string(r, "system", &req->system, err))) return rc;
+    if ((rc = get_string(r, "request_id", &req->request_id, err))) return rc;
+    const char *consistency = NULL;
+    if ((rc = get_string(r, "consistency", &consistency, err))) return rc;
+    if (consistency && !strcmp(consistency, "available")) req->consistency = CONSISTENCY_AVAILABLE;
+    else if (consistency && strcmp(consistency, "strong") != 0)
+        return dc_fail(err, DC_E_INVALID, "unknown consistency \"%.40s\": use strong or available", consistency);
     json_t *stream = json_object_get(r, "stream");
     if (stream && !json_is_null(stream) && !json_is_boolean(stream))
         return dc_fail(err, DC_E_INVALID, "stream must be a boolean");
@@ -118,6 +124,9 @@ json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *
     json_object_set_new(o, "context_tokens", json_integer(rep->context_tokens));
     json_object_set_new(o, "truncated_turns", json_integer(rep->truncated_turns));
     json_object_set_new(o, "retries", json_integer(rep->retries));
+    json_object_set_new(o, "wait_ms", json_real(rep->wait_ms));
+    json_object_set_new(o, "stale", json_boolean(rep->stale));
+    if (rep->replayed) json_object_set_new(o, "replayed", json_true());
     json_object_set_new(o, "node", json_string(node));
     return o;
 }

@@ -35,7 +35,7 @@ struct ctx {
 };
 
 ctx_params ctx_default_params(void) {
-    return (ctx_params){.node_id = "node", .stale_retries = 3, .stale_retry_ms = 10};
+    return (ctx_params){.node_id = "node", .stale_retries = 3, .stale_retry_ms = 10, .sync_timeout_ms = 2000};
 }
 
 ctx *ctx_new(const ctx_params *p, llm *m, store *s) {
@@ -182,47 +182,91 @@ static dc_code complete_client_side(ctx *c, const ctx_request *req, ctx_reply *r
     return rc;
 }
 
-/* Reads the session, re-reading while the stored turn is behind the client. */
+/* What load_current decided when it did not fail. */
+typedef enum {
+    LOAD_PROCEED,     /* the stored turn is the client's turn - 1: generate and commit */
+    LOAD_REPLAY,      /* the client retries its committed turn (same request_id): answer it again */
+    LOAD_STALE_ANSWER /* behind, and the client accepts that: answer from what is here, commit nothing */
+} load_outcome;
+
+static dc_code check_compatible(ctx *c, const char *sid, const ctx_request *req, const session_meta *meta,
+                                dc_error *err) {
+    if (meta->mode != req->mode)
+        return dc_fail(err, DC_E_MODE_MISMATCH, "session %s is in %s mode, not %s", sid, ctx_mode_name(meta->mode),
+                       ctx_mode_name(req->mode));
+    if (meta->fingerprint != llm_fingerprint(c->m))
+        return dc_fail(err, DC_E_INCOMPATIBLE, "session %s was stored for another tokenizer or chat template (model %s)",
+                       sid, meta->model);
+    return DC_OK;
+}
+
+/* Reads the session and applies the turn protocol. When the stored turn is
+ * behind the client's, it first waits for the store to see the missing turn
+ * (replication: a subscription on the NATS store; returns at once on the
+ * embedded one), then re-reads a bounded number of times (the paper's
+ * 3 x 10 ms, for replicas that lag the notification). */
 static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uint32_t turn, session_meta *meta,
-                            turn_rec **turns, bool *exists, ctx_reply *rep, dc_error *err) {
+                            turn_rec **turns, bool *exists, ctx_reply *rep, load_outcome *out, dc_error *err) {
+    bool waited = false;
     for (int attempt = 0;; attempt++) {
         double t0 = clock_mono_ms();
         store_status st = store_session_load(c->s, sid, meta, turns);
         rep->store_read_ms += clock_mono_ms() - t0;
         if (st != STORE_OK && st != STORE_NOT_FOUND) return store_fail(err, st);
         *exists = st == STORE_OK;
-        if (*exists && strcmp(meta->user_id, rep->user_id) != 0) {
-            store_turns_free(*turns, meta->turn);
-            *turns = NULL;
+        if (*exists && strcmp(meta->user_id, rep->user_id) != 0)
             return dc_fail(err, DC_E_FORBIDDEN, "session %s belongs to another user", sid);
-        }
         uint32_t stored = *exists ? meta->turn : 0;
         switch (turn_decide(*exists, stored, turn, attempt >= c->p.stale_retries)) {
         case TURN_PROCEED:
-            if (*exists && meta->mode != req->mode)
-                return dc_fail(err, DC_E_MODE_MISMATCH, "session %s is in %s mode, not %s", sid,
-                               ctx_mode_name(meta->mode), ctx_mode_name(req->mode));
-            if (*exists && meta->fingerprint != llm_fingerprint(c->m))
-                return dc_fail(err, DC_E_INCOMPATIBLE,
-                               "session %s was stored for another tokenizer or chat template (model %s)", sid,
-                               meta->model);
-            return DC_OK;
+            *out = LOAD_PROCEED;
+            return *exists ? check_compatible(c, sid, req, meta, err) : DC_OK;
         case TURN_CONFLICT:
+            if (req->request_id && stored == turn && !strcmp(meta->request_id, req->request_id)) {
+                *out = LOAD_REPLAY;
+                return check_compatible(c, sid, req, meta, err);
+            }
             err->expected_turn = stored + 1;
             return dc_fail(err, DC_E_CONFLICT, "turn %u of session %s is already committed; expected turn %u",
                            turn, sid, stored + 1);
         case TURN_STALE:
-            return dc_fail(err, DC_E_STALE, "stored context is at turn %u, request is turn %u; still behind after %d re-reads",
-                           stored, turn, attempt);
         case TURN_NOT_FOUND:
+            if (req->consistency == CONSISTENCY_AVAILABLE) {
+                *out = LOAD_STALE_ANSWER;
+                rep->stale = true;
+                return *exists ? check_compatible(c, sid, req, meta, err) : DC_OK;
+            }
+            if (*exists)
+                return dc_fail(err, DC_E_STALE,
+                               "stored context is at turn %u, request is turn %u; still behind after waiting %.0f ms "
+                               "and %d re-reads", stored, turn, rep->wait_ms, rep->retries);
             return dc_fail(err, DC_E_NOT_FOUND, "no session %s (turn %u requested)", sid, turn);
         case TURN_WAIT:
-            if (*exists) store_turns_free(*turns, meta->turn);
+            store_turns_free(*turns, *exists ? meta->turn : 0);
             *turns = NULL;
-            rep->retries++;
-            clock_sleep_ms(c->p.stale_retry_ms);
+            if (!waited) {
+                waited = true;
+                double w0 = clock_mono_ms();
+                store_wait(c->s, sid, turn - 1, c->p.sync_timeout_ms);
+                rep->wait_ms += clock_mono_ms() - w0;
+                attempt = -1; /* the re-reads start after the wait */
+            } else {
+                rep->retries++;
+                clock_sleep_ms(c->p.stale_retry_ms);
+            }
             break;
         }
+    }
+}
+
+/* A retried turn: the reply as committed, not a new generation. */
+static void replay(ctx *c, const turn_rec *t, ctx_reply *rep) {
+    rep->replayed = true;
+    if (t->kind == TURN_TOKENS) {
+        llm_detokenize(c->m, t->tok[SEG_REPLY].v, t->tok[SEG_REPLY].n, &rep->content);
+        rep->llm.predicted_n = (int)t->tok[SEG_REPLY].n;
+    } else {
+        strbuf_append(&rep->content, t->text[SEG_REPLY].s ? t->text[SEG_REPLY].s : "", t->text[SEG_REPLY].n);
     }
 }
 
@@ -237,6 +281,8 @@ dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *e
     } else if (id_random_hex(rep->user_id) != 0) {
         return dc_fail(err, DC_E_INTERNAL, "no randomness for a user id");
     }
+    if (req->request_id && !id_is_valid(req->request_id))
+        return dc_fail(err, DC_E_INVALID, "request_id must be 1-64 characters of [A-Za-z0-9._-]");
     if (req->mode == MODE_CLIENT_SIDE) return complete_client_side(c, req, rep, err);
 
     uint32_t turn = req->turn ? req->turn : 1;
@@ -256,14 +302,21 @@ dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *e
     turn_rec *turns = NULL, rec = {0};
     tokvec input = {0};
     bool exists = false;
-    dc_code rc = load_current(c, rep->session_id, req, turn, &meta, &turns, &exists, rep, err);
+    load_outcome outcome = LOAD_PROCEED;
+    dc_code rc = load_current(c, rep->session_id, req, turn, &meta, &turns, &exists, rep, &outcome, err);
     uint32_t n_turns = exists ? meta.turn : 0;
-    if (!rc && exists && req->system) rc = dc_fail(err, DC_E_INVALID, "system is accepted on turn 1 only");
+    if (!rc && outcome == LOAD_REPLAY) {
+        replay(c, &turns[turn - 1], rep);
+        rep->context_tokens = (int)meta.n_tokens;
+        goto done;
+    }
+    if (!rc && exists && req->system && outcome == LOAD_PROCEED)
+        rc = dc_fail(err, DC_E_INVALID, "system is accepted on turn 1 only");
     if (!rc)
         rc = req->mode == MODE_TOKENIZED ? build_tokenized(c, req, turns, n_turns, &rec, &input, rep, err)
                                          : build_raw(c, req, turns, n_turns, &rec, &input, rep, err);
     if (!rc) rc = generate(c, &input, req, &rec.tok[SEG_REPLY], rep, err);
-    if (!rc) {
+    if (!rc && outcome == LOAD_PROCEED) {
         rec.turn = turn;
         rec.fingerprint = llm_fingerprint(c->m);
         if (req->mode == MODE_TOKENIZED) {
@@ -282,6 +335,7 @@ dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *e
         }
         meta.turn = turn;
         meta.last_ms = now;
+        snprintf(meta.request_id, sizeof meta.request_id, "%s", req->request_id ? req->request_id : "");
         /* the conversation's length in tokens, as the model would see it whole */
         if (req->mode == MODE_TOKENIZED) meta.n_tokens += (uint32_t)turn_rec_tokens(&rec);
         else meta.n_tokens = (uint32_t)(input.n + rec.tok[SEG_REPLY].n + llm_turn_end(c->m)->n);
@@ -297,6 +351,7 @@ dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *e
             rc = store_fail(err, st);
         }
     }
+done:
     keylock_release(c->locks, lock);
     if (rc) strbuf_clear(&rep->content);
     tokvec_free(&input);

@@ -19,7 +19,14 @@ typedef struct {
     const char *node_id;
     int stale_retries;    /* re-reads when the stored turn is behind (paper: 3) */
     int stale_retry_ms;   /* pause between re-reads (paper: 10 ms) */
+    int sync_timeout_ms;  /* longest wait for a missing turn to replicate (store_wait) */
 } ctx_params;
+
+/* What a client accepts when its turn has not reached this node in time. */
+typedef enum {
+    CONSISTENCY_STRONG = 0, /* fail: 503 stale_context (404 for an unknown session) */
+    CONSISTENCY_AVAILABLE   /* answer from the local context, say stale, commit nothing */
+} ctx_consistency;
 
 ctx_params ctx_default_params(void);
 
@@ -34,6 +41,8 @@ typedef struct {
     const char *session_id; /* NULL: a new session is created */
     const char *user_id;    /* NULL: one is assigned */
     uint32_t turn;          /* 0: not given (allowed only for a new session) */
+    const char *request_id; /* optional: a retry with the same id gets the committed reply again */
+    ctx_consistency consistency;
     llm_gen_params gen;
 } ctx_request;
 
@@ -46,6 +55,9 @@ typedef struct {
     int context_tokens;      /* tokens fed to the model */
     int truncated_turns;     /* oldest turns left out to fit the context window */
     int retries;             /* store re-reads while the replica was behind */
+    double wait_ms;          /* time spent waiting for replication */
+    bool stale;              /* answered from a context behind the client's turn; not committed */
+    bool replayed;           /* a retry of a committed turn: the committed reply, not a new one */
     llm_timings llm;
     double tokenize_ms, store_read_ms, store_commit_ms;
 } ctx_reply;

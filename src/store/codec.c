@@ -210,6 +210,7 @@ void codec_meta_encode(const session_meta *m, strbuf *out) {
     put_le(out, m->n_tokens, 4);
     put_bytes(out, m->user_id, strlen(m->user_id));
     put_bytes(out, m->model, strlen(m->model));
+    put_bytes(out, m->request_id, strlen(m->request_id));
     put_crc(out, start);
 }
 
@@ -231,15 +232,18 @@ codec_status codec_meta_decode(const void *data, size_t n, session_meta *out) {
     out->last_ms = (int64_t)get_le(&r, 8);
     out->fingerprint = get_le(&r, 8);
     out->n_tokens = (uint32_t)get_le(&r, 4);
-    size_t ulen = 0, mlen = 0;
+    size_t ulen = 0, mlen = 0, rlen = 0;
     const unsigned char *u = get_span(&r, &ulen);
     const unsigned char *mo = get_span(&r, &mlen);
+    const unsigned char *rq = get_span(&r, &rlen);
     if (r.st) return r.st;
     if (r.p != r.end) return CODEC_BAD_VALUE;
     if (out->mode < MODE_TOKENIZED || out->mode > MODE_RAW) return CODEC_BAD_VALUE;
     if (!copy_str(out->user_id, sizeof out->user_id, u, ulen) || !id_is_valid(out->user_id))
         return CODEC_BAD_VALUE;
     if (!copy_str(out->model, sizeof out->model, mo, mlen)) return CODEC_BAD_VALUE;
+    if (!copy_str(out->request_id, sizeof out->request_id, rq, rlen) || (rlen && !id_is_valid(out->request_id)))
+        return CODEC_BAD_VALUE;
     return CODEC_OK;
 }
 

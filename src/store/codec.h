@@ -31,7 +31,7 @@
  * Meta record, version 1:
  *   "DM" | u8 version | u8 mode | u32 turn | u64 created_ms | u64 last_ms
  *   | u64 fingerprint | u32 n_tokens | varint+bytes user_id | varint+bytes model
- *   | u32 CRC-32
+ *   | varint+bytes request_id (of the turn that wrote it; may be empty) | u32 CRC-32
  *
  * Commit record (what the NATS store publishes per turn): varint length of a
  * meta record, the meta record, then the turn record. One message carries a
@@ -72,6 +72,7 @@ typedef struct {
     uint32_t n_tokens;   /* tokens stored (TOKENS) or fed last turn (TEXT) */
     char user_id[ID_MAX + 1];
     char model[128];
+    char request_id[ID_MAX + 1]; /* the client's id for the last turn: a retry of it is answered, not refused */
 } session_meta;
 
 typedef enum {

@@ -21,11 +21,21 @@
  * is safe, because messages are immutable and the context manager compares
  * the stored turn with the client's turn counter and re-reads when behind.
  *
+ * Waiting for replication: a node whose read is behind the client's turn
+ * waits for the missing commit instead of sleeping blindly. Every commit is
+ * followed by a small core-NATS notification on dce.<keygroup>.n.<session>
+ * carrying the turn number; each node keeps ONE subscription to all of them
+ * (creating one per request would cost milliseconds) and wakes the requests
+ * waiting for that session. Notifications are hints: a waiter always re-reads
+ * the store, so a lost or early notification costs time, never correctness.
+ *
  * TTL: every message carries the session's last activity, so reads treat a
  * session idle past the TTL as absent; store_expire purges such sessions
  * (one subject at a time, never part of a session). */
+#include <errno.h>
 #include <jansson.h>
 #include <nats/nats.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,12 +44,24 @@
 #include "../util/log.h"
 #include "store_impl.h"
 
+typedef struct waiter {
+    const char *sid;
+    uint32_t turn;
+    bool done;
+    struct waiter *next;
+} waiter;
+
 typedef struct {
     store base;
     natsConnection *nc;
     jsCtx *js;
+    natsSubscription *notes;
     char stream[96];
     char subjects[96]; /* dce.<keygroup>.t. */
+    char notify[96];   /* dce.<keygroup>.n. */
+    pthread_mutex_t mu; /* guards waiters */
+    pthread_cond_t cv;
+    waiter *waiters;
 } nstore;
 
 static const store_ops nats_ops;
@@ -96,6 +118,41 @@ static int ensure_stream(nstore *s, int replicas, char *err, size_t errlen) {
     return rc;
 }
 
+static void nats_close(store *base) {
+    nstore *s = (nstore *)base;
+    if (s->notes) natsSubscription_Unsubscribe(s->notes);
+    natsSubscription_Destroy(s->notes);
+    jsCtx_Destroy(s->js);
+    if (s->nc) natsConnection_Close(s->nc);
+    natsConnection_Destroy(s->nc);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+/* The node-wide subscription: a commit of `turn` of a session happened. */
+static void on_note(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
+    (void)nc;
+    (void)sub;
+    nstore *s = closure;
+    const char *subj = natsMsg_GetSubject(msg);
+    size_t plen = strlen(s->notify);
+    if (strncmp(subj, s->notify, plen) == 0) {
+        const char *sid = subj + plen;
+        char num[16] = {0};
+        int n = natsMsg_GetDataLength(msg);
+        memcpy(num, natsMsg_GetData(msg), n > 0 && n < 16 ? (size_t)n : 0);
+        uint32_t turn = (uint32_t)strtoul(num, NULL, 10);
+        pthread_mutex_lock(&s->mu);
+        bool woke = false;
+        for (waiter *w = s->waiters; w; w = w->next)
+            if (!w->done && turn >= w->turn && !strcmp(w->sid, sid)) w->done = woke = true;
+        if (woke) pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    natsMsg_Destroy(msg);
+}
+
 store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     for (const char *k = p->keygroup; *k; k++)
         if (!((*k >= 'a' && *k <= 'z') || (*k >= 'A' && *k <= 'Z') || (*k >= '0' && *k <= '9') || *k == '_' || *k == '-')) {
@@ -108,6 +165,13 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     s->base.ttl_ms = p->ttl_ms;
     snprintf(s->stream, sizeof s->stream, "DISCEDGE_%s", p->keygroup);
     snprintf(s->subjects, sizeof s->subjects, "dce.%s.t.", p->keygroup);
+    snprintf(s->notify, sizeof s->notify, "dce.%s.n.", p->keygroup);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
 
     /* "nats://a:4222,nats://b:4222" or "nats://a:4222,b:4222" */
     char *urls = strdup(p->url), *save = NULL;
@@ -134,23 +198,18 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = 5000;
-    if (natsConnection_JetStream(&s->js, s->nc, &jo) != NATS_OK || ensure_stream(s, p->replicas, err, errlen) != 0) {
+    char all_notes[128];
+    snprintf(all_notes, sizeof all_notes, "%s>", s->notify);
+    if (natsConnection_JetStream(&s->js, s->nc, &jo) != NATS_OK || ensure_stream(s, p->replicas, err, errlen) != 0 ||
+        natsConnection_Subscribe(&s->notes, s->nc, all_notes, on_note, s) != NATS_OK) {
         if (!err[0]) snprintf(err, errlen, "cannot use JetStream on %s", p->url);
-        jsCtx_Destroy(s->js);
-        natsConnection_Destroy(s->nc);
-        free(s);
+        nats_close(&s->base);
         return NULL;
     }
+    natsSubscription_SetPendingLimits(s->notes, -1, -1);
     return &s->base;
 }
 
-static void nats_close(store *base) {
-    nstore *s = (nstore *)base;
-    jsCtx_Destroy(s->js);
-    natsConnection_Close(s->nc);
-    natsConnection_Destroy(s->nc);
-    free(s);
-}
 
 static uint64_t msg_seq(natsMsg *m) {
     const char *v = NULL;
@@ -293,7 +352,13 @@ static store_status nats_turn_commit(store *base, const char *sid, const session
     if (ns == NATS_OK) ns = js_PublishMsg(&ack, s->js, m, NULL, &jerr);
     jsPubAck_Destroy(ack);
     natsMsg_Destroy(m);
-    if (ns == NATS_OK) return STORE_OK;
+    if (ns == NATS_OK) {
+        char note_subj[SUBJECT_MAX], num[16];
+        snprintf(note_subj, sizeof note_subj, "%s%s", s->notify, sid);
+        snprintf(num, sizeof num, "%u", t->turn);
+        natsConnection_PublishString(s->nc, note_subj, num); /* a hint; losing it only delays a waiter */
+        return STORE_OK;
+    }
     if (jerr == JSStreamWrongLastSequenceErr) return STORE_CONFLICT;
     return nats_fail("publish", ns, jerr);
 }
@@ -341,7 +406,38 @@ static long nats_expire(store *base, int64_t now_ms) {
     return removed;
 }
 
+static store_status nats_wait(store *base, const char *sid, uint32_t turn, int timeout_ms) {
+    nstore *s = (nstore *)base;
+    waiter w = {.sid = sid, .turn = turn};
+    /* register before checking, so a commit between the check and the wait
+     * still wakes us */
+    pthread_mutex_lock(&s->mu);
+    w.next = s->waiters;
+    s->waiters = &w;
+    pthread_mutex_unlock(&s->mu);
+    session_meta m;
+    bool seen = nats_meta_get(base, sid, &m) == STORE_OK && m.turn >= turn;
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->mu);
+    while (!seen && !w.done)
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &deadline) == ETIMEDOUT) break;
+    seen = seen || w.done;
+    waiter **pp = &s->waiters;
+    while (*pp != &w) pp = &(*pp)->next;
+    *pp = w.next;
+    pthread_mutex_unlock(&s->mu);
+    return seen ? STORE_OK : STORE_NOT_FOUND;
+}
+
 static const store_ops nats_ops = {
+    .wait = nats_wait,
     .name = "nats",
     .meta_get = nats_meta_get,
     .session_load = nats_session_load,

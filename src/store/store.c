@@ -65,6 +65,13 @@ store_status store_turn_commit(store *s, const char *sid, const session_meta *me
 
 store_status store_session_delete(store *s, const char *sid) { return s->ops->session_delete(s, sid); }
 
+store_status store_wait(store *s, const char *sid, uint32_t turn, int timeout_ms) {
+    if (s->ops->wait) return s->ops->wait(s, sid, turn, timeout_ms);
+    session_meta m;
+    store_status st = store_meta_get(s, sid, &m);
+    return st == STORE_OK && m.turn >= turn ? STORE_OK : st == STORE_OK ? STORE_NOT_FOUND : st;
+}
+
 long store_expire(store *s, int64_t now_ms) { return s->ops->expire(s, now_ms); }
 
 void store_turns_free(turn_rec *turns, uint32_t n) {

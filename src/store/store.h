@@ -62,6 +62,13 @@ store_status store_turn_commit(store *s, const char *sid, const session_meta *me
 
 store_status store_session_delete(store *s, const char *sid);
 
+/* Waits up to timeout_ms until this node's store shows the session at turn
+ * >= turn (replication of a commit made elsewhere). STORE_OK when it does,
+ * STORE_NOT_FOUND when it does not in time. The NATS store is woken by its
+ * one node-wide subscription; the embedded store has nothing in flight and
+ * returns after a single check. */
+store_status store_wait(store *s, const char *sid, uint32_t turn, int timeout_ms);
+
 /* Removes every session idle for longer than the TTL at now_ms. Returns the
  * number removed, or -1 on error. */
 long store_expire(store *s, int64_t now_ms);

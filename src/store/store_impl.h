@@ -12,6 +12,7 @@ typedef struct {
     store_status (*turn_commit)(store *s, const char *sid, const session_meta *meta, const turn_rec *t);
     store_status (*session_delete)(store *s, const char *sid);
     long (*expire)(store *s, int64_t now_ms);
+    store_status (*wait)(store *s, const char *sid, uint32_t turn, int timeout_ms); /* NULL: check once */
     void (*close)(store *s);
 } store_ops;
 

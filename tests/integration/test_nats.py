@@ -106,6 +106,72 @@ class OneServer(unittest.TestCase):
             self.assertEqual((st, info["turn"]), (200, turn), info)
         print("races won: %r" % wins, file=sys.stderr)
 
+    def test_turn_in_flight_elsewhere_is_waited_for(self):
+        """The client sends turn 3 to node b while turn 2 is still generating
+        on node a: b waits for the commit (subscription), then answers."""
+        st, r = self.a.complete(prompt="Hello", user_id="eager", n_predict=4)
+        sid = r["session_id"]
+        slow = {}
+        t = threading.Thread(target=lambda: slow.update(r=self.a.complete(
+            prompt="Write a long story about a robot.", user_id="eager", session_id=sid, turn=2, n_predict=160)))
+        t.start()
+        time.sleep(0.15)
+        st, r3 = self.b.complete(prompt="Shorter please.", user_id="eager", session_id=sid, turn=3, n_predict=8)
+        t.join()
+        self.assertEqual(slow["r"][0], 200, slow)
+        self.assertEqual(st, 200, r3)
+        self.assertGreater(r3["wait_ms"], 0)
+        self.assertFalse(r3["stale"])
+        # turn 3 was built on turn 2: its context holds turn 2's whole reply
+        self.assertGreaterEqual(r3["context_tokens"], slow["r"][1]["context_tokens"] + slow["r"][1]["tokens_predicted"])
+
+    def test_held_back_beyond_the_timeout(self):
+        impatient = Node(BIN, MODEL, os.path.join(self.dir, "c"), "edge-3",
+                         ("--store", self.nats.url, "--sync-timeout", "200") + ONE_THREAD).start()
+        try:
+            st, r = self.a.complete(prompt="Hello", user_id="hasty", n_predict=4)
+            sid = r["session_id"]
+            slow = {}
+            t = threading.Thread(target=lambda: slow.update(r=self.a.complete(
+                prompt="Write a long story about a robot.", user_id="hasty", session_id=sid, turn=2, n_predict=200)))
+            t.start()
+            time.sleep(0.15)
+            st, strong = impatient.complete(prompt="Next.", user_id="hasty", session_id=sid, turn=3, n_predict=4)
+            st2, avail = impatient.complete(prompt="Next.", user_id="hasty", session_id=sid, turn=3, n_predict=4,
+                                            consistency="available")
+            t.join()
+            self.assertEqual(slow["r"][0], 200, slow)
+            self.assertEqual(st, 503, strong)
+            self.assertEqual(strong["error"]["type"], "stale_context")
+            self.assertEqual(st2, 200, avail)
+            self.assertTrue(avail["stale"])
+            self.assertEqual(avail["turn"], 3)
+            # the stale answer committed nothing: turn 3 is still the client's to send
+            st, info = self.b.request("GET", "/v1/sessions/%s?user_id=hasty" % sid)
+            self.assertEqual(info["turn"], 2)
+            st, r3 = self.b.complete(prompt="Next.", user_id="hasty", session_id=sid, turn=3, n_predict=4)
+            self.assertEqual(st, 200, r3)
+        finally:
+            impatient.cleanup()
+
+    def test_retry_with_request_id_gets_the_committed_reply(self):
+        st, r1 = self.a.complete(prompt="Hello", user_id="retry", n_predict=8)
+        sid = r1["session_id"]
+        st, r2 = self.a.complete(prompt="Tell me a fact.", user_id="retry", session_id=sid, turn=2, n_predict=24,
+                                 request_id="req-2")
+        self.assertEqual(st, 200, r2)
+        # the response was lost; the client retries on the other node
+        st, again = self.b.complete(prompt="Tell me a fact.", user_id="retry", session_id=sid, turn=2,
+                                    n_predict=24, request_id="req-2")
+        self.assertEqual(st, 200, again)
+        self.assertTrue(again.get("replayed"))
+        self.assertEqual(again["content"], r2["content"])
+        st, other = self.b.complete(prompt="Tell me a fact.", user_id="retry", session_id=sid, turn=2,
+                                    n_predict=24, request_id="req-x")
+        self.assertEqual(st, 409, other)
+        st, info = self.b.request("GET", "/v1/sessions/%s?user_id=retry" % sid)
+        self.assertEqual(info["turn"], 2)
+
     def test_delete_removes_on_every_node(self):
         st, r = self.a.complete(prompt="Hello", user_id="del", n_predict=4)
         self.assertEqual(st, 200, r)

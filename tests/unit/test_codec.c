@@ -146,6 +146,7 @@ static void meta_round_trip_and_damage(void **state) {
                       .fingerprint = 42, .n_tokens = 1234};
     strcpy(m.user_id, "robotics_dev");
     strcpy(m.model, "SmolLM2");
+    strcpy(m.request_id, "req-9");
     strbuf b = {0};
     codec_meta_encode(&m, &b);
     session_meta out;
