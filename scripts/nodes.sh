@@ -1,16 +1,56 @@
-# nodes.sh - sourced by the demo and the benchmark: start discedge nodes on
-# free loopback ports and stop them (by PID) when the script exits.
-#   node_start NAME DIR [serve options...]   sets NODE_URL; logs in DIR/NAME.log
-#   nodes_stop                               stops every node started (also on EXIT)
-NODE_PIDS=()
+# nodes.sh - sourced by the demo and the benchmark: start nats-servers and
+# discedge nodes on free loopback ports and stop them all (by PID) when the
+# script exits, also on failure.
+#   nats_cluster_start DIR N        N clustered JetStream servers; sets NATS_URLS (array)
+#   node_start NAME DIR [options]   one discedge node; sets NODE_URL; logs in DIR/NAME.log
+#   nodes_stop                      stops everything started (also on EXIT)
+NATS_SERVER=${NATS_SERVER:-third_party/go/bin/nats-server}
+STARTED_PIDS=()
 nodes_stop() {
   local pid
-  for pid in "${NODE_PIDS[@]}"; do
+  for pid in "${STARTED_PIDS[@]}"; do
     if kill -0 "$pid" 2>/dev/null; then kill "$pid"; wait "$pid" 2>/dev/null || true; fi
   done
-  NODE_PIDS=()
+  STARTED_PIDS=()
 }
 trap nodes_stop EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_for() { # wait_for SECONDS PID COMMAND...: until COMMAND succeeds, while PID lives
+  local secs=$1 pid=$2 i
+  shift 2
+  for i in $(seq 1 $((secs * 10))); do
+    "$@" && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+nats_cluster_start() {
+  local dir=$1 n=$2 i routes=() clients=() r
+  for i in $(seq 1 "$n"); do routes+=("$(free_port)"); clients+=("$(free_port)"); done
+  NATS_URLS=()
+  for i in $(seq 1 "$n"); do
+    local d="$dir/core$i"
+    mkdir -p "$d"
+    {
+      echo "server_name: core$i"
+      echo "listen: 127.0.0.1:${clients[$((i - 1))]}"
+      echo "jetstream { store_dir: \"$d/js\" }"
+      printf 'cluster { name: core, listen: 127.0.0.1:%s, routes: [' "${routes[$((i - 1))]}"
+      for r in "${routes[@]}"; do printf '"nats://127.0.0.1:%s", ' "$r"; done
+      echo '] }'
+    } >"$d/nats.conf"
+    "$NATS_SERVER" -c "$d/nats.conf" >"$d/nats.log" 2>&1 &
+    STARTED_PIDS+=("$!")
+    NATS_URLS+=("nats://127.0.0.1:${clients[$((i - 1))]}")
+  done
+  # JetStream is usable once the cluster has elected its metadata leader
+  wait_for 30 "${STARTED_PIDS[-1]}" grep -qs "metadata leader" "$dir"/core*/nats.log ||
+    { echo "the NATS cluster did not form (logs in $dir)" >&2; return 1; }
+}
 
 node_start() {
   local name=$1 dir=$2
@@ -19,13 +59,12 @@ node_start() {
   build/discedge serve --model "${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}" --port 0 --node-id "$name" \
     --data-dir "$dir/$name.store" "$@" >"$dir/$name.out" 2>"$dir/$name.log" &
   local pid=$!
-  NODE_PIDS+=("$pid")
-  for _ in $(seq 1 600); do
-    NODE_URL=$(grep -o 'http://[0-9.]*:[0-9]*' "$dir/$name.out" 2>/dev/null || true)
-    [ -n "$NODE_URL" ] && { cat "$dir/$name.out"; return 0; }
-    kill -0 "$pid" 2>/dev/null || { cat "$dir/$name.log" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "node $name did not start in 60 s" >&2
-  return 1
+  STARTED_PIDS+=("$pid")
+  if ! wait_for 60 "$pid" grep -qs 'listening on' "$dir/$name.out"; then
+    echo "node $name did not start:" >&2
+    cat "$dir/$name.log" >&2
+    return 1
+  fi
+  NODE_URL=$(grep -o 'http://[0-9.]*:[0-9]*' "$dir/$name.out")
+  cat "$dir/$name.out"
 }

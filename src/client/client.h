@@ -47,6 +47,8 @@ typedef struct {
     char node[65];
     /* the node's own timings for the turn */
     double tokenize_ms, prompt_ms, predicted_ms, store_ms;
+    double wait_ms;         /* the node waited this long for the previous turn to replicate */
+    int retries;
 } client_turn;
 
 void client_turn_free(client_turn *t);

@@ -120,7 +120,7 @@ int scenario_main(int argc, char **argv) {
     if (rc) goto out;
     if (csv)
         fprintf(csv, "turn,node,mode,status,latency_ms,request_bytes,context_tokens,tokens_predicted,tokenize_ms,"
-                     "prompt_ms,predicted_ms,store_ms,reply\n");
+                     "prompt_ms,predicted_ms,store_ms,wait_ms,answered_by,reply\n");
 
     client_session_init(&sess, mode, user ? user : sc.user_id);
     sess.n_predict = n_predict;
@@ -128,8 +128,8 @@ int scenario_main(int argc, char **argv) {
     sess.seed = seed;
     if (!quiet) {
         printf("%s (%s mode, %zu turns)\n", sc.name, mode, sc.n_turns);
-        printf("%4s  %-10s %6s %10s %9s %8s  %s\n", "turn", "node", "status", "latency_ms", "req_bytes", "ctx_tok",
-               "reply");
+        printf("%4s  %-10s %-10s %6s %10s %8s %9s %8s  %s\n", "turn", "node", "answered", "status", "latency_ms",
+               "wait_ms", "req_bytes", "ctx_tok", "reply");
     }
     for (size_t i = 0; i < sc.n_turns; i++) {
         const char *name = sc.turns[i].node ? sc.turns[i].node : nodes[0].name;
@@ -139,12 +139,12 @@ int scenario_main(int argc, char **argv) {
         char pv[61];
         preview(ok ? t.content.s : (t.http.status ? t.http.body.s : t.http.error), pv, sizeof pv);
         if (!quiet)
-            printf("%4zu  %-10s %6ld %10.1f %9ld %8d  %s\n", i + 1, name, t.http.status, t.http.ms,
-                   t.http.request_bytes, t.context_tokens, pv);
+            printf("%4zu  %-10s %-10s %6ld %10.1f %8.1f %9ld %8d  %s\n", i + 1, name, t.node[0] ? t.node : "-",
+                   t.http.status, t.http.ms, t.wait_ms, t.http.request_bytes, t.context_tokens, pv);
         if (csv) {
-            fprintf(csv, "%zu,%s,%s,%ld,%.3f,%ld,%d,%d,%.3f,%.3f,%.3f,%.3f,", i + 1, name, mode, t.http.status,
-                    t.http.ms, t.http.request_bytes, t.context_tokens, t.tokens_predicted, t.tokenize_ms, t.prompt_ms,
-                    t.predicted_ms, t.store_ms);
+            fprintf(csv, "%zu,%s,%s,%ld,%.3f,%ld,%d,%d,%.3f,%.3f,%.3f,%.3f,%.3f,%s,", i + 1, name, mode,
+                    t.http.status, t.http.ms, t.http.request_bytes, t.context_tokens, t.tokens_predicted, t.tokenize_ms,
+                    t.prompt_ms, t.predicted_ms, t.store_ms, t.wait_ms, t.node[0] ? t.node : "-");
             csv_field(csv, ok ? t.content.s : t.http.body.s ? t.http.body.s : t.http.error);
             fputc('\n', csv);
         }

@@ -45,6 +45,7 @@ class Scenario(unittest.TestCase):
         self.assertEqual(len(rows), 9)
         self.assertEqual([r["status"] for r in rows], ["200"] * 9)
         self.assertEqual([r["node"] for r in rows], nodes)
+        self.assertEqual([r["answered_by"] for r in rows], nodes)  # the node ids are the names here
         ctx = [int(r["context_tokens"]) for r in rows]
         self.assertEqual(ctx, sorted(ctx))  # the context grows every turn
         for r in rows:
