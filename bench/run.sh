@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# run.sh - the single-node benchmark: the paper's 9-turn scenario in each mode
+# run.sh - the benchmarks. First the single-node one: the paper's 9-turn scenario in each mode
 # (tokenized, raw, client-side), REPS repetitions interleaved by mode, with the
 # paper's parameters (temperature 0, seed 123, n_predict 128). Writes one CSV
 # per run under bench/out/ and prints the summary table (bench/summarize.py).
@@ -24,3 +24,8 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 python3 bench/summarize.py "$OUT" | tee "$OUT/summary.md"
+
+# Replication across nodes (NATS core cluster + two edge nodes): wire bytes
+# per turn tokenized vs raw, handover latency, commit-to-visibility.
+nodes_stop
+python3 bench/replication.py --reps "$REPS" "$OUT" | tee "$OUT/replication.md"
