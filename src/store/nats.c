@@ -43,6 +43,10 @@
 #include "../util/clock.h"
 #include "../util/log.h"
 #include "store_impl.h"
+#include "turncache.h"
+
+/* Sessions whose turns a node keeps in memory (turncache.h). */
+#define CACHE_SESSIONS 1024
 
 typedef struct waiter {
     const char *sid;
@@ -62,6 +66,7 @@ typedef struct {
     pthread_mutex_t mu; /* guards waiters */
     pthread_cond_t cv;
     waiter *waiters;
+    turncache *cache;
 } nstore;
 
 static const store_ops nats_ops;
@@ -127,6 +132,7 @@ static void nats_close(store *base) {
     natsConnection_Destroy(s->nc);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    turncache_free(s->cache);
     free(s);
 }
 
@@ -166,6 +172,7 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     snprintf(s->stream, sizeof s->stream, "DISCEDGE_%s", p->keygroup);
     snprintf(s->subjects, sizeof s->subjects, "dce.%s.t.", p->keygroup);
     snprintf(s->notify, sizeof s->notify, "dce.%s.n.", p->keygroup);
+    s->cache = turncache_new(CACHE_SESSIONS);
     pthread_mutex_init(&s->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -249,46 +256,78 @@ static store_status nats_meta_get(store *base, const char *sid, session_meta *ou
     return st;
 }
 
+/* Appends the session's messages from stream sequence `from` on, up to
+ * `upto`, to turns[0..*n). Any replica may answer each get; stopping at the
+ * first "not found" yields a prefix of the session, which is safe (see top). */
+static store_status walk(nstore *s, const char *subj, const char *sid, uint64_t from, uint64_t upto, turn_rec **turns,
+                         uint32_t *n, uint32_t *cap, session_meta *meta, uint64_t *last_seq) {
+    for (uint64_t seq = from; seq <= upto;) {
+        natsMsg *m = NULL;
+        store_status st = direct_get(s, subj, seq, false, &m);
+        if (st == STORE_NOT_FOUND) break;
+        if (st != STORE_OK) return st;
+        if (*n == *cap) {
+            uint32_t c = *cap ? *cap * 2 : 8;
+            *turns = dc_xrealloc(*turns, c * sizeof **turns);
+            memset(*turns + *cap, 0, (c - *cap) * sizeof **turns);
+            *cap = c;
+        }
+        turn_rec *t = &(*turns)[*n];
+        session_meta mm;
+        st = decode(m, sid, &mm, t);
+        seq = msg_seq(m) + 1;
+        natsMsg_Destroy(m);
+        if (st != STORE_OK) return st;
+        if (t->turn != *n + 1)
+            return store_fail(STORE_CORRUPT, "session %s: turn %u found where %u belongs", sid, t->turn, *n + 1);
+        (*n)++;
+        *meta = mm;
+        *last_seq = seq - 1;
+    }
+    return STORE_OK;
+}
+
 static store_status nats_session_load(store *base, const char *sid, session_meta *meta, turn_rec **turns) {
     nstore *s = (nstore *)base;
     char subj[SUBJECT_MAX];
     subject_of(s, sid, subj);
+    /* The last message says where the session stands; the cache (or the
+     * stream) supplies the turns up to it. */
+    natsMsg *m = NULL;
+    store_status st = direct_get(s, subj, 0, true, &m);
+    session_meta last_meta;
+    if (st == STORE_OK) st = decode(m, sid, &last_meta, NULL);
+    uint64_t last = st == STORE_OK ? msg_seq(m) : 0;
+    natsMsg_Destroy(m);
+    if (st == STORE_OK && store_expired(base, last_meta.last_ms, clock_wall_ms())) st = STORE_NOT_FOUND;
+    if (st != STORE_OK) {
+        if (st == STORE_NOT_FOUND) turncache_drop(s->cache, sid);
+        return st;
+    }
     turn_rec *out = NULL;
-    uint32_t n = 0, cap = 0;
-    uint64_t seq = 1;
-    store_status st;
-    /* Walk the subject message by message. Any replica may answer each get;
-     * stopping at the first "not found" yields a prefix of the session. */
-    for (;;) {
-        natsMsg *m = NULL;
-        st = direct_get(s, subj, seq, false, &m);
-        if (st == STORE_NOT_FOUND) break;
-        if (st != STORE_OK) goto fail;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            out = dc_xrealloc(out, cap * sizeof *out);
-            memset(out + n, 0, (cap - n) * sizeof *out);
-        }
-        st = decode(m, sid, meta, &out[n]);
-        seq = msg_seq(m) + 1;
-        natsMsg_Destroy(m);
-        if (st != STORE_OK) goto fail;
-        if (out[n].turn != n + 1 || meta->turn != n + 1) {
-            st = store_fail(STORE_CORRUPT, "session %s: turn %u found where %u belongs", sid, out[n].turn, n + 1);
-            n++;
-            goto fail;
-        }
-        n++;
+    uint64_t seq = 0;
+    uint32_t n = turncache_get(s->cache, sid, &out, meta, &seq), cap = n;
+    if (n && (seq > last || last_meta.turn < n)) { /* deleted and started over since */
+        store_turns_free(out, cap);
+        out = NULL;
+        n = cap = 0;
     }
-    if (n == 0 || store_expired(base, meta->last_ms, clock_wall_ms())) {
-        store_turns_free(out, n);
-        return STORE_NOT_FOUND;
+    if (seq != last || n == 0) {
+        st = walk(s, subj, sid, n ? seq + 1 : 1, last, &out, &n, &cap, meta, &seq);
+        if (st == STORE_CORRUPT && n) { /* the cached prefix belongs to an older life of the session */
+            store_turns_free(out, cap);
+            out = NULL;
+            n = cap = 0;
+            st = walk(s, subj, sid, 1, last, &out, &n, &cap, meta, &seq);
+        }
     }
+    if (st != STORE_OK || n == 0) {
+        store_turns_free(out, cap);
+        return st != STORE_OK ? st : STORE_NOT_FOUND;
+    }
+    turncache_put(s->cache, sid, out, n, meta, seq);
     *turns = out;
     return STORE_OK;
-fail:
-    store_turns_free(out, n);
-    return st;
 }
 
 static store_status purge_subject(nstore *s, const char *subj) {
@@ -350,6 +389,7 @@ static store_status nats_turn_commit(store *base, const char *sid, const session
     jsErrCode jerr = 0;
     jsPubAck *ack = NULL;
     if (ns == NATS_OK) ns = js_PublishMsg(&ack, s->js, m, NULL, &jerr);
+    if (ns == NATS_OK) turncache_append(s->cache, sid, t, meta, ack->Sequence);
     jsPubAck_Destroy(ack);
     natsMsg_Destroy(m);
     if (ns == NATS_OK) {
@@ -371,6 +411,7 @@ static store_status nats_session_delete(store *base, const char *sid) {
     uint64_t seq;
     store_status st = leader_last(s, subj, sid, &last, &seq);
     if (st != STORE_OK) return st;
+    turncache_drop(s->cache, sid);
     return purge_subject(s, subj);
 }
 
@@ -399,8 +440,10 @@ static long nats_expire(store *base, int64_t now_ms) {
         session_meta last;
         uint64_t seq;
         if (leader_last(s, subj, sid, &last, &seq) == STORE_OK && store_expired(base, last.last_ms, now_ms) &&
-            purge_subject(s, subj) == STORE_OK)
+            purge_subject(s, subj) == STORE_OK) {
+            turncache_drop(s->cache, sid);
             removed++;
+        }
     }
     json_decref(resp);
     return removed;

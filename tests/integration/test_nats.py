@@ -176,14 +176,23 @@ class OneServer(unittest.TestCase):
         st, r = self.a.complete(prompt="Hello", user_id="del", n_predict=4)
         self.assertEqual(st, 200, r)
         sid = r["session_id"]
-        st, _ = self.b.request("GET", "/v1/sessions/%s?user_id=del" % sid)
-        self.assertEqual(st, 200)
+        st, r = self.b.complete(prompt="More", user_id="del", session_id=sid, turn=2, n_predict=4)
+        self.assertEqual(st, 200, r)  # both nodes have now read (and cached) the session
         st, _ = self.b.request("DELETE", "/v1/sessions/%s?user_id=del" % sid)
         self.assertEqual(st, 200)
-        st, _ = self.a.request("GET", "/v1/sessions/%s?user_id=del" % sid)
-        self.assertEqual(st, 404)
-        st, r = self.a.complete(prompt="Again", user_id="del", session_id=sid, turn=1, n_predict=4)
-        self.assertEqual(st, 200, r)  # the id can start over
+        for n in (self.a, self.b):
+            st, _ = n.request("GET", "/v1/sessions/%s?user_id=del" % sid)
+            self.assertEqual(st, 404)
+        # the id starts over; neither node may serve the old life from memory
+        st, r = self.b.complete(prompt="A new beginning", user_id="del", session_id=sid, turn=1, n_predict=4)
+        self.assertEqual(st, 200, r)
+        st, r = self.a.complete(prompt="Go on", user_id="del", session_id=sid, turn=2, n_predict=4)
+        self.assertEqual(st, 200, r)
+        views = [self.turns(n, sid, "del") for n in (self.a, self.b)]
+        self.assertEqual(views[0]["turns"], views[1]["turns"])
+        self.assertEqual(len(views[0]["turns"]), 2)
+        ref = self.a.request("GET", "/v1/sessions/%s?user_id=del&include=turns" % sid)[1]
+        self.assertEqual(ref["context_tokens"], sum(len(t[k]) for t in ref["turns"] for k in ("system", "user", "reply", "end")))
 
     def test_other_model_cannot_see_the_session(self):
         st, r = self.a.complete(prompt="Hello", user_id="modela", n_predict=4)
