@@ -359,8 +359,16 @@ static store_status nats_turn_commit(store *base, const char *sid, const session
     nstore *s = (nstore *)base;
     char subj[SUBJECT_MAX];
     subject_of(s, sid, subj);
-    session_meta last;
+    /* The expected last sequence: from this node's own read of turn N-1 when
+     * it has one (the server refuses the publish if anything arrived since,
+     * so a stale belief costs a 409, never a double commit); otherwise, and
+     * always for turn 1 (an expired session's leftovers), from the leader. */
+    uint32_t cached_turn = 0;
     uint64_t expect = 0;
+    if (t->turn > 1 && turncache_last(s->cache, sid, &cached_turn, &expect) && cached_turn == t->turn - 1)
+        goto publish;
+    session_meta last;
+    expect = 0;
     store_status st = leader_last(s, subj, sid, &last, &expect);
     if (st == STORE_OK && store_expired(base, last.last_ms, clock_wall_ms())) {
         /* an expired session starts over: clear it first, then expect nothing */
@@ -378,6 +386,7 @@ static store_status nats_turn_commit(store *base, const char *sid, const session
         return STORE_CONFLICT;
     }
 
+publish:;
     strbuf rec = {0};
     codec_commit_encode(meta, t, &rec);
     natsMsg *m = NULL;

@@ -12,6 +12,7 @@
 #ifndef DC_TURNCACHE_H
 #define DC_TURNCACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,9 @@ void turncache_put(turncache *c, const char *sid, const turn_rec *turns, uint32_
 
 /* Appends one turn if the cache holds exactly the turns before it. */
 void turncache_append(turncache *c, const char *sid, const turn_rec *t, const session_meta *meta, uint64_t seq);
+
+/* The last cached turn of sid and its stream sequence; false if not cached. */
+bool turncache_last(turncache *c, const char *sid, uint32_t *turn, uint64_t *seq);
 
 void turncache_drop(turncache *c, const char *sid);
 
