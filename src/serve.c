@@ -51,6 +51,9 @@ static void usage(FILE *f) {
             "  --store URL           nats://HOST:PORT[,HOST:PORT...]: keep sessions in NATS\n"
             "                        JetStream, shared by every node on that store (default:\n"
             "                        the embedded store in --data-dir)\n"
+            "  --store-core-domain D the core cluster's JetStream domain, when --store is this\n"
+            "                        host's own leaf nats-server: reads then come from a local\n"
+            "                        mirror of the model's stream (see docs/DEPLOY.md)\n"
             "  --store-replicas N    replicas of the model's stream when this node creates it\n"
             "                        (default 1; 3 on a 3-server core cluster)\n"
             "  --session-ttl SECS    drop sessions idle this long (default 86400)\n"
@@ -67,7 +70,7 @@ static void usage(FILE *f) {
 }
 
 int serve_main(int argc, char **argv) {
-    enum { O_STORE = 256, O_REPLICAS, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG };
+    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG };
     static struct option opts[] = {{"model", required_argument, 0, 'm'},
                                    {"host", required_argument, 0, 'H'},
                                    {"port", required_argument, 0, 'p'},
@@ -78,6 +81,7 @@ int serve_main(int argc, char **argv) {
                                    {"store", required_argument, 0, O_STORE},
                                    {"store-replicas", required_argument, 0, O_REPLICAS},
                                    {"sync-timeout", required_argument, 0, O_SYNC},
+                                   {"store-core-domain", required_argument, 0, O_DOMAIN},
                                    {"session-ttl", required_argument, 0, O_TTL},
                                    {"n-predict", required_argument, 0, O_NPRED},
                                    {"stale-retries", required_argument, 0, O_RETRIES},
@@ -108,6 +112,7 @@ int serve_main(int argc, char **argv) {
         case O_STORE: sp.url = optarg; break;
         case O_REPLICAS: sp.replicas = atoi(optarg); break;
         case O_SYNC: cp.sync_timeout_ms = atoi(optarg); break;
+        case O_DOMAIN: sp.core_domain = optarg; break;
         case O_TTL: sp.ttl_ms = atoll(optarg) * 1000; break;
         case O_NPRED: ap.default_n_predict = atoi(optarg); break;
         case O_RETRIES: cp.stale_retries = atoi(optarg); break;

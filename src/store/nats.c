@@ -58,7 +58,10 @@ typedef struct waiter {
 typedef struct {
     store base;
     natsConnection *nc;
-    jsCtx *js;
+    jsCtx *js;       /* the core's JetStream API: commits, leader reads, purges */
+    jsCtx *jsl;      /* where reads go: the local mirror (leaf mode) or the core (== js) */
+    char api[64];    /* the core's API prefix: "$JS.API" or "$JS.<domain>.API" */
+    bool leaf;       /* reads from a mirror in the node's own JetStream domain */
     natsSubscription *notes;
     char stream[96];
     char subjects[96]; /* dce.<keygroup>.t. */
@@ -83,50 +86,63 @@ static store_status nats_fail(const char *what, natsStatus st, jsErrCode jerr) {
                       (int)jerr);
 }
 
-/* Creates the keygroup's stream, or joins it when it exists. A plain JSON
- * request: the 3.4 C client's jsStreamConfig predates allow_direct. */
-static int ensure_stream(nstore *s, int replicas, char *err, size_t errlen) {
-    json_t *cfg = json_pack("{s:s, s:[s+], s:s, s:s, s:i, s:b, s:s, s:I}", "name", s->stream, "subjects", s->subjects,
-                            ">", "retention", "limits", "storage", "file", "num_replicas", replicas, "allow_direct", 1,
-                            "discard", "old", "duplicate_window", (json_int_t)120 * 1000000000LL);
-    char *body = json_dumps(cfg, JSON_COMPACT);
-    json_decref(cfg);
-    char subj[160];
-    snprintf(subj, sizeof subj, "$JS.API.STREAM.CREATE.%s", s->stream);
+/* Sends a JetStream API request (JSON) and checks the reply; an error whose
+ * code is in `ok_codes` counts as success. */
+static int js_api(nstore *s, const char *subj, json_t *req, const int *ok_codes, char *err, size_t errlen) {
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
     natsMsg *reply = NULL;
     natsStatus st = natsConnection_RequestString(&reply, s->nc, subj, body, 5000);
     free(body);
     if (st != NATS_OK) {
-        snprintf(err, errlen, "cannot create stream %s: %s (is JetStream enabled on the server?)", s->stream,
-                 natsStatus_GetText(st));
+        snprintf(err, errlen, "%s: %s (is JetStream enabled, and the domain right?)", subj, natsStatus_GetText(st));
         return -1;
     }
     json_t *resp = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
     natsMsg_Destroy(reply);
     json_t *e = json_object_get(resp, "error");
-    int rc = 0;
+    int rc = resp ? 0 : -1;
     if (e) {
         json_int_t code = json_integer_value(json_object_get(e, "err_code"));
-        if (code == 10058) {
-            /* exists with another configuration (e.g. replicas): join it as it is */
-            log_info("stream %s exists with another configuration; using it as it is", s->stream);
-        } else {
-            snprintf(err, errlen, "cannot create stream %s: %s", s->stream,
-                     json_string_value(json_object_get(e, "description")) ? json_string_value(json_object_get(e, "description")) : "error");
-            rc = -1;
+        rc = -1;
+        for (const int *c = ok_codes; c && *c; c++)
+            if (code == *c) rc = 0;
+        if (rc) {
+            const char *d = json_string_value(json_object_get(e, "description"));
+            snprintf(err, errlen, "%s: %s", subj, d ? d : "error");
         }
     } else if (!resp) {
-        snprintf(err, errlen, "cannot create stream %s: unreadable reply", s->stream);
-        rc = -1;
+        snprintf(err, errlen, "%s: unreadable reply", subj);
     }
     json_decref(resp);
     return rc;
+}
+
+/* Creates the keygroup's stream on the core, or joins it when it exists
+ * (10058: exists with another configuration, e.g. replicas - used as it is).
+ * In leaf mode also a mirror of it in the node's own JetStream domain, with
+ * the same name, which answers this node's reads. Plain JSON requests: the
+ * 3.4 C client's jsStreamConfig predates allow_direct. */
+static int ensure_stream(nstore *s, int replicas, char *err, size_t errlen) {
+    static const int exists[] = {10058, 0};
+    char subj[200];
+    snprintf(subj, sizeof subj, "%s.STREAM.CREATE.%s", s->api, s->stream);
+    json_t *cfg = json_pack("{s:s, s:[s+], s:s, s:s, s:i, s:b, s:s, s:I}", "name", s->stream, "subjects", s->subjects,
+                            ">", "retention", "limits", "storage", "file", "num_replicas", replicas, "allow_direct", 1,
+                            "discard", "old", "duplicate_window", (json_int_t)120 * 1000000000LL);
+    if (js_api(s, subj, cfg, exists, err, errlen) != 0) return -1;
+    if (!s->leaf) return 0;
+    snprintf(subj, sizeof subj, "$JS.API.STREAM.CREATE.%s", s->stream);
+    json_t *mirror = json_pack("{s:s, s:s, s:b, s:{s:s, s:{s:s}}}", "name", s->stream, "storage", "file", "allow_direct",
+                               1, "mirror", "name", s->stream, "external", "api", s->api);
+    return js_api(s, subj, mirror, exists, err, errlen);
 }
 
 static void nats_close(store *base) {
     nstore *s = (nstore *)base;
     if (s->notes) natsSubscription_Unsubscribe(s->notes);
     natsSubscription_Destroy(s->notes);
+    if (s->jsl != s->js) jsCtx_Destroy(s->jsl);
     jsCtx_Destroy(s->js);
     if (s->nc) natsConnection_Close(s->nc);
     natsConnection_Destroy(s->nc);
@@ -205,15 +221,27 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = 5000;
+    s->leaf = p->core_domain && *p->core_domain;
+    if (s->leaf) {
+        jo.Domain = p->core_domain;
+        snprintf(s->api, sizeof s->api, "$JS.%s.API", p->core_domain);
+    } else {
+        snprintf(s->api, sizeof s->api, "$JS.API");
+    }
     char all_notes[128];
     snprintf(all_notes, sizeof all_notes, "%s>", s->notify);
-    if (natsConnection_JetStream(&s->js, s->nc, &jo) != NATS_OK || ensure_stream(s, p->replicas, err, errlen) != 0 ||
+    jsOptions lo;
+    jsOptions_Init(&lo);
+    lo.Wait = 5000;
+    if (natsConnection_JetStream(&s->js, s->nc, &jo) != NATS_OK ||
+        (s->leaf && natsConnection_JetStream(&s->jsl, s->nc, &lo) != NATS_OK) || ensure_stream(s, p->replicas, err, errlen) != 0 ||
         natsConnection_Subscribe(&s->notes, s->nc, all_notes, on_note, s) != NATS_OK) {
         if (!err[0]) snprintf(err, errlen, "cannot use JetStream on %s", p->url);
         nats_close(&s->base);
         return NULL;
     }
     natsSubscription_SetPendingLimits(s->notes, -1, -1);
+    if (!s->leaf) s->jsl = s->js;
     return &s->base;
 }
 
@@ -234,7 +262,7 @@ static store_status direct_get(nstore *s, const char *subj, uint64_t seq, bool l
         o.Sequence = seq;
         o.NextBySubject = subj;
     }
-    natsStatus st = js_DirectGetMsg(out, s->js, s->stream, NULL, &o);
+    natsStatus st = js_DirectGetMsg(out, s->jsl, s->stream, NULL, &o);
     if (st == NATS_NOT_FOUND) return STORE_NOT_FOUND;
     return st == NATS_OK ? STORE_OK : nats_fail("direct get", st, 0);
 }
@@ -252,7 +280,7 @@ static store_status nats_meta_get(store *base, const char *sid, session_meta *ou
     store_status st = direct_get(s, subj, 0, true, &m);
     if (st == STORE_OK) st = decode(m, sid, out, NULL);
     natsMsg_Destroy(m);
-    if (st == STORE_OK && store_expired(base, out->last_ms, clock_wall_ms())) st = STORE_NOT_FOUND;
+    if (st == STORE_OK && (out->turn == 0 || store_expired(base, out->last_ms, clock_wall_ms()))) st = STORE_NOT_FOUND;
     return st;
 }
 
@@ -278,11 +306,24 @@ static store_status walk(nstore *s, const char *subj, const char *sid, uint64_t 
         seq = msg_seq(m) + 1;
         natsMsg_Destroy(m);
         if (st != STORE_OK) return st;
-        if (t->turn != *n + 1)
+        *last_seq = seq - 1;
+        /* A subject can hold earlier lives of a session id (deleted or
+         * expired, then started over): a tombstone or a new turn 1 begins
+         * a new life, and only the latest counts. */
+        if (t->turn == 0) {
+            *n = 0;
+            continue;
+        }
+        if (t->turn == 1 && *n > 0) {
+            turn_rec tmp = (*turns)[0];
+            (*turns)[0] = *t;
+            *t = tmp;
+            *n = 0;
+        } else if (t->turn != *n + 1) {
             return store_fail(STORE_CORRUPT, "session %s: turn %u found where %u belongs", sid, t->turn, *n + 1);
+        }
         (*n)++;
         *meta = mm;
-        *last_seq = seq - 1;
     }
     return STORE_OK;
 }
@@ -299,7 +340,8 @@ static store_status nats_session_load(store *base, const char *sid, session_meta
     if (st == STORE_OK) st = decode(m, sid, &last_meta, NULL);
     uint64_t last = st == STORE_OK ? msg_seq(m) : 0;
     natsMsg_Destroy(m);
-    if (st == STORE_OK && store_expired(base, last_meta.last_ms, clock_wall_ms())) st = STORE_NOT_FOUND;
+    if (st == STORE_OK && (last_meta.turn == 0 || store_expired(base, last_meta.last_ms, clock_wall_ms())))
+        st = STORE_NOT_FOUND; /* a tombstone, or idle past the TTL */
     if (st != STORE_OK) {
         if (st == STORE_NOT_FOUND) turncache_drop(s->cache, sid);
         return st;
@@ -314,12 +356,6 @@ static store_status nats_session_load(store *base, const char *sid, session_meta
     }
     if (seq != last || n == 0) {
         st = walk(s, subj, sid, n ? seq + 1 : 1, last, &out, &n, &cap, meta, &seq);
-        if (st == STORE_CORRUPT && n) { /* the cached prefix belongs to an older life of the session */
-            store_turns_free(out, cap);
-            out = NULL;
-            n = cap = 0;
-            st = walk(s, subj, sid, 1, last, &out, &n, &cap, meta, &seq);
-        }
     }
     if (st != STORE_OK || n == 0) {
         store_turns_free(out, cap);
@@ -328,15 +364,6 @@ static store_status nats_session_load(store *base, const char *sid, session_meta
     turncache_put(s->cache, sid, out, n, meta, seq);
     *turns = out;
     return STORE_OK;
-}
-
-static store_status purge_subject(nstore *s, const char *subj) {
-    jsOptions o;
-    jsOptions_Init(&o);
-    o.Stream.Purge.Subject = subj;
-    jsErrCode jerr = 0;
-    natsStatus st = js_PurgeStream(s->js, s->stream, &o, &jerr);
-    return st == NATS_OK ? STORE_OK : nats_fail("purge", st, jerr);
 }
 
 /* The session's last message as the stream leader has it. */
@@ -355,38 +382,11 @@ static store_status leader_last(nstore *s, const char *subj, const char *sid, se
     return rs;
 }
 
-static store_status nats_turn_commit(store *base, const char *sid, const session_meta *meta, const turn_rec *t) {
-    nstore *s = (nstore *)base;
-    char subj[SUBJECT_MAX];
-    subject_of(s, sid, subj);
-    /* The expected last sequence: from this node's own read of turn N-1 when
-     * it has one (the server refuses the publish if anything arrived since,
-     * so a stale belief costs a 409, never a double commit); otherwise, and
-     * always for turn 1 (an expired session's leftovers), from the leader. */
-    uint32_t cached_turn = 0;
-    uint64_t expect = 0;
-    if (t->turn > 1 && turncache_last(s->cache, sid, &cached_turn, &expect) && cached_turn == t->turn - 1)
-        goto publish;
-    session_meta last;
-    expect = 0;
-    store_status st = leader_last(s, subj, sid, &last, &expect);
-    if (st == STORE_OK && store_expired(base, last.last_ms, clock_wall_ms())) {
-        /* an expired session starts over: clear it first, then expect nothing */
-        if (t->turn != 1) return STORE_CONFLICT;
-        if ((st = purge_subject(s, subj)) != STORE_OK) return st;
-        st = STORE_NOT_FOUND;
-        expect = 0;
-    }
-    if (st == STORE_NOT_FOUND) {
-        if (t->turn != 1) return STORE_CONFLICT;
-        expect = 0;
-    } else if (st != STORE_OK) {
-        return st;
-    } else if (last.turn != t->turn - 1) {
-        return STORE_CONFLICT;
-    }
-
-publish:;
+/* Appends one record to the session's subject if its last message is still
+ * at sequence `expect` (0: no message). The stream leader checks that, under
+ * concurrency: of two writers expecting the same sequence, one gets 10071. */
+static store_status publish_record(nstore *s, const char *subj, const session_meta *meta, const turn_rec *t,
+                                   uint64_t expect, uint64_t *seq) {
     strbuf rec = {0};
     codec_commit_encode(meta, t, &rec);
     natsMsg *m = NULL;
@@ -398,30 +398,85 @@ publish:;
     jsErrCode jerr = 0;
     jsPubAck *ack = NULL;
     if (ns == NATS_OK) ns = js_PublishMsg(&ack, s->js, m, NULL, &jerr);
-    if (ns == NATS_OK) turncache_append(s->cache, sid, t, meta, ack->Sequence);
+    if (ns == NATS_OK) *seq = ack->Sequence;
     jsPubAck_Destroy(ack);
     natsMsg_Destroy(m);
-    if (ns == NATS_OK) {
-        char note_subj[SUBJECT_MAX], num[16];
-        snprintf(note_subj, sizeof note_subj, "%s%s", s->notify, sid);
-        snprintf(num, sizeof num, "%u", t->turn);
-        natsConnection_PublishString(s->nc, note_subj, num); /* a hint; losing it only delays a waiter */
-        return STORE_OK;
-    }
+    if (ns == NATS_OK) return STORE_OK;
     if (jerr == JSStreamWrongLastSequenceErr) return STORE_CONFLICT;
     return nats_fail("publish", ns, jerr);
+}
+
+static store_status nats_turn_commit(store *base, const char *sid, const session_meta *meta, const turn_rec *t) {
+    nstore *s = (nstore *)base;
+    char subj[SUBJECT_MAX];
+    subject_of(s, sid, subj);
+    /* The expected last sequence: from this node's own read of turn N-1 when
+     * it has one (the server refuses the publish if anything arrived since,
+     * so a stale belief costs a 409, never a double commit); otherwise, and
+     * always for turn 1, from the stream leader. */
+    uint32_t cached_turn = 0;
+    uint64_t expect = 0, seq = 0;
+    if (!(t->turn > 1 && turncache_last(s->cache, sid, &cached_turn, &expect) && cached_turn == t->turn - 1)) {
+        session_meta last;
+        expect = 0;
+        store_status st = leader_last(s, subj, sid, &last, &expect);
+        if (st == STORE_OK && (last.turn == 0 || store_expired(base, last.last_ms, clock_wall_ms()))) {
+            /* deleted or expired: the id starts over at turn 1, after that message */
+            if (t->turn != 1) return STORE_CONFLICT;
+        } else if (st == STORE_NOT_FOUND) {
+            if (t->turn != 1) return STORE_CONFLICT;
+        } else if (st != STORE_OK) {
+            return st;
+        } else if (last.turn != t->turn - 1) {
+            return STORE_CONFLICT;
+        }
+    }
+    store_status st = publish_record(s, subj, meta, t, expect, &seq);
+    if (st != STORE_OK) return st;
+    turncache_append(s->cache, sid, t, meta, seq);
+    char note_subj[SUBJECT_MAX], num[16];
+    snprintf(note_subj, sizeof note_subj, "%s%s", s->notify, sid);
+    snprintf(num, sizeof num, "%u", t->turn);
+    natsConnection_PublishString(s->nc, note_subj, num); /* a hint; losing it only delays a waiter */
+    return STORE_OK;
+}
+
+/* Ends a session's life: a tombstone (a record of turn 0) after its last
+ * message, then the older messages are purged from the core stream. The
+ * tombstone is what mirrors see (they do not replicate purges), so every
+ * node reads the session as gone; the id may start over at turn 1. */
+static store_status bury(nstore *s, const char *sid, const char *subj) {
+    for (int attempt = 0; attempt < 3; attempt++) {
+        session_meta last;
+        uint64_t seq = 0;
+        store_status st = leader_last(s, subj, sid, &last, &seq);
+        if (st != STORE_OK) return st;
+        if (last.turn == 0) return STORE_NOT_FOUND;
+        turn_rec tomb = {.kind = TURN_TOKENS, .turn = 0, .fingerprint = last.fingerprint};
+        last.turn = 0;
+        last.last_ms = clock_wall_ms();
+        last.request_id[0] = '\0';
+        st = publish_record(s, subj, &last, &tomb, seq, &seq);
+        if (st == STORE_CONFLICT) continue; /* a turn committed meanwhile: bury that one */
+        if (st != STORE_OK) return st;
+        turncache_drop(s->cache, sid);
+        jsOptions o;
+        jsOptions_Init(&o);
+        o.Stream.Purge.Subject = subj;
+        o.Stream.Purge.Keep = 1;
+        jsErrCode jerr = 0;
+        natsStatus ns = js_PurgeStream(s->js, s->stream, &o, &jerr);
+        if (ns != NATS_OK) log_warn("purge of %s after its tombstone failed: %s", subj, natsStatus_GetText(ns));
+        return STORE_OK;
+    }
+    return store_fail(STORE_IO, "session %s keeps changing; not deleted", sid);
 }
 
 static store_status nats_session_delete(store *base, const char *sid) {
     nstore *s = (nstore *)base;
     char subj[SUBJECT_MAX];
     subject_of(s, sid, subj);
-    session_meta last;
-    uint64_t seq;
-    store_status st = leader_last(s, subj, sid, &last, &seq);
-    if (st != STORE_OK) return st;
-    turncache_drop(s->cache, sid);
-    return purge_subject(s, subj);
+    return bury(s, sid, subj);
 }
 
 /* Purges sessions idle past the TTL. The stream lists its subjects; each
@@ -429,8 +484,8 @@ static store_status nats_session_delete(store *base, const char *sid) {
 static long nats_expire(store *base, int64_t now_ms) {
     nstore *s = (nstore *)base;
     if (base->ttl_ms <= 0) return 0;
-    char api[160];
-    snprintf(api, sizeof api, "$JS.API.STREAM.INFO.%s", s->stream);
+    char api[200];
+    snprintf(api, sizeof api, "%s.STREAM.INFO.%s", s->api, s->stream);
     char filter[128];
     snprintf(filter, sizeof filter, "{\"subjects_filter\":\"%s>\"}", s->subjects);
     natsMsg *reply = NULL;
@@ -448,11 +503,9 @@ static long nats_expire(store *base, int64_t now_ms) {
         const char *sid = subj + plen;
         session_meta last;
         uint64_t seq;
-        if (leader_last(s, subj, sid, &last, &seq) == STORE_OK && store_expired(base, last.last_ms, now_ms) &&
-            purge_subject(s, subj) == STORE_OK) {
-            turncache_drop(s->cache, sid);
+        if (leader_last(s, subj, sid, &last, &seq) == STORE_OK && last.turn > 0 &&
+            store_expired(base, last.last_ms, now_ms) && bury(s, sid, subj) == STORE_OK)
             removed++;
-        }
     }
     json_decref(resp);
     return removed;

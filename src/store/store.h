@@ -36,6 +36,8 @@ typedef struct {
     const char *url;       /* "nats://HOST:PORT[,...]": the NATS store; NULL: embedded */
     const char *keygroup;  /* nats: one stream per keygroup (= per model); [A-Za-z0-9_-] */
     int replicas;          /* nats: stream replicas when this node creates the stream */
+    const char *core_domain; /* nats: the core's JetStream domain when `url` is the node's own leaf
+                                server; reads then come from a mirror in the leaf's domain */
     int64_t ttl_ms;        /* idle sessions older than this read as absent */
     size_t map_size;       /* embedded: upper bound of the database file */
 } store_params;
