@@ -15,7 +15,10 @@ nodes_stop() {
 }
 trap nodes_stop EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# N distinct free ports: all bound at once, so none is handed out twice
+free_ports() {
+  python3 -c 'import socket,sys; ss=[socket.socket() for _ in range(int(sys.argv[1]))]; [s.bind(("127.0.0.1",0)) for s in ss]; print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
+}
 
 wait_for() { # wait_for SECONDS PID COMMAND...: until COMMAND succeeds, while PID lives
   local secs=$1 pid=$2 i
@@ -29,8 +32,9 @@ wait_for() { # wait_for SECONDS PID COMMAND...: until COMMAND succeeds, while PI
 }
 
 nats_cluster_start() {
-  local dir=$1 n=$2 i routes=() clients=() r
-  for i in $(seq 1 "$n"); do routes+=("$(free_port)"); clients+=("$(free_port)"); done
+  local dir=$1 n=$2 i r ports
+  read -r -a ports <<<"$(free_ports $((2 * n)))"
+  local routes=("${ports[@]:0:n}") clients=("${ports[@]:n}")
   NATS_URLS=()
   for i in $(seq 1 "$n"); do
     local d="$dir/core$i"

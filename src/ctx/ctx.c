@@ -72,7 +72,7 @@ session_mode ctx_mode_parse(const char *s) {
 void ctx_reply_free(ctx_reply *rep) { strbuf_free(&rep->content); }
 
 static dc_code store_fail(dc_error *err, store_status st) {
-    return dc_fail(err, DC_E_STORE, "store: %s (%s)", store_status_str(st), store_last_error());
+    return dc_fail(err, st == STORE_UNAVAILABLE ? DC_E_UNAVAILABLE : DC_E_STORE, "store: %s (%s)", store_status_str(st), store_last_error());
 }
 
 /* Generation and its bookkeeping, shared by all three modes. */
@@ -210,7 +210,7 @@ static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uin
     bool waited = false;
     for (int attempt = 0;; attempt++) {
         double t0 = clock_mono_ms();
-        store_status st = store_session_load(c->s, sid, meta, turns);
+        store_status st = store_session_load(c->s, sid, turn - 1, meta, turns);
         rep->store_read_ms += clock_mono_ms() - t0;
         if (st != STORE_OK && st != STORE_NOT_FOUND) return store_fail(err, st);
         *exists = st == STORE_OK;
@@ -379,7 +379,7 @@ dc_code ctx_session_turns(ctx *c, const char *sid, const char *user_id, session_
     *turns = NULL;
     dc_code rc = owned_meta(c, sid, user_id, out, err);
     if (rc) return rc;
-    store_status st = store_session_load(c->s, sid, out, turns);
+    store_status st = store_session_load(c->s, sid, 0, out, turns);
     if (st == STORE_NOT_FOUND) return dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
     return st == STORE_OK ? DC_OK : store_fail(err, st);
 }

@@ -113,7 +113,9 @@ static store_status embedded_meta_get(store *base, const char *sid, session_meta
     return st;
 }
 
-static store_status embedded_session_load(store *base, const char *sid, session_meta *meta, turn_rec **turns) {
+static store_status embedded_session_load(store *base, const char *sid, uint32_t want, session_meta *meta,
+                                          turn_rec **turns) {
+    (void)want; /* one copy, always current */
     embedded *s = (embedded *)base;
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);

@@ -81,7 +81,11 @@ static void subject_of(const nstore *s, const char *sid, char out[SUBJECT_MAX]) 
 }
 
 static store_status nats_fail(const char *what, natsStatus st, jsErrCode jerr) {
-    return store_fail(STORE_IO, "%s: %s%s%s (jetstream error %d)", what, natsStatus_GetText(st),
+    /* unreachable (no responders, timeouts, no connection) is "retry later",
+     * not "broken" */
+    bool unavailable = st == NATS_NO_RESPONDERS || st == NATS_TIMEOUT || st == NATS_CONNECTION_CLOSED ||
+                       st == NATS_CONNECTION_DISCONNECTED || st == NATS_NO_SERVER || jerr == 10008 /* cluster not avail */;
+    return store_fail(unavailable ? STORE_UNAVAILABLE : STORE_IO, "%s: %s%s%s (jetstream error %d)", what, natsStatus_GetText(st),
                       nats_GetLastError(NULL) ? ": " : "", nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "",
                       (int)jerr);
 }
@@ -253,7 +257,7 @@ static uint64_t msg_seq(natsMsg *m) {
 }
 
 /* Direct get of the message after seq (or the last one when last=true). */
-static store_status direct_get(nstore *s, const char *subj, uint64_t seq, bool last, natsMsg **out) {
+static store_status direct_get(nstore *s, jsCtx *js, const char *subj, uint64_t seq, bool last, natsMsg **out) {
     jsDirectGetMsgOptions o;
     jsDirectGetMsgOptions_Init(&o);
     if (last) {
@@ -262,7 +266,7 @@ static store_status direct_get(nstore *s, const char *subj, uint64_t seq, bool l
         o.Sequence = seq;
         o.NextBySubject = subj;
     }
-    natsStatus st = js_DirectGetMsg(out, s->jsl, s->stream, NULL, &o);
+    natsStatus st = js_DirectGetMsg(out, js, s->stream, NULL, &o);
     if (st == NATS_NOT_FOUND) return STORE_NOT_FOUND;
     return st == NATS_OK ? STORE_OK : nats_fail("direct get", st, 0);
 }
@@ -277,7 +281,7 @@ static store_status nats_meta_get(store *base, const char *sid, session_meta *ou
     char subj[SUBJECT_MAX];
     subject_of(s, sid, subj);
     natsMsg *m = NULL;
-    store_status st = direct_get(s, subj, 0, true, &m);
+    store_status st = direct_get(s, s->jsl, subj, 0, true, &m);
     if (st == STORE_OK) st = decode(m, sid, out, NULL);
     natsMsg_Destroy(m);
     if (st == STORE_OK && (out->turn == 0 || store_expired(base, out->last_ms, clock_wall_ms()))) st = STORE_NOT_FOUND;
@@ -287,11 +291,11 @@ static store_status nats_meta_get(store *base, const char *sid, session_meta *ou
 /* Appends the session's messages from stream sequence `from` on, up to
  * `upto`, to turns[0..*n). Any replica may answer each get; stopping at the
  * first "not found" yields a prefix of the session, which is safe (see top). */
-static store_status walk(nstore *s, const char *subj, const char *sid, uint64_t from, uint64_t upto, turn_rec **turns,
+static store_status walk(nstore *s, jsCtx *js, const char *subj, const char *sid, uint64_t from, uint64_t upto, turn_rec **turns,
                          uint32_t *n, uint32_t *cap, session_meta *meta, uint64_t *last_seq) {
     for (uint64_t seq = from; seq <= upto;) {
         natsMsg *m = NULL;
-        store_status st = direct_get(s, subj, seq, false, &m);
+        store_status st = direct_get(s, js, subj, seq, false, &m);
         if (st == STORE_NOT_FOUND) break;
         if (st != STORE_OK) return st;
         if (*n == *cap) {
@@ -328,35 +332,44 @@ static store_status walk(nstore *s, const char *subj, const char *sid, uint64_t 
     return STORE_OK;
 }
 
-static store_status nats_session_load(store *base, const char *sid, session_meta *meta, turn_rec **turns) {
-    nstore *s = (nstore *)base;
+/* Reads a session through js (the local mirror or the core). The last
+ * message says where the session stands; this node's cache, then the stream,
+ * supply the turns up to it. A replica that is behind what this node itself
+ * committed or read is answered from the cache (read-your-writes). */
+static store_status load_via(nstore *s, jsCtx *js, const char *sid, session_meta *meta, turn_rec **turns) {
     char subj[SUBJECT_MAX];
     subject_of(s, sid, subj);
-    /* The last message says where the session stands; the cache (or the
-     * stream) supplies the turns up to it. */
     natsMsg *m = NULL;
-    store_status st = direct_get(s, subj, 0, true, &m);
+    store_status st = direct_get(s, js, subj, 0, true, &m);
     session_meta last_meta;
     if (st == STORE_OK) st = decode(m, sid, &last_meta, NULL);
     uint64_t last = st == STORE_OK ? msg_seq(m) : 0;
     natsMsg_Destroy(m);
-    if (st == STORE_OK && (last_meta.turn == 0 || store_expired(base, last_meta.last_ms, clock_wall_ms())))
-        st = STORE_NOT_FOUND; /* a tombstone, or idle past the TTL */
-    if (st != STORE_OK) {
-        if (st == STORE_NOT_FOUND) turncache_drop(s->cache, sid);
-        return st;
-    }
+    if (st != STORE_OK && st != STORE_NOT_FOUND) return st;
+
     turn_rec *out = NULL;
     uint64_t seq = 0;
     uint32_t n = turncache_get(s->cache, sid, &out, meta, &seq), cap = n;
-    if (n && (seq > last || last_meta.turn < n)) { /* deleted and started over since */
+    if (n && seq > last) { /* the replica is behind this node */
+        if (!store_expired(&s->base, meta->last_ms, clock_wall_ms())) {
+            *turns = out;
+            return STORE_OK;
+        }
+        st = STORE_NOT_FOUND;
+    }
+    if (st == STORE_OK && (last_meta.turn == 0 || store_expired(&s->base, last_meta.last_ms, clock_wall_ms())))
+        st = STORE_NOT_FOUND; /* a tombstone, or idle past the TTL */
+    if (st != STORE_OK) {
+        store_turns_free(out, cap);
+        turncache_drop(s->cache, sid);
+        return st;
+    }
+    if (n && last_meta.turn < n) { /* deleted and started over since */
         store_turns_free(out, cap);
         out = NULL;
         n = cap = 0;
     }
-    if (seq != last || n == 0) {
-        st = walk(s, subj, sid, n ? seq + 1 : 1, last, &out, &n, &cap, meta, &seq);
-    }
+    if (seq != last || n == 0) st = walk(s, js, subj, sid, n ? seq + 1 : 1, last, &out, &n, &cap, meta, &seq);
     if (st != STORE_OK || n == 0) {
         store_turns_free(out, cap);
         return st != STORE_OK ? st : STORE_NOT_FOUND;
@@ -364,6 +377,29 @@ static store_status nats_session_load(store *base, const char *sid, session_meta
     turncache_put(s->cache, sid, out, n, meta, seq);
     *turns = out;
     return STORE_OK;
+}
+
+static store_status nats_session_load(store *base, const char *sid, uint32_t want, session_meta *meta,
+                                      turn_rec **turns) {
+    nstore *s = (nstore *)base;
+    store_status st = load_via(s, s->jsl, sid, meta, turns);
+    /* Leaf mode: the local mirror does not have the turn the client needs
+     * (it lags, or stopped following): ask the core, which has every
+     * committed turn. */
+    if (s->leaf && want > 0 && (st == STORE_NOT_FOUND || (st == STORE_OK && meta->turn < want))) {
+        session_meta core_meta;
+        turn_rec *core_turns = NULL;
+        store_status cs = load_via(s, s->js, sid, &core_meta, &core_turns);
+        if (cs == STORE_OK || cs == STORE_NOT_FOUND || cs == STORE_CORRUPT) {
+            if (st == STORE_OK) store_turns_free(*turns, meta->turn);
+            *turns = core_turns;
+            *meta = core_meta;
+            st = cs;
+        }
+        /* the core unreachable: keep what the mirror has; the turn protocol
+         * decides (strong: 503, available: a stale answer) */
+    }
+    return st;
 }
 
 /* The session's last message as the stream leader has it. */
@@ -402,7 +438,9 @@ static store_status publish_record(nstore *s, const char *subj, const session_me
     jsPubAck_Destroy(ack);
     natsMsg_Destroy(m);
     if (ns == NATS_OK) return STORE_OK;
-    if (jerr == JSStreamWrongLastSequenceErr) return STORE_CONFLICT;
+    /* 10071 from a single server, 10164 ("wrong last sequence", no number)
+     * from a clustered stream: the same refusal */
+    if (jerr == JSStreamWrongLastSequenceErr || jerr == 10164) return STORE_CONFLICT;
     return nats_fail("publish", ns, jerr);
 }
 

@@ -53,9 +53,9 @@ void store_close(store *s) {
 
 store_status store_meta_get(store *s, const char *sid, session_meta *out) { return s->ops->meta_get(s, sid, out); }
 
-store_status store_session_load(store *s, const char *sid, session_meta *meta, turn_rec **turns) {
+store_status store_session_load(store *s, const char *sid, uint32_t want, session_meta *meta, turn_rec **turns) {
     *turns = NULL;
-    return s->ops->session_load(s, sid, meta, turns);
+    return s->ops->session_load(s, sid, want, meta, turns);
 }
 
 store_status store_turn_commit(store *s, const char *sid, const session_meta *meta, const turn_rec *t) {
@@ -87,6 +87,7 @@ const char *store_status_str(store_status st) {
     case STORE_CONFLICT: return "conflict";
     case STORE_CORRUPT: return "corrupt record";
     case STORE_IO: return "store i/o error";
+    case STORE_UNAVAILABLE: return "store unavailable";
     }
     return "unknown";
 }

@@ -28,7 +28,8 @@ typedef enum {
     STORE_NOT_FOUND,
     STORE_CONFLICT, /* commit: the stored turn is not turn-1 */
     STORE_CORRUPT,  /* a stored record failed to decode */
-    STORE_IO        /* the backing store failed (disk full, permissions...) */
+    STORE_IO,       /* the backing store failed (disk full, permissions...) */
+    STORE_UNAVAILABLE /* the store cannot be reached now (no quorum, no connection): retry later */
 } store_status;
 
 typedef struct {
@@ -54,8 +55,10 @@ const char *store_kind(const store *s); /* "embedded" or "nats" */
 store_status store_meta_get(store *s, const char *sid, session_meta *out);
 
 /* Reads the session's meta and its turn records 1..meta.turn into turns[],
- * which the caller frees with store_turns_free. */
-store_status store_session_load(store *s, const char *sid, session_meta *meta, turn_rec **turns);
+ * which the caller frees with store_turns_free. want: the turn the caller
+ * needs (0: none); a store that reads from a nearby replica first asks the
+ * authoritative copy when the replica has less. */
+store_status store_session_load(store *s, const char *sid, uint32_t want, session_meta *meta, turn_rec **turns);
 void store_turns_free(turn_rec *turns, uint32_t n);
 
 /* Appends turn t->turn with the new meta (whose turn must equal t->turn).

@@ -132,6 +132,11 @@ void turncache_put(turncache *c, const char *sid, const turn_rec *turns, uint32_
 void turncache_append(turncache *c, const char *sid, const turn_rec *t, const session_meta *meta, uint64_t seq) {
     pthread_mutex_lock(&c->mu);
     entry *e = find(c, sid);
+    if (t->turn == 1) { /* a new life of the id: whatever was cached is over */
+        pthread_mutex_unlock(&c->mu);
+        turncache_put(c, sid, t, 1, meta, seq);
+        return;
+    }
     if (e && e->n + 1 == t->turn && seq > e->last_seq) {
         ensure_cap(e, e->n + 1);
         copy_turn(&e->turns[e->n++], t);

@@ -32,7 +32,8 @@ uint32_t turncache_get(turncache *c, const char *sid, turn_rec **turns, session_
 void turncache_put(turncache *c, const char *sid, const turn_rec *turns, uint32_t n, const session_meta *meta,
                    uint64_t last_seq);
 
-/* Appends one turn if the cache holds exactly the turns before it. */
+/* Appends one turn if the cache holds exactly the turns before it; turn 1
+ * replaces whatever was cached for sid. */
 void turncache_append(turncache *c, const char *sid, const turn_rec *t, const session_meta *meta, uint64_t seq);
 
 /* The last cached turn of sid and its stream sequence; false if not cached. */

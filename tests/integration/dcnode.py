@@ -89,29 +89,49 @@ class Node:
         return self.request("POST", "/completion", fields)
 
 
+_given_ports = set()
+
+
 def free_port():
     """A port nobody listens on right now (for servers that need theirs in
-    advance, such as NATS cluster routes)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    advance, such as NATS cluster routes), never one this process handed out
+    before: the kernel may offer a just-closed port again."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
 
 
 class NatsServer:
     """A real nats-server with JetStream on loopback; optionally one member of
     a cluster (routes to the others)."""
 
-    def __init__(self, binary, workdir, name="n1", cluster=None, route_port=None, routes=()):
+    def __init__(self, binary, workdir, name="n1", cluster=None, route_port=None, routes=(), domain=None,
+                 leaf_listen=False, leaf_remotes=()):
+        """domain: this server's JetStream domain; leaf_listen: accept leaf
+        nodes (a core server); leaf_remotes: leaf-listen ports of the core
+        servers this one joins as a leaf node (an edge host's own server)."""
         self.binary, self.name = binary, name
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
+        self.leaf_port = free_port() if leaf_listen else None
         self.conf = os.path.join(self.dir, "nats.conf")
-        lines = ["server_name: %s" % name, "listen: 127.0.0.1:%d" % self.port,
-                 "jetstream { store_dir: %s }" % json.dumps(os.path.join(self.dir, "js"))]
+        js = "store_dir: %s" % json.dumps(os.path.join(self.dir, "js"))
+        if domain:
+            js += ", domain: %s" % domain
+        lines = ["server_name: %s" % name, "listen: 127.0.0.1:%d" % self.port, "jetstream { %s }" % js]
         if cluster:
             lines.append("cluster { name: %s, listen: 127.0.0.1:%d, routes: [%s] }" % (
                 cluster, route_port, ", ".join("nats://127.0.0.1:%d" % p for p in routes)))
+        if leaf_listen:
+            lines.append("leafnodes { listen: 127.0.0.1:%d }" % self.leaf_port)
+        if leaf_remotes:
+            lines.append("leafnodes { remotes: [ { urls: [%s] } ] }" % ", ".join(
+                '"nats://127.0.0.1:%d"' % p for p in leaf_remotes))
         with open(self.conf, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.proc = None
@@ -142,11 +162,12 @@ class NatsServer:
         self.proc = None
 
 
-def nats_cluster(binary, workdir, size=3):
+def nats_cluster(binary, workdir, size=3, domain=None):
     """Starts `size` clustered JetStream servers and waits for their
-    JetStream meta leader."""
+    JetStream meta leader. With a domain they also accept leaf nodes."""
     routes = [free_port() for _ in range(size)]
-    servers = [NatsServer(binary, workdir, "core%d" % (i + 1), "core", routes[i], routes) for i in range(size)]
+    servers = [NatsServer(binary, workdir, "core%d" % (i + 1), "core", routes[i], routes, domain=domain,
+                          leaf_listen=bool(domain)) for i in range(size)]
     for s in servers:
         s.start()
     deadline = time.monotonic() + 30

@@ -163,7 +163,7 @@ static void tokenized_equals_raw(void **state) {
 
     session_meta meta;
     turn_rec *turns;
-    assert_int_equal(store_session_load(n.s, sid, &meta, &turns), STORE_OK);
+    assert_int_equal(store_session_load(n.s, sid, 0, &meta, &turns), STORE_OK);
     assert_int_equal(meta.turn, sc.n_turns);
 
     /* The same conversation as raw mode keeps it: user texts and reply texts. */

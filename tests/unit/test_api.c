@@ -25,7 +25,7 @@ static void error_statuses(void **state) {
         {DC_E_METHOD, 405, "method_not_allowed"}, {DC_E_CONFLICT, 409, "turn_conflict"},
         {DC_E_INCOMPATIBLE, 409, "incompatible_context"}, {DC_E_TOO_LARGE, 413, "payload_too_large"},
         {DC_E_INTERNAL, 500, "server_error"},     {DC_E_STORE, 500, "store_error"},
-        {DC_E_STALE, 503, "stale_context"},
+        {DC_E_STALE, 503, "stale_context"},       {DC_E_UNAVAILABLE, 503, "store_unavailable"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         assert_int_equal(api_error_status(cases[i].code), cases[i].status);

@@ -69,7 +69,7 @@ static void persists_across_reopen(void **state) {
     s = open_store(0);
     session_meta m;
     turn_rec *turns;
-    assert_int_equal(store_session_load(s, "sess-a", &m, &turns), STORE_OK);
+    assert_int_equal(store_session_load(s, "sess-a", 0, &m, &turns), STORE_OK);
     assert_int_equal(m.turn, 3);
     assert_string_equal(m.user_id, "alice");
     for (uint32_t t = 0; t < 3; t++) {
@@ -114,7 +114,7 @@ static void ttl_counts_from_last_activity(void **state) {
     assert_int_equal(commit(s, "fresh2", 2, now), STORE_CONFLICT);
     assert_int_equal(commit(s, "fresh2", 1, now), STORE_OK);
     turn_rec *turns;
-    assert_int_equal(store_session_load(s, "fresh2", &m, &turns), STORE_OK);
+    assert_int_equal(store_session_load(s, "fresh2", 0, &m, &turns), STORE_OK);
     assert_int_equal(m.turn, 1);
     store_turns_free(turns, m.turn);
     assert_int_equal(store_expire(s, now + 61 * 1000), 2);
@@ -133,7 +133,7 @@ static void delete_removes_everything(void **state) {
     assert_int_equal(store_meta_get(s, "gone", &m), STORE_NOT_FOUND);
     assert_int_equal(commit(s, "gone", 1, now), STORE_OK); /* no leftover turn 2 blocks a new start */
     turn_rec *turns;
-    assert_int_equal(store_session_load(s, "gone", &m, &turns), STORE_OK);
+    assert_int_equal(store_session_load(s, "gone", 0, &m, &turns), STORE_OK);
     assert_int_equal(m.turn, 1);
     store_turns_free(turns, m.turn);
     store_close(s);
@@ -168,7 +168,7 @@ static void damaged_record_is_refused(void **state) {
     s = open_store(0);
     session_meta m;
     turn_rec *turns;
-    assert_int_equal(store_session_load(s, "dmg", &m, &turns), STORE_CORRUPT);
+    assert_int_equal(store_session_load(s, "dmg", 0, &m, &turns), STORE_CORRUPT);
     assert_non_null(strstr(store_last_error(), "checksum"));
     store_close(s);
 }
