@@ -1,7 +1,10 @@
 # nodes.sh - sourced by the demo and the benchmark: start nats-servers and
 # discedge nodes on free loopback ports and stop them all (by PID) when the
 # script exits, also on failure.
-#   nats_cluster_start DIR N        N clustered JetStream servers; sets NATS_URLS (array)
+#   nats_cluster_start DIR N        the core: N clustered JetStream servers (domain "core",
+#                                   accepting leaf nodes); sets NATS_URLS, LEAF_PORTS (arrays)
+#   nats_leaf_start NAME DIR        an edge host's own server: a leaf of the core, with
+#                                   JetStream domain NAME; sets LEAF_URL
 #   node_start NAME DIR [options]   one discedge node; sets NODE_URL; logs in DIR/NAME.log
 #   nodes_stop                      stops everything started (also on EXIT)
 NATS_SERVER=${NATS_SERVER:-third_party/go/bin/nats-server}
@@ -33,8 +36,9 @@ wait_for() { # wait_for SECONDS PID COMMAND...: until COMMAND succeeds, while PI
 
 nats_cluster_start() {
   local dir=$1 n=$2 i r ports
-  read -r -a ports <<<"$(free_ports $((2 * n)))"
-  local routes=("${ports[@]:0:n}") clients=("${ports[@]:n}")
+  read -r -a ports <<<"$(free_ports $((3 * n)))"
+  local routes=("${ports[@]:0:n}") clients=("${ports[@]:n:n}")
+  LEAF_PORTS=("${ports[@]:$((2 * n))}")
   NATS_URLS=()
   for i in $(seq 1 "$n"); do
     local d="$dir/core$i"
@@ -42,7 +46,8 @@ nats_cluster_start() {
     {
       echo "server_name: core$i"
       echo "listen: 127.0.0.1:${clients[$((i - 1))]}"
-      echo "jetstream { store_dir: \"$d/js\" }"
+      echo "jetstream { store_dir: \"$d/js\", domain: core }"
+      echo "leafnodes { listen: 127.0.0.1:${LEAF_PORTS[$((i - 1))]} }"
       printf 'cluster { name: core, listen: 127.0.0.1:%s, routes: [' "${routes[$((i - 1))]}"
       for r in "${routes[@]}"; do printf '"nats://127.0.0.1:%s", ' "$r"; done
       echo '] }'
@@ -54,6 +59,25 @@ nats_cluster_start() {
   # JetStream is usable once the cluster has elected its metadata leader
   wait_for 30 "${STARTED_PIDS[-1]}" grep -qs "metadata leader" "$dir"/core*/nats.log ||
     { echo "the NATS cluster did not form (logs in $dir)" >&2; return 1; }
+}
+
+nats_leaf_start() {
+  local name=$1 dir=$2 port p
+  port=$(free_ports 1)
+  mkdir -p "$dir/$name"
+  {
+    echo "server_name: $name"
+    echo "listen: 127.0.0.1:$port"
+    echo "jetstream { store_dir: \"$dir/$name/js\", domain: $name }"
+    printf 'leafnodes { remotes: [ { urls: ['
+    for p in "${LEAF_PORTS[@]}"; do printf '"nats://127.0.0.1:%s", ' "$p"; done
+    echo '] } ] }'
+  } >"$dir/$name/nats.conf"
+  "$NATS_SERVER" -c "$dir/$name/nats.conf" >"$dir/$name/nats.log" 2>&1 &
+  STARTED_PIDS+=("$!")
+  wait_for 30 "$!" grep -qs "JetStream using domains" "$dir/$name/nats.log" ||
+    { echo "leaf $name did not join the core (log in $dir/$name)" >&2; return 1; }
+  LEAF_URL="nats://127.0.0.1:$port"
 }
 
 node_start() {
