@@ -5,8 +5,9 @@ nodes, the paper's roaming scenario (node switch at turns 3, 5, 7).
   1. Bytes on the wire per turn, tokenized vs raw: TCP payload bytes that the
      kernel counted on the store's connections (`ss -tin`, bytes_received on
      both ends of every connection), split into core-internal traffic (route
-     connections between the core servers) and node<->core traffic. Not
-     computed from payload sizes.
+     connections between the core servers) and edge<->core traffic (the leaf
+     connections; with --topology core, the nodes' own connections to the
+     core). Not computed from payload sizes.
   2. Turn latency with and without a handover: the roaming run against the
      same turns all on one node.
   3. Commit-to-visibility: after node A answers turn N (committed), how long
@@ -27,7 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
-from dcnode import Node, nats_cluster  # noqa: E402
+from dcnode import NatsServer, Node, nats_cluster  # noqa: E402
 
 try:
     import yaml
@@ -106,20 +107,34 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--n-predict", type=int, default=128)
+    ap.add_argument("--topology", choices=("core", "leaf"), default="leaf",
+                    help="core: nodes talk to the core servers; leaf: each node has its own leaf "
+                         "nats-server with a mirror (the edge topology)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="dc-bench-repl-")
-    core = nats_cluster(NATS, work)
+    leaf = args.topology == "leaf"
+    core = nats_cluster(NATS, work, domain="core" if leaf else None)
     urls = [s.url for s in core]
     route_ports = set()
     for s in core:
         with open(s.conf) as f:
             route_ports.add(int(re.search(r"cluster \{ name: core, listen: 127\.0\.0\.1:(\d+)", f.read()).group(1)))
-    ports = {"route_bytes": route_ports, "node_core_bytes": {s.port for s in core}}
+    servers = list(core)
     one = ("--threads", "1")
-    a = Node(BIN, MODEL, os.path.join(work, "a"), "edge-1", ("--store", ",".join(urls), "--store-replicas", "3") + one)
-    b = Node(BIN, MODEL, os.path.join(work, "b"), "edge-2",
-             ("--store", ",".join(urls[1:] + urls[:1]), "--store-replicas", "3") + one)
+    if leaf:
+        lp = [c.leaf_port for c in core]
+        leaves = [NatsServer(NATS, work, "leaf%d" % i, domain="edge%d" % i, leaf_remotes=lp[i:] + lp[:i]).start()
+                  for i in (1, 2)]
+        servers += leaves
+        # what crosses the network is edge host <-> core: the leaf connections
+        ports = {"route_bytes": route_ports, "edge_core_bytes": set(lp)}
+        stores = [("--store", l.url, "--store-core-domain", "core") for l in leaves]
+    else:
+        ports = {"route_bytes": route_ports, "edge_core_bytes": {s.port for s in core}}
+        stores = [("--store", ",".join(urls)), ("--store", ",".join(urls[1:] + urls[:1]))]
+    a = Node(BIN, MODEL, os.path.join(work, "a"), "edge-1", stores[0] + ("--store-replicas", "3") + one)
+    b = Node(BIN, MODEL, os.path.join(work, "b"), "edge-2", stores[1] + ("--store-replicas", "3") + one)
     a.start()
     b.start()
     nodes = {"edge-1": a, "edge-2": b}
@@ -128,6 +143,10 @@ def main():
     results = {}
     try:
         run(nodes, still[:2], "tokenized", 8, ports, "warmup")
+        # both mirrors follow the core before measuring
+        st, r = a.complete(prompt="warm-up", user_id="warmup", n_predict=1)
+        while b.request("GET", "/v1/sessions/%s?user_id=warmup" % r["session_id"])[0] != 200:
+            time.sleep(0.1)
         for rep in range(args.reps):
             for mode in ("tokenized", "raw"):
                 results.setdefault(mode, []).append(run(nodes, turns, mode, args.n_predict, ports, "u%d" % rep))
@@ -140,28 +159,28 @@ def main():
     finally:
         a.cleanup()
         b.cleanup()
-        for s in core:
+        for s in servers:
             s.kill()
     with open(os.path.join(args.out, "replication.json"), "w") as f:
         json.dump(dict(results=results, visibility_ms=vis, get_rtt_ms=rtt, idle_bytes_per_s=idle), f, indent=1)
 
     med = statistics.median
-    print("| turn | node | tokenized route B | raw route B | tokenized node-core B | raw node-core B | "
+    print("| turn | node | tokenized route B | raw route B | tokenized edge-core B | raw edge-core B | "
           "roaming ms | same-node ms |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for i in range(len(turns)):
         col = lambda mode, k: med(r[i][k] for r in results[mode])  # noqa: E731
         print("| %d | %s | %d | %d | %d | %d | %.0f | %.0f |" % (
             i + 1, turns[i][0], col("tokenized", "route_bytes"), col("raw", "route_bytes"),
-            col("tokenized", "node_core_bytes"), col("raw", "node_core_bytes"), col("tokenized", "ms"),
+            col("tokenized", "edge_core_bytes"), col("raw", "edge_core_bytes"), col("tokenized", "ms"),
             col("no-handover", "ms")))
     tot = lambda mode, k: med(sum(t[k] for t in r) for r in results[mode])  # noqa: E731
-    for k in ("route_bytes", "node_core_bytes"):
+    for k in ("route_bytes", "edge_core_bytes"):
         t, r = tot("tokenized", k), tot("raw", k)
         print("\n%s per 9-turn session (median of %d): tokenized %d, raw %d, tokenized vs raw %+.1f%%" % (
             k, args.reps, t, r, 100.0 * (t / r - 1)))
-    print("idle background (raft heartbeats, pings), bytes/s: route %.0f, node-core %.0f" % (
-        idle["route_bytes"], idle["node_core_bytes"]))
+    print("idle background (raft heartbeats, pings), bytes/s: route %.0f, edge-core %.0f" % (
+        idle["route_bytes"], idle["edge_core_bytes"]))
     hand = [r[i]["ms"] - s[i]["ms"] for r, s in zip(results["tokenized"], results["no-handover"])
             for i in (2, 4, 6)]
     print("handover turns (3, 5, 7): median extra latency vs the same turn on one node: %+.1f ms" % med(hand))

@@ -28,4 +28,4 @@ python3 bench/summarize.py "$OUT" | tee "$OUT/summary.md"
 # Replication across nodes (NATS core cluster + two edge nodes): wire bytes
 # per turn tokenized vs raw, handover latency, commit-to-visibility.
 nodes_stop
-python3 bench/replication.py --reps "$REPS" "$OUT" | tee "$OUT/replication.md"
+python3 bench/replication.py --reps "$REPS" --topology leaf "$OUT" | tee "$OUT/replication.md"
