@@ -8,30 +8,39 @@
  * session's meta after it. Replication therefore ships each turn once, and the
  * bytes per turn grow with the turn, not with the session.
  *
- * Exactly-once turns: a commit first reads the session's last message from
- * the stream leader (STREAM.MSG.GET, not a possibly stale direct get), checks
- * that it is turn N-1, and publishes turn N with
- * Nats-Expected-Last-Subject-Sequence set to that message's sequence. The
- * server accepts the publish only if no message arrived on the subject in
- * between, so of two nodes racing for turn N exactly one wins; the other gets
- * "wrong last sequence" (10071), which we report as STORE_CONFLICT.
+ * Exactly-once turns: turn N is published with
+ * Nats-Expected-Last-Subject-Sequence set to the sequence of turn N-1's
+ * message (as this node read it, or as the stream leader reports it). The
+ * stream leader accepts the publish only if no message arrived on the subject
+ * since, so of two nodes racing for turn N exactly one wins; the other gets
+ * "wrong last sequence", reported as STORE_CONFLICT.
  *
- * Reads use direct gets (allow_direct), which any replica may answer. A
- * replica may be behind, so a read may return a prefix of the session: that
+ * Reads are direct gets (allow_direct). Two topologies:
+ *  - nodes connected to the core: any replica of the core stream answers;
+ *  - leaf mode (core_domain set): the node's own nats-server is a leaf of the
+ *    core with a JetStream domain of its own, holding a mirror of the stream
+ *    (same name, same sequence numbers); reads go to the mirror, commits and
+ *    leader reads to the core's domain. When the mirror has less than the
+ *    client's previous turn, the read is retried against the core.
+ * A replica may be behind, so a read may return a prefix of the session: that
  * is safe, because messages are immutable and the context manager compares
- * the stored turn with the client's turn counter and re-reads when behind.
+ * the stored turn with the client's turn counter and waits when behind. A
+ * per-node cache of turns (turncache.h) means a read fetches only the
+ * session's last message and turns this node has not seen.
  *
- * Waiting for replication: a node whose read is behind the client's turn
- * waits for the missing commit instead of sleeping blindly. Every commit is
- * followed by a small core-NATS notification on dce.<keygroup>.n.<session>
- * carrying the turn number; each node keeps ONE subscription to all of them
- * (creating one per request would cost milliseconds) and wakes the requests
- * waiting for that session. Notifications are hints: a waiter always re-reads
- * the store, so a lost or early notification costs time, never correctness.
+ * Waiting for replication: every commit is followed by a small core-NATS
+ * notification on dce.<keygroup>.n.<session> carrying the turn number; each
+ * node keeps ONE subscription to all of them (creating one per request would
+ * cost milliseconds) and wakes the requests waiting for that session.
+ * Notifications are hints: a waiter always re-reads the store, so a lost or
+ * early notification costs time, never correctness.
  *
- * TTL: every message carries the session's last activity, so reads treat a
- * session idle past the TTL as absent; store_expire purges such sessions
- * (one subject at a time, never part of a session). */
+ * Ending a session (DELETE, or idle past the TTL): a tombstone record (turn 0)
+ * is appended, then older messages are purged from the core stream. Mirrors
+ * do not replicate purges but do replicate the tombstone, so every node reads
+ * the session as gone. Every record carries the session's last activity, so
+ * a session idle past the TTL reads as absent even before the sweep. An id
+ * can start over at turn 1; readers skip earlier lives. */
 #include <errno.h>
 #include <jansson.h>
 #include <nats/nats.h>

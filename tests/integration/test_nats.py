@@ -49,8 +49,11 @@ class OneServer(unittest.TestCase):
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="dc-nats-")
         cls.start_nats()
-        cls.a = Node(BIN, MODEL, os.path.join(cls.dir, "a"), "edge-1", cls.store(0) + ONE_THREAD).start()
-        cls.b = Node(BIN, MODEL, os.path.join(cls.dir, "b"), "edge-2", cls.store(1) + ONE_THREAD).start()
+        # a generous replication wait: the in-flight test must not depend on
+        # how fast a shared machine generates (the held-back test sets its own)
+        patient = ("--sync-timeout", "10000") + ONE_THREAD
+        cls.a = Node(BIN, MODEL, os.path.join(cls.dir, "a"), "edge-1", cls.store(0) + patient).start()
+        cls.b = Node(BIN, MODEL, os.path.join(cls.dir, "b"), "edge-2", cls.store(1) + patient).start()
 
     @classmethod
     def tearDownClass(cls):
