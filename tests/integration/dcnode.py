@@ -181,17 +181,20 @@ def nats_cluster(binary, workdir, size=3, domain=None):
     raise RuntimeError("no JetStream meta leader in %s" % workdir)
 
 
-def model_variant(model, workdir, suffix=b"B"):
-    """A copy of the model whose general.name differs in its last character:
-    another model identity (keygroup) with the same weights and tokenizer."""
-    name = b"Smollm2 135M 8k Lc100K Mix1 Ep2"
+def model_variant(model, workdir, old=b"Smollm2 135M 8k Lc100K Mix1 Ep2", new=b"Smollm2 135M 8k Lc100K Mix1 EpB",
+                  name="model-b.gguf"):
+    """A copy of the model with one string of its GGUF header replaced by
+    another of the same length (offsets stay valid). The default changes
+    general.name: another model identity (keygroup), same weights and
+    tokenizer."""
+    assert len(old) == len(new)
     with open(model, "rb") as f:
         data = bytearray(f.read())
-    i = data.find(name, 0, 1 << 20)
+    i = data.find(old, 0, 4 << 20)
     if i < 0:
-        raise RuntimeError("model name not found in %s" % model)
-    data[i + len(name) - 1:i + len(name)] = suffix
-    out = os.path.join(workdir, "model-b.gguf")
+        raise RuntimeError("%r not found in %s" % (old, model))
+    data[i:i + len(old)] = new
+    out = os.path.join(workdir, name)
     with open(out, "wb") as f:
         f.write(data)
     return out

@@ -207,6 +207,29 @@ class OneServer(unittest.TestCase):
         ref = self.a.request("GET", "/v1/sessions/%s?user_id=del&include=turns" % sid)[1]
         self.assertEqual(ref["context_tokens"], sum(len(t[k]) for t in ref["turns"] for k in ("system", "user", "reply", "end")))
 
+    def test_idle_session_expires(self):
+        short = Node(BIN, MODEL, os.path.join(self.dir, "ttl"), "edge-ttl",
+                     self.store(2) + ("--session-ttl", "1") + ONE_THREAD).start()
+        try:
+            st, r = short.complete(prompt="Hello", user_id="ttl", n_predict=2)
+            self.assertEqual(st, 200, r)
+            sid = r["session_id"]
+            time.sleep(2.2)
+            st, _ = short.request("GET", "/v1/sessions/%s?user_id=ttl" % sid)
+            self.assertEqual(st, 404)
+            st, body = short.complete(prompt="More", user_id="ttl", session_id=sid, turn=2, n_predict=2)
+            self.assertEqual(st, 404, body)
+            # the id starts over, with nothing of its earlier life
+            st, r = short.complete(prompt="Anew", user_id="ttl", session_id=sid, turn=1, n_predict=2)
+            self.assertEqual(st, 200, r)
+            st, r = short.complete(prompt="Again", user_id="ttl", session_id=sid, turn=2, n_predict=2)
+            self.assertEqual(st, 200, r)
+            st, info = short.request("GET", "/v1/sessions/%s?user_id=ttl&include=turns" % sid)
+            self.assertEqual([t["turn"] for t in info["turns"]], [1, 2])
+            self.assertEqual(info["context_tokens"], r["context_tokens"] + r["tokens_predicted"] + 2)
+        finally:
+            short.cleanup()
+
     def test_other_model_cannot_see_the_session(self):
         st, r = self.a.complete(prompt="Hello", user_id="modela", n_predict=4)
         self.assertEqual(st, 200, r)

@@ -187,6 +187,31 @@ class Errors(NodeTest):
         self.assertEqual((st, h["status"], h["node"]), (200, "ok", "edge-1"))
 
 
+class Incompatible(unittest.TestCase):
+    def test_context_of_another_tokenizer_is_refused(self):
+        """The node restarts on the same store with a model whose chat
+        template differs: its stored token ids are not this model's."""
+        from dcnode import model_variant
+        node = Node(BIN, MODEL).start()
+        try:
+            st, r = node.complete(prompt="Hello", user_id="kim", n_predict=4)
+            self.assertEqual(st, 200, r)
+            sid = r["session_id"]
+            self.assertEqual(node.stop(), 0)
+            other = model_variant(MODEL, node.data_dir, b"named SmolLM,", b"named SmolLX,", "template-b.gguf")
+            swapped = Node(BIN, other, data_dir=node.data_dir).start()
+            try:
+                st, body = swapped.complete(prompt="Next", user_id="kim", session_id=sid, turn=2, n_predict=4)
+                self.assertEqual(st, 409, body)
+                self.assertEqual(body["error"]["type"], "incompatible_context")
+                st, info = swapped.request("GET", "/v1/sessions/%s?user_id=kim" % sid)
+                self.assertEqual((st, info["turn"]), (200, 1))  # refused, not damaged
+            finally:
+                swapped.cleanup()
+        finally:
+            node.cleanup()
+
+
 class Expiry(NodeTest):
     extra = ("--session-ttl", "1")
 
