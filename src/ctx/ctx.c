@@ -270,34 +270,9 @@ static void replay(ctx *c, const turn_rec *t, ctx_reply *rep) {
     }
 }
 
-dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *err) {
-    memset(rep, 0, sizeof *rep);
-    rep->mode = req->mode;
-    if (!req->prompt) return dc_fail(err, DC_E_INVALID, "prompt is required");
-    if (req->gen.n_predict < 1) return dc_fail(err, DC_E_INVALID, "n_predict must be >= 1");
-    if (req->user_id) {
-        if (!id_is_valid(req->user_id)) return dc_fail(err, DC_E_INVALID, "user_id must be 1-64 characters of [A-Za-z0-9._-]");
-        strcpy(rep->user_id, req->user_id);
-    } else if (id_random_hex(rep->user_id) != 0) {
-        return dc_fail(err, DC_E_INTERNAL, "no randomness for a user id");
-    }
-    if (req->request_id && !id_is_valid(req->request_id))
-        return dc_fail(err, DC_E_INVALID, "request_id must be 1-64 characters of [A-Za-z0-9._-]");
-    if (req->mode == MODE_CLIENT_SIDE) return complete_client_side(c, req, rep, err);
-
-    uint32_t turn = req->turn ? req->turn : 1;
-    if (req->session_id) {
-        if (!id_is_valid(req->session_id))
-            return dc_fail(err, DC_E_INVALID, "session_id must be 1-64 characters of [A-Za-z0-9._-]");
-        if (!req->turn) return dc_fail(err, DC_E_INVALID, "turn is required with session_id");
-        strcpy(rep->session_id, req->session_id);
-    } else {
-        if (turn != 1) return dc_fail(err, DC_E_INVALID, "turn %u needs the session_id of turn 1", turn);
-        if (id_random_hex(rep->session_id) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
-    }
-    rep->turn = turn;
-
-    keylock_entry *lock = keylock_acquire(c->locks, rep->session_id);
+/* Load, build, generate, commit: one run of a turn, under the session lock. */
+static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_reply *rep, bool *stale_view,
+                             dc_error *err) {
     session_meta meta = {0};
     turn_rec *turns = NULL, rec = {0};
     tokvec input = {0};
@@ -342,7 +317,11 @@ dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *e
         double t0 = clock_mono_ms();
         store_status st = store_turn_commit(c->s, rep->session_id, &meta, &rec);
         rep->store_commit_ms = clock_mono_ms() - t0;
-        if (st == STORE_CONFLICT) {
+        if (st == STORE_STALE) {
+            *stale_view = true;
+            rc = dc_fail(err, DC_E_STALE, "this node's view of session %s was out of date at commit; retry",
+                         rep->session_id);
+        } else if (st == STORE_CONFLICT) {
             /* another writer sharing the store got there first */
             err->expected_turn = turn + 1;
             rc = dc_fail(err, DC_E_CONFLICT, "turn %u of session %s was committed by another request", turn,
@@ -352,7 +331,6 @@ dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *e
         }
     }
 done:
-    keylock_release(c->locks, lock);
     if (rc) strbuf_clear(&rep->content);
     tokvec_free(&input);
     turn_rec_free(&rec);
@@ -360,28 +338,79 @@ done:
     return rc;
 }
 
-static dc_code owned_meta(ctx *c, const char *sid, const char *user_id, session_meta *out, dc_error *err) {
+dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *err) {
+    memset(rep, 0, sizeof *rep);
+    rep->mode = req->mode;
+    if (!req->prompt) return dc_fail(err, DC_E_INVALID, "prompt is required");
+    if (req->gen.n_predict < 1) return dc_fail(err, DC_E_INVALID, "n_predict must be >= 1");
+    if (req->user_id) {
+        if (!id_is_valid(req->user_id)) return dc_fail(err, DC_E_INVALID, "user_id must be 1-64 characters of [A-Za-z0-9._-]");
+        strcpy(rep->user_id, req->user_id);
+    } else if (id_random_hex(rep->user_id) != 0) {
+        return dc_fail(err, DC_E_INTERNAL, "no randomness for a user id");
+    }
+    if (req->request_id && !id_is_valid(req->request_id))
+        return dc_fail(err, DC_E_INVALID, "request_id must be 1-64 characters of [A-Za-z0-9._-]");
+    if (req->mode == MODE_CLIENT_SIDE) return complete_client_side(c, req, rep, err);
+
+    uint32_t turn = req->turn ? req->turn : 1;
+    if (req->session_id) {
+        if (!id_is_valid(req->session_id))
+            return dc_fail(err, DC_E_INVALID, "session_id must be 1-64 characters of [A-Za-z0-9._-]");
+        if (!req->turn) return dc_fail(err, DC_E_INVALID, "turn is required with session_id");
+        strcpy(rep->session_id, req->session_id);
+    } else {
+        if (turn != 1) return dc_fail(err, DC_E_INVALID, "turn %u needs the session_id of turn 1", turn);
+        if (id_random_hex(rep->session_id) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
+    }
+    rep->turn = turn;
+
+    /* One retry when the commit finds this node's view of the session out
+     * of date (the reply was generated from a context that is not current,
+     * so it is thrown away and the turn runs again on a fresh read). */
+    keylock_entry *lock = keylock_acquire(c->locks, rep->session_id);
+    dc_code rc;
+    for (int attempt = 0;; attempt++) {
+        bool stale_view = false;
+        rc = complete_turn(c, req, turn, rep, &stale_view, err);
+        if (!stale_view || attempt == 1) break;
+        log_info("session %s: view out of date at commit; running turn %u again", rep->session_id, turn);
+        strbuf_clear(&rep->content);
+        rep->tokenize_ms = rep->store_read_ms = rep->store_commit_ms = 0;
+    }
+    keylock_release(c->locks, lock);
+    return rc;
+}
+
+/* The session as its owner may see it. These requests carry no turn
+ * counter, so they ask for the latest state (STORE_WANT_LATEST): a store
+ * reading from a nearby replica checks the authoritative copy. */
+static dc_code owned_session(ctx *c, const char *sid, const char *user_id, session_meta *out, turn_rec **turns,
+                             dc_error *err) {
+    *turns = NULL;
     if (!id_is_valid(sid)) return dc_fail(err, DC_E_INVALID, "session id must be 1-64 characters of [A-Za-z0-9._-]");
     if (!user_id) return dc_fail(err, DC_E_INVALID, "user_id is required (query parameter)");
-    store_status st = store_meta_get(c->s, sid, out);
+    store_status st = store_session_load(c->s, sid, STORE_WANT_LATEST, out, turns);
     if (st == STORE_NOT_FOUND) return dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
     if (st != STORE_OK) return store_fail(err, st);
-    if (strcmp(out->user_id, user_id) != 0) return dc_fail(err, DC_E_FORBIDDEN, "session %s belongs to another user", sid);
+    if (strcmp(out->user_id, user_id) != 0) {
+        store_turns_free(*turns, out->turn);
+        *turns = NULL;
+        return dc_fail(err, DC_E_FORBIDDEN, "session %s belongs to another user", sid);
+    }
     return DC_OK;
 }
 
 dc_code ctx_session_get(ctx *c, const char *sid, const char *user_id, session_meta *out, dc_error *err) {
-    return owned_meta(c, sid, user_id, out, err);
+    turn_rec *turns;
+    dc_code rc = owned_session(c, sid, user_id, out, &turns, err);
+    store_turns_free(turns, rc ? 0 : out->turn);
+    return rc;
 }
 
 dc_code ctx_session_turns(ctx *c, const char *sid, const char *user_id, session_meta *out, turn_rec **turns,
                           dc_error *err) {
-    *turns = NULL;
-    dc_code rc = owned_meta(c, sid, user_id, out, err);
-    if (rc) return rc;
-    store_status st = store_session_load(c->s, sid, 0, out, turns);
-    if (st == STORE_NOT_FOUND) return dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
-    return st == STORE_OK ? DC_OK : store_fail(err, st);
+    return owned_session(c, sid, user_id, out, turns, err);
 }
 
 dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_error *err) {
@@ -389,7 +418,7 @@ dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_erro
     if (!id_is_valid(sid)) return dc_fail(err, DC_E_INVALID, "session id must be 1-64 characters of [A-Za-z0-9._-]");
     /* under the session lock, so a delete never interleaves with a commit */
     keylock_entry *lock = keylock_acquire(c->locks, sid);
-    dc_code rc = owned_meta(c, sid, user_id, &m, err);
+    dc_code rc = ctx_session_get(c, sid, user_id, &m, err);
     if (!rc) {
         store_status st = store_session_delete(c->s, sid);
         if (st == STORE_NOT_FOUND) rc = dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);

@@ -396,6 +396,7 @@ static store_status nats_session_load(store *base, const char *sid, uint32_t wan
      * (it lags, or stopped following): ask the core, which has every
      * committed turn. */
     if (s->leaf && want > 0 && (st == STORE_NOT_FOUND || (st == STORE_OK && meta->turn < want))) {
+        /* (STORE_WANT_LATEST always asks the core) */
         session_meta core_meta;
         turn_rec *core_turns = NULL;
         store_status cs = load_via(s, s->js, sid, &core_meta, &core_turns);
@@ -479,6 +480,19 @@ static store_status nats_turn_commit(store *base, const char *sid, const session
         }
     }
     store_status st = publish_record(s, subj, meta, t, expect, &seq);
+    if (st == STORE_CONFLICT && cached_turn) {
+        /* Refused on this node's cached view. Either another node committed
+         * this turn (a real conflict), or the view was out of date (e.g. the
+         * session was deleted and started over elsewhere while this node's
+         * mirror lagged): then the reply was generated from the wrong
+         * context, and the caller must read again. */
+        turncache_drop(s->cache, sid);
+        session_meta last;
+        uint64_t lseq;
+        store_status ls = leader_last(s, subj, sid, &last, &lseq);
+        bool live = ls == STORE_OK && last.turn > 0 && !store_expired(base, last.last_ms, clock_wall_ms());
+        return live && last.turn >= t->turn ? STORE_CONFLICT : STORE_STALE;
+    }
     if (st != STORE_OK) return st;
     turncache_append(s->cache, sid, t, meta, seq);
     char note_subj[SUBJECT_MAX], num[16];

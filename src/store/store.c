@@ -85,6 +85,7 @@ const char *store_status_str(store_status st) {
     case STORE_OK: return "ok";
     case STORE_NOT_FOUND: return "not found";
     case STORE_CONFLICT: return "conflict";
+    case STORE_STALE: return "stale view";
     case STORE_CORRUPT: return "corrupt record";
     case STORE_IO: return "store i/o error";
     case STORE_UNAVAILABLE: return "store unavailable";

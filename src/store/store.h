@@ -27,6 +27,7 @@ typedef enum {
     STORE_OK = 0,
     STORE_NOT_FOUND,
     STORE_CONFLICT, /* commit: the stored turn is not turn-1 */
+    STORE_STALE,    /* commit refused: the caller's view of the session was out of date (read again) */
     STORE_CORRUPT,  /* a stored record failed to decode */
     STORE_IO,       /* the backing store failed (disk full, permissions...) */
     STORE_UNAVAILABLE /* the store cannot be reached now (no quorum, no connection): retry later */
@@ -59,6 +60,7 @@ store_status store_meta_get(store *s, const char *sid, session_meta *out);
  * needs (0: none); a store that reads from a nearby replica first asks the
  * authoritative copy when the replica has less. */
 store_status store_session_load(store *s, const char *sid, uint32_t want, session_meta *meta, turn_rec **turns);
+#define STORE_WANT_LATEST UINT32_MAX /* want: the latest committed state, whatever turn it is */
 void store_turns_free(turn_rec *turns, uint32_t n);
 
 /* Appends turn t->turn with the new meta (whose turn must equal t->turn).
