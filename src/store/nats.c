@@ -136,7 +136,7 @@ static int js_api(nstore *s, const char *subj, json_t *req, const int *ok_codes,
  * In leaf mode also a mirror of it in the node's own JetStream domain, with
  * the same name, which answers this node's reads. Plain JSON requests: the
  * 3.4 C client's jsStreamConfig predates allow_direct. */
-static int ensure_stream(nstore *s, int replicas, char *err, size_t errlen) {
+static int ensure_stream_once(nstore *s, int replicas, char *err, size_t errlen) {
     static const int exists[] = {10058, 0};
     char subj[200];
     snprintf(subj, sizeof subj, "%s.STREAM.CREATE.%s", s->api, s->stream);
@@ -149,6 +149,18 @@ static int ensure_stream(nstore *s, int replicas, char *err, size_t errlen) {
     json_t *mirror = json_pack("{s:s, s:s, s:b, s:{s:s, s:{s:s}}}", "name", s->stream, "storage", "file", "allow_direct",
                                1, "mirror", "name", s->stream, "external", "api", s->api);
     return js_api(s, subj, mirror, exists, err, errlen);
+}
+
+/* A node may start while the core is electing leaders (after a restart, or
+ * before a new cluster has formed): keep trying for a while before giving up. */
+static int ensure_stream(nstore *s, int replicas, char *err, size_t errlen) {
+    double deadline = clock_mono_ms() + 30000;
+    for (int attempt = 0;; attempt++) {
+        if (ensure_stream_once(s, replicas, err, errlen) == 0) return 0;
+        if (clock_mono_ms() > deadline) return -1;
+        if (attempt == 0) log_warn("%s; retrying for up to 30 s", err);
+        clock_sleep_ms(500);
+    }
 }
 
 static void nats_close(store *base) {
