@@ -38,7 +38,9 @@ class Node:
                 self.port = int(line.split(b"http://127.0.0.1:")[1].split(b" ")[0])
                 return self
         self.stop()
-        raise RuntimeError("node did not start: %r (log in %s)" % (line, self.data_dir))
+        with open(os.path.join(self.data_dir, "node.log"), "rb") as f:
+            tail = f.read()[-2000:].decode("utf-8", "replace")
+        raise RuntimeError("node %s did not start: %r\n%s" % (self.node_id, line, tail))
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
