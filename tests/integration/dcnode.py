@@ -170,8 +170,13 @@ def nats_cluster(binary, workdir, size=3, domain=None):
     routes = [free_port() for _ in range(size)]
     servers = [NatsServer(binary, workdir, "core%d" % (i + 1), "core", routes[i], routes, domain=domain,
                           leaf_listen=bool(domain)) for i in range(size)]
-    for s in servers:
-        s.start()
+    try:
+        for s in servers:
+            s.start()
+    except BaseException:
+        for s in servers:
+            s.kill()
+        raise
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for s in servers:
@@ -180,6 +185,8 @@ def nats_cluster(binary, workdir, size=3, domain=None):
             if b"JetStream cluster new metadata leader" in log or b"Self is new JetStream cluster metadata leader" in log:
                 return servers
         time.sleep(0.1)
+    for s in servers:
+        s.kill()
     raise RuntimeError("no JetStream meta leader in %s" % workdir)
 
 

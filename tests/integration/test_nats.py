@@ -48,20 +48,28 @@ class OneServer(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="dc-nats-")
-        cls.start_nats()
-        # a generous replication wait: the in-flight test must not depend on
-        # how fast a shared machine generates (the held-back test sets its own)
-        patient = ("--sync-timeout", "10000") + ONE_THREAD
-        cls.a = Node(BIN, MODEL, os.path.join(cls.dir, "a"), "edge-1", cls.store(0) + patient).start()
-        cls.b = Node(BIN, MODEL, os.path.join(cls.dir, "b"), "edge-2", cls.store(1) + patient).start()
+        cls.servers, cls.a, cls.b = [], None, None
+        try:
+            cls.start_nats()
+            # a generous replication wait: the in-flight test must not depend on
+            # how fast a shared machine generates (the held-back test sets its own)
+            patient = ("--sync-timeout", "10000") + ONE_THREAD
+            cls.a = Node(BIN, MODEL, os.path.join(cls.dir, "a"), "edge-1", cls.store(0) + patient).start()
+            cls.b = Node(BIN, MODEL, os.path.join(cls.dir, "b"), "edge-2", cls.store(1) + patient).start()
+        except BaseException:
+            cls.tearDownClass()  # stop whatever did start
+            raise
 
     @classmethod
     def tearDownClass(cls):
-        for n in (cls.a, cls.b):
-            n.cleanup()
-        for srv in cls.servers:
-            srv.kill()
-        shutil.rmtree(cls.dir, ignore_errors=True)
+        try:
+            for n in (cls.a, cls.b):
+                if n:
+                    n.cleanup()
+        finally:
+            for srv in cls.servers:
+                srv.kill()
+            shutil.rmtree(cls.dir, ignore_errors=True)
 
     def turns(self, node, sid, user):
         st, info = node.request("GET", "/v1/sessions/%s?user_id=%s&include=turns" % (sid, user))
@@ -254,10 +262,14 @@ class LeafNodes(OneServer):
     @classmethod
     def start_nats(cls):
         cls.core = nats_cluster(NATS, cls.dir, domain="core")
+        cls.servers = list(cls.core)
         leaf_ports = [c.leaf_port for c in cls.core]
-        cls.leaves = [NatsServer(NATS, cls.dir, "leaf%d" % i, domain="edge%d" % i,
-                                 leaf_remotes=leaf_ports[i:] + leaf_ports[:i]).start() for i in (1, 2)]
-        cls.servers = cls.leaves + cls.core
+        cls.leaves = []
+        for i in (1, 2):
+            cls.leaves.append(NatsServer(NATS, cls.dir, "leaf%d" % i, domain="edge%d" % i,
+                                         leaf_remotes=leaf_ports[i:] + leaf_ports[:i]))
+            cls.servers.append(cls.leaves[-1])
+            cls.leaves[-1].start()
 
     @classmethod
     def store(cls, i):
