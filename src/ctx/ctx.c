@@ -71,7 +71,7 @@ session_mode ctx_mode_parse(const char *s) {
 
 void ctx_reply_free(ctx_reply *rep) { strbuf_free(&rep->content); }
 
-static dc_code store_fail(dc_error *err, store_status st) {
+static dc_code store_error(dc_error *err, store_status st) {
     return dc_fail(err, st == STORE_UNAVAILABLE ? DC_E_UNAVAILABLE : DC_E_STORE, "store: %s (%s)", store_status_str(st), store_last_error());
 }
 
@@ -212,7 +212,7 @@ static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uin
         double t0 = clock_mono_ms();
         store_status st = store_session_load(c->s, sid, turn - 1, meta, turns);
         rep->store_read_ms += clock_mono_ms() - t0;
-        if (st != STORE_OK && st != STORE_NOT_FOUND) return store_fail(err, st);
+        if (st != STORE_OK && st != STORE_NOT_FOUND) return store_error(err, st);
         *exists = st == STORE_OK;
         if (*exists && strcmp(meta->user_id, rep->user_id) != 0)
             return dc_fail(err, DC_E_FORBIDDEN, "session %s belongs to another user", sid);
@@ -327,7 +327,7 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
             rc = dc_fail(err, DC_E_CONFLICT, "turn %u of session %s was committed by another request", turn,
                          rep->session_id);
         } else if (st != STORE_OK) {
-            rc = store_fail(err, st);
+            rc = store_error(err, st);
         }
     }
 done:
@@ -392,7 +392,7 @@ static dc_code owned_session(ctx *c, const char *sid, const char *user_id, sessi
     if (!user_id) return dc_fail(err, DC_E_INVALID, "user_id is required (query parameter)");
     store_status st = store_session_load(c->s, sid, STORE_WANT_LATEST, out, turns);
     if (st == STORE_NOT_FOUND) return dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
-    if (st != STORE_OK) return store_fail(err, st);
+    if (st != STORE_OK) return store_error(err, st);
     if (strcmp(out->user_id, user_id) != 0) {
         store_turns_free(*turns, out->turn);
         *turns = NULL;
@@ -422,7 +422,7 @@ dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_erro
     if (!rc) {
         store_status st = store_session_delete(c->s, sid);
         if (st == STORE_NOT_FOUND) rc = dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
-        else if (st != STORE_OK) rc = store_fail(err, st);
+        else if (st != STORE_OK) rc = store_error(err, st);
     }
     keylock_release(c->locks, lock);
     return rc;

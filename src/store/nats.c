@@ -476,23 +476,19 @@ static store_status nats_turn_commit(store *base, const char *sid, const session
      * always for turn 1, from the stream leader. */
     uint32_t cached_turn = 0;
     uint64_t expect = 0, seq = 0;
-    if (!(t->turn > 1 && turncache_last(s->cache, sid, &cached_turn, &expect) && cached_turn == t->turn - 1)) {
+    bool from_cache = t->turn > 1 && turncache_last(s->cache, sid, &cached_turn, &expect) &&
+                      cached_turn == t->turn - 1;
+    if (!from_cache) {
         session_meta last;
         expect = 0;
         store_status st = leader_last(s, subj, sid, &last, &expect);
-        if (st == STORE_OK && (last.turn == 0 || store_expired(base, last.last_ms, clock_wall_ms()))) {
-            /* deleted or expired: the id starts over at turn 1, after that message */
-            if (t->turn != 1) return STORE_CONFLICT;
-        } else if (st == STORE_NOT_FOUND) {
-            if (t->turn != 1) return STORE_CONFLICT;
-        } else if (st != STORE_OK) {
-            return st;
-        } else if (last.turn != t->turn - 1) {
-            return STORE_CONFLICT;
-        }
+        if (st != STORE_OK && st != STORE_NOT_FOUND) return st;
+        /* absent, deleted or expired: the id (re)starts at turn 1, after its last message */
+        bool live = st == STORE_OK && last.turn > 0 && !store_expired(base, last.last_ms, clock_wall_ms());
+        if ((live ? last.turn : 0) != t->turn - 1) return STORE_CONFLICT;
     }
     store_status st = publish_record(s, subj, meta, t, expect, &seq);
-    if (st == STORE_CONFLICT && cached_turn) {
+    if (st == STORE_CONFLICT && from_cache) {
         /* Refused on this node's cached view. Either another node committed
          * this turn (a real conflict), or the view was out of date (e.g. the
          * session was deleted and started over elsewhere while this node's

@@ -105,9 +105,10 @@ static void ensure_cap(entry *e, uint32_t n) {
     e->cap = cap;
 }
 
-void turncache_put(turncache *c, const char *sid, const turn_rec *turns, uint32_t n, const session_meta *meta,
-                   uint64_t last_seq) {
-    pthread_mutex_lock(&c->mu);
+/* Replaces sid's turns with a copy of turns[0..n), creating the entry (and
+ * evicting the least recently used one) if needed. Caller holds mu. */
+static void put_locked(turncache *c, const char *sid, const turn_rec *turns, uint32_t n, const session_meta *meta,
+                       uint64_t last_seq) {
     entry *e = find(c, sid);
     if (!e) {
         if (c->count == c->max) {
@@ -126,6 +127,12 @@ void turncache_put(turncache *c, const char *sid, const turn_rec *turns, uint32_
     e->n = n;
     e->meta = *meta;
     e->last_seq = last_seq;
+}
+
+void turncache_put(turncache *c, const char *sid, const turn_rec *turns, uint32_t n, const session_meta *meta,
+                   uint64_t last_seq) {
+    pthread_mutex_lock(&c->mu);
+    put_locked(c, sid, turns, n, meta, last_seq);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -133,11 +140,8 @@ void turncache_append(turncache *c, const char *sid, const turn_rec *t, const se
     pthread_mutex_lock(&c->mu);
     entry *e = find(c, sid);
     if (t->turn == 1) { /* a new life of the id: whatever was cached is over */
-        pthread_mutex_unlock(&c->mu);
-        turncache_put(c, sid, t, 1, meta, seq);
-        return;
-    }
-    if (e && e->n + 1 == t->turn && seq > e->last_seq) {
+        put_locked(c, sid, t, 1, meta, seq);
+    } else if (e && e->n + 1 == t->turn && seq > e->last_seq) {
         ensure_cap(e, e->n + 1);
         copy_turn(&e->turns[e->n++], t);
         e->meta = *meta;
