@@ -59,6 +59,11 @@ static void usage(FILE *f) {
             "  --session-ttl SECS    drop sessions idle this long (default 86400)\n"
             "  --ctx-size N          context window in tokens (default: model's, at most 4096)\n"
             "  --threads N           inference threads (default: physical cores)\n"
+            "  --parallel N          requests generating at once, batched together (default 4)\n"
+            "  --queue N             requests waiting beyond those; more get 429 (default 16)\n"
+            "  --kv-cache-sessions N conversations whose KV cache stays in memory, least\n"
+            "                        recently used out first; 0 disables reuse (default 8).\n"
+            "                        Memory: N x ctx-size x the model's KV bytes per token\n"
             "  --n-predict N         default reply length cap (default 128)\n"
             "  --sync-timeout MS     longest wait for a client's previous turn to replicate\n"
             "                        here before `strong` requests get 503 (default 2000)\n"
@@ -70,7 +75,7 @@ static void usage(FILE *f) {
 }
 
 int serve_main(int argc, char **argv) {
-    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG };
+    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG, O_PARALLEL, O_QUEUE, O_KVSESS };
     static struct option opts[] = {{"model", required_argument, 0, 'm'},
                                    {"host", required_argument, 0, 'H'},
                                    {"port", required_argument, 0, 'p'},
@@ -89,6 +94,9 @@ int serve_main(int argc, char **argv) {
                                    {"max-body", required_argument, 0, O_MAXBODY},
                                    {"backend-dir", required_argument, 0, O_BACKEND},
                                    {"log-level", required_argument, 0, O_LOG},
+                                   {"parallel", required_argument, 0, O_PARALLEL},
+                                   {"queue", required_argument, 0, O_QUEUE},
+                                   {"kv-cache-sessions", required_argument, 0, O_KVSESS},
                                    {"help", no_argument, 0, 'h'},
                                    {0, 0, 0, 0}};
     llm_params lp = llm_default_params();
@@ -119,6 +127,9 @@ int serve_main(int argc, char **argv) {
         case O_RETRY_MS: cp.stale_retry_ms = atoi(optarg); break;
         case O_MAXBODY: ap.max_body = (size_t)atoll(optarg); break;
         case O_BACKEND: lp.backend_dir = optarg; break;
+        case O_PARALLEL: lp.n_parallel = atoi(optarg); break;
+        case O_QUEUE: lp.n_queue = atoi(optarg); break;
+        case O_KVSESS: lp.kv_sessions = atoi(optarg); break;
         case O_LOG:
             if (!strcmp(optarg, "debug")) log_set_level(LOG_DEBUG);
             else if (!strcmp(optarg, "info")) log_set_level(LOG_INFO);
@@ -138,7 +149,8 @@ int serve_main(int argc, char **argv) {
         return 2;
     }
     if (ap.port < 0 || ap.port > 65535 || lp.n_ctx < 0 || lp.n_threads < 0 || ap.default_n_predict < 1 ||
-        cp.stale_retries < 0 || cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 || sp.replicas > 5) {
+        cp.stale_retries < 0 || cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 || sp.replicas > 5 ||
+        lp.n_parallel < 1 || lp.n_parallel > 64 || lp.n_queue < 0 || lp.kv_sessions < 0 || lp.kv_sessions > 256) {
         fprintf(stderr, "serve: a numeric option is out of range (see --help)\n");
         return 2;
     }
@@ -181,6 +193,10 @@ int serve_main(int argc, char **argv) {
            store_kind(s), sp.url ? sp.url : sp.data_dir, keygroup);
     fflush(stdout);
     if (expired > 0) log_info("removed %ld expired sessions", expired);
+    llm_stats ls;
+    llm_stats_get(m, &ls);
+    log_info("engine: %d sequences (%d generating at once), KV cache %.0f MiB", ls.n_slots, ls.n_parallel,
+             ls.kv_bytes / 1048576.0);
 
     struct timespec sweep = {60, 0};
     for (;;) {

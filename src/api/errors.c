@@ -16,6 +16,8 @@ static const struct {
     [DC_E_CONFLICT] = {409, "turn_conflict"},
     [DC_E_INCOMPATIBLE] = {409, "incompatible_context"},
     [DC_E_TOO_LARGE] = {413, "payload_too_large"},
+    [DC_E_BUSY] = {429, "server_busy"},
+    [DC_E_CANCELLED] = {499, "client_closed_request"},
     [DC_E_INTERNAL] = {500, "server_error"},
     [DC_E_STORE] = {500, "store_error"},
     [DC_E_STALE] = {503, "stale_context"},

@@ -83,6 +83,10 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
     if ((rc = get_integer(r, "n_predict", -1, 1 << 20, &x, &given, err))) return rc;
     if (given && x == 0) return dc_fail(err, DC_E_INVALID, "n_predict must be >= 1, or -1 for the node's default");
     if (given && x > 0) req->gen.n_predict = (int)x;
+    json_t *cache = json_object_get(r, "cache_prompt");
+    if (cache && !json_is_null(cache) && !json_is_boolean(cache))
+        return dc_fail(err, DC_E_INVALID, "cache_prompt must be a boolean");
+    if (json_is_false(cache)) req->gen.cache_prompt = false;
     double f;
     if ((rc = get_number(r, "temperature", 0, 100, &f, &given, err))) return rc;
     if (given) req->gen.temperature = (float)f;
@@ -104,7 +108,8 @@ static double per_second(int n, double ms) { return ms > 0 ? 1e3 * n / ms : 0; }
 json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *model) {
     const llm_timings *t = &rep->llm;
     json_t *timings = json_pack(
-        "{s:i, s:f, s:f, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:f}", "prompt_n", t->prompt_n, "prompt_ms", t->prompt_ms,
+        "{s:i, s:i, s:f, s:f, s:f, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:f}", "prompt_n", t->prompt_n, "cache_n",
+        t->cached_n, "queue_ms", t->queue_ms, "prompt_ms", t->prompt_ms,
         "prompt_per_token_ms", t->prompt_n ? t->prompt_ms / t->prompt_n : 0.0, "prompt_per_second",
         per_second(t->prompt_n, t->prompt_ms), "predicted_n", t->predicted_n, "predicted_ms", t->predicted_ms,
         "predicted_per_token_ms", t->predicted_n ? t->predicted_ms / t->predicted_n : 0.0, "predicted_per_second",
@@ -113,7 +118,7 @@ json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *
     strbuf content = {0};
     utf8_sanitize(rep->content.s ? rep->content.s : "", rep->content.n, &content);
     json_t *o = json_pack("{s:s, s:i, s:i, s:b, s:b, s:b, s:s, s:o}", "content", content.s,
-                          "tokens_predicted", t->predicted_n, "tokens_evaluated", t->prompt_n, "stop", 1,
+                          "tokens_predicted", t->predicted_n, "tokens_evaluated", t->prompt_n + t->cached_n, "stop", 1,
                           "stopped_eos", t->stopped_eog, "stopped_limit", t->stopped_limit, "model", model, "timings",
                           timings);
     strbuf_free(&content);

@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <microhttpd.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,19 +38,37 @@ api_params api_default_params(void) {
                         .default_n_predict = 128};
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body) {
+static enum MHD_Result send_json_headers(struct MHD_Connection *conn, int status, json_t *body,
+                                         const char *const *headers) {
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!text) text = strdup("{\"error\":{\"code\":500,\"type\":\"server_error\",\"message\":\"cannot encode response\"}}");
     struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
     MHD_add_response_header(r, "Content-Type", "application/json");
+    for (; headers && headers[0]; headers += 2) MHD_add_response_header(r, headers[0], headers[1]);
     enum MHD_Result ok = MHD_queue_response(conn, (unsigned)status, r);
     MHD_destroy_response(r);
     return ok;
 }
 
+static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body) {
+    return send_json_headers(conn, status, body, NULL);
+}
+
 static enum MHD_Result send_error(struct MHD_Connection *conn, const dc_error *e) {
-    return send_json(conn, api_error_status(e->code), api_error_json(e));
+    /* a full queue drains within a turn or so; one second is a fair first retry */
+    static const char *const busy[] = {"Retry-After", "1", NULL};
+    return send_json_headers(conn, api_error_status(e->code), api_error_json(e), e->code == DC_E_BUSY ? busy : NULL);
+}
+
+/* llm_gen_params.alive for a request in flight: false once the client has
+ * closed its end (or reset it). Runs on the connection's own thread, which
+ * is blocked in the engine while the reply is generated. */
+static bool conn_alive(void *ud) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(ud, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return true;
+    struct pollfd pfd = {.fd = ci->connect_fd, .events = POLLRDHUP};
+    return poll(&pfd, 1, 0) <= 0 || !(pfd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
 static void log_request(const char *method, const char *url, int status, double t0, const char *sid, uint32_t turn,
@@ -65,9 +84,16 @@ static enum MHD_Result handle_completion(api_server *s, struct MHD_Connection *c
     dc_error err = {0};
     ctx_reply rep = {0};
     dc_code rc = api_completion_parse(cs->body.s ? cs->body.s : "", cs->body.n, &d, &req, &root, &err);
-    if (!rc) rc = ctx_complete(s->c, &req, &rep, &err);
+    if (!rc) {
+        req.gen.alive = conn_alive;
+        req.gen.alive_ud = conn;
+        rc = ctx_complete(s->c, &req, &rep, &err);
+    }
     enum MHD_Result ok;
-    if (rc) {
+    if (rc == DC_E_CANCELLED) {
+        *status = api_error_status(rc);
+        ok = MHD_NO; /* nobody to answer: close the connection */
+    } else if (rc) {
         *status = api_error_status(rc);
         ok = send_error(conn, &err);
     } else {

@@ -80,8 +80,12 @@ static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tok
                         dc_error *err) {
     char why[160];
     rep->context_tokens = (int)input->n;
-    if (llm_generate(c->m, input->v, input->n, &req->gen, out, &rep->llm, why, sizeof why) != 0)
-        return dc_fail(err, DC_E_INTERNAL, "generation failed: %s", why);
+    switch (llm_generate(c->m, input->v, input->n, &req->gen, out, &rep->llm, why, sizeof why)) {
+    case LLM_OK: break;
+    case LLM_BUSY: return dc_fail(err, DC_E_BUSY, "the node is at capacity (%s); retry later", why);
+    case LLM_CANCELLED: return dc_fail(err, DC_E_CANCELLED, "generation abandoned: %s", why);
+    default: return dc_fail(err, DC_E_INTERNAL, "generation failed: %s", why);
+    }
     llm_detokenize(c->m, out->v, out->n, &rep->content);
     return DC_OK;
 }

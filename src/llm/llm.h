@@ -5,9 +5,11 @@
  * sequences to llm_generate. The implementation (local.c) links llama.cpp
  * in-process; a remote llama-server implementation will keep this contract.
  *
- * Threading: llm_tokenize, llm_chat_render and llm_detokenize may be called
- * from any thread at any time. llm_generate runs one sequence at a time on the
- * model's single context; concurrent callers queue on an internal lock. */
+ * Threading: every function may be called from any thread at any time.
+ * llm_generate blocks its caller; calls from several threads are batched
+ * together (up to n_parallel at once) and the engine keeps the KV cache of
+ * recent conversations, so a call whose input extends one of them prefills
+ * only the new tokens (engine.c). */
 #ifndef DC_LLM_H
 #define DC_LLM_H
 
@@ -24,6 +26,9 @@ typedef struct {
     const char *backend_dir; /* where libggml-cpu-*.so live; NULL = built-in default */
     int n_ctx;               /* context window in tokens; 0 = the model's training size, capped at 8192 */
     int n_threads;           /* 0 = physical cores */
+    int n_parallel;          /* requests generating at once (continuous batching) */
+    int n_queue;             /* requests waiting for one of those; more are refused (LLM_BUSY) */
+    int kv_sessions;         /* conversations whose KV cache is kept (>= n_parallel); 0 = no reuse */
     bool progress;           /* print loading progress (when stderr is a terminal) */
 } llm_params;
 
@@ -69,18 +74,32 @@ const tokvec *llm_turn_end(const llm *m);
 /* Appends the text of toks to out (special tokens are not rendered). */
 void llm_detokenize(const llm *m, const int32_t *toks, size_t n, strbuf *out);
 
+typedef enum {
+    LLM_OK = 0,
+    LLM_FAIL = -1,      /* the input does not fit, or llama.cpp failed; reason in err */
+    LLM_BUSY = -2,      /* the admission queue is full: try again later */
+    LLM_CANCELLED = -3  /* alive() said the caller is gone; partial output discarded */
+} llm_status;
+
 typedef struct {
     int n_predict;       /* cap on generated tokens; must be >= 1 */
     float temperature;   /* <= 0: greedy */
     float top_p;         /* 0 < top_p <= 1 */
     int top_k;           /* <= 0: off */
     uint32_t seed;       /* for sampling when temperature > 0 */
+    bool cache_prompt;   /* reuse KV of a previous request sharing a prefix (default true) */
+    /* Polled while the request waits or runs (about every 50 ms); returning
+     * false abandons it (LLM_CANCELLED). NULL: never abandoned. */
+    bool (*alive)(void *ud);
+    void *alive_ud;
 } llm_gen_params;
 
 llm_gen_params llm_default_gen_params(void);
 
 typedef struct {
-    int prompt_n;        /* tokens prefilled */
+    int prompt_n;        /* tokens prefilled (input tokens not found in the KV cache) */
+    int cached_n;        /* input tokens whose KV was reused */
+    double queue_ms;     /* waiting for a free sequence */
     double prompt_ms;
     int predicted_n;     /* tokens generated (end-of-generation token not counted) */
     double predicted_ms;
@@ -89,10 +108,20 @@ typedef struct {
 } llm_timings;
 
 /* Generates a reply to the token sequence input, appending the generated ids
- * (without the end-of-generation token) to out. Returns 0, or -1 with a
- * reason in err (e.g. the input does not fit the context). */
-int llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
+ * (without the end-of-generation token) to out. On anything but LLM_OK, err
+ * says why and out holds nothing new. */
+llm_status llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
                  llm_timings *t, char *err, size_t errlen);
+
+/* Counters since load, and the engine's state now. */
+typedef struct {
+    uint64_t requests, kv_hits, cached_tokens, prefilled_tokens, generated_tokens, busy, cancelled;
+    int active, queued;
+    int n_slots, n_parallel;
+    size_t kv_bytes; /* the KV cache's size */
+} llm_stats;
+
+void llm_stats_get(llm *m, llm_stats *out);
 
 /* Physical cores of this machine (for the default thread count). */
 int llm_physical_cores(void);

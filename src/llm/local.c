@@ -24,6 +24,7 @@
 
 #include "../util/clock.h"
 #include "../util/log.h"
+#include "engine.h"
 
 #ifndef DC_BACKEND_DIR
 #define DC_BACKEND_DIR "."
@@ -35,22 +36,24 @@ struct llm {
     const struct llama_vocab *vocab;
     char *tmpl;          /* the model's chat template, or "chatml" */
     char name[128];
-    int n_ctx, n_batch, n_threads;
+    int n_ctx, n_threads; /* n_ctx: per conversation */
     uint64_t fingerprint;
     tokvec turn_end;
-    struct llama_batch batch;
-    pthread_mutex_t gen_lock; /* one sequence at a time on the context */
+    size_t kv_bytes;
+    engine *eng;
 };
 
 /* Content placeholders: control characters no template adds or trims. */
 #define SENTINEL_FMT "\x1e" "dc%zu" "\x1f"
 
 llm_params llm_default_params(void) {
-    return (llm_params){.model_path = NULL, .backend_dir = NULL, .n_ctx = 0, .n_threads = 0, .progress = true};
+    return (llm_params){.model_path = NULL, .backend_dir = NULL, .n_ctx = 0, .n_threads = 0, .n_parallel = 4,
+                        .n_queue = 16, .kv_sessions = 8, .progress = true};
 }
 
 llm_gen_params llm_default_gen_params(void) {
-    return (llm_gen_params){.n_predict = 128, .temperature = 0.8f, .top_p = 0.95f, .top_k = 40, .seed = 0};
+    return (llm_gen_params){.n_predict = 128, .temperature = 0.8f, .top_p = 0.95f, .top_k = 40, .seed = 0,
+                            .cache_prompt = true};
 }
 
 int llm_physical_cores(void) {
@@ -246,7 +249,6 @@ llm *llm_load(const llm_params *p, char *err, size_t errlen) {
 
     llm *m = calloc(1, sizeof *m);
     if (!m) return NULL;
-    pthread_mutex_init(&m->gen_lock, NULL);
     int last_pct = -1;
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
@@ -279,26 +281,47 @@ llm *llm_load(const llm_params *p, char *err, size_t errlen) {
         snprintf(m->name, sizeof m->name, "%s", base ? base + 1 : p->model_path);
     }
 
+    if (p->n_parallel < 1 || p->n_queue < 0 || p->kv_sessions < 0) {
+        snprintf(err, errlen, "n_parallel must be >= 1, n_queue and kv_sessions >= 0");
+        llm_free(m);
+        return NULL;
+    }
     int train = llama_model_n_ctx_train(m->model);
     m->n_ctx = p->n_ctx > 0 ? p->n_ctx : (train > 0 && train < 4096 ? train : 4096);
+    m->n_ctx = (m->n_ctx + 255) / 256 * 256; /* llama.cpp pads each sequence's cells to 256 */
     m->n_threads = p->n_threads > 0 ? p->n_threads : llm_physical_cores();
-    m->n_batch = m->n_ctx < 512 ? m->n_ctx : 512;
+    /* One KV stream per slot; every kept conversation needs one, and so
+     * does every request generating at once. */
+    int n_slots = p->kv_sessions > p->n_parallel ? p->kv_sessions : p->n_parallel;
+    int n_batch = m->n_ctx < 512 ? m->n_ctx : 512;
     struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = (uint32_t)m->n_ctx;
-    cp.n_batch = (uint32_t)m->n_batch;
-    cp.n_ubatch = (uint32_t)m->n_batch;
-    cp.n_seq_max = 1;
+    cp.n_ctx = (uint32_t)m->n_ctx * (uint32_t)n_slots;
+    cp.n_batch = (uint32_t)n_batch;
+    cp.n_ubatch = (uint32_t)n_batch;
+    cp.n_seq_max = (uint32_t)n_slots;
+    cp.kv_unified = false;
     cp.n_threads = m->n_threads;
     cp.n_threads_batch = m->n_threads;
     cp.no_perf = true;
     m->ctx = llama_init_from_model(m->model, cp);
     if (!m->ctx) {
-        snprintf(err, errlen, "cannot create a context of %d tokens", m->n_ctx);
+        snprintf(err, errlen, "cannot create a context of %d sequences of %d tokens", n_slots, m->n_ctx);
         llm_free(m);
         return NULL;
     }
-    m->n_ctx = (int)llama_n_ctx(m->ctx);
-    m->batch = llama_batch_init(m->n_batch, 0, 1);
+    /* f16 K and V for every cell of every layer */
+    int n_head = llama_model_n_head(m->model);
+    size_t head_dim = n_head > 0 ? (size_t)llama_model_n_embd(m->model) / (size_t)n_head : 0;
+    m->kv_bytes = (size_t)n_slots * (size_t)m->n_ctx * (size_t)llama_model_n_layer(m->model) *
+                  (size_t)llama_model_n_head_kv(m->model) * head_dim * 2 * 2;
+    engine_params ep = {.n_slots = n_slots, .n_parallel = p->n_parallel, .n_queue = p->n_queue,
+                        .n_ctx_seq = m->n_ctx, .n_batch = n_batch, .reuse = p->kv_sessions > 0};
+    m->eng = engine_new(m->ctx, m->vocab, &ep);
+    if (!m->eng) {
+        snprintf(err, errlen, "cannot start the generation engine");
+        llm_free(m);
+        return NULL;
+    }
     if (compute_turn_end(m) != 0) {
         snprintf(err, errlen, "cannot derive the end-of-turn markup from the chat template");
         llm_free(m);
@@ -310,12 +333,11 @@ llm *llm_load(const llm_params *p, char *err, size_t errlen) {
 
 void llm_free(llm *m) {
     if (!m) return;
-    if (m->batch.token) llama_batch_free(m->batch);
+    engine_free(m->eng);
     if (m->ctx) llama_free(m->ctx);
     if (m->model) llama_model_free(m->model);
     tokvec_free(&m->turn_end);
     free(m->tmpl);
-    pthread_mutex_destroy(&m->gen_lock);
     free(m);
 }
 
@@ -324,85 +346,25 @@ int llm_n_ctx(const llm *m) { return m->n_ctx; }
 int llm_n_threads(const llm *m) { return m->n_threads; }
 uint64_t llm_fingerprint(const llm *m) { return m->fingerprint; }
 
-static void batch_set(struct llama_batch *b, const int32_t *toks, int n, int pos0, bool logits_last) {
-    b->n_tokens = n;
-    for (int i = 0; i < n; i++) {
-        b->token[i] = toks[i];
-        b->pos[i] = pos0 + i;
-        b->n_seq_id[i] = 1;
-        b->seq_id[i][0] = 0;
-        b->logits[i] = logits_last && i == n - 1;
-    }
+void llm_stats_get(llm *m, llm_stats *out) {
+    engine_stats_get(m->eng, out);
+    out->kv_bytes = m->kv_bytes;
 }
 
-static struct llama_sampler *sampler_new(const llm_gen_params *p) {
-    struct llama_sampler *s = llama_sampler_chain_init(llama_sampler_chain_default_params());
-    if (p->temperature <= 0.0f) {
-        llama_sampler_chain_add(s, llama_sampler_init_greedy());
-        return s;
-    }
-    if (p->top_k > 0) llama_sampler_chain_add(s, llama_sampler_init_top_k(p->top_k));
-    if (p->top_p < 1.0f) llama_sampler_chain_add(s, llama_sampler_init_top_p(p->top_p, 1));
-    llama_sampler_chain_add(s, llama_sampler_init_temp(p->temperature));
-    llama_sampler_chain_add(s, llama_sampler_init_dist(p->seed));
-    return s;
-}
-
-int llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
-                 llm_timings *t, char *err, size_t errlen) {
+llm_status llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
+                        llm_timings *t, char *err, size_t errlen) {
     memset(t, 0, sizeof *t);
     if (n == 0) {
         snprintf(err, errlen, "empty input");
-        return -1;
+        return LLM_FAIL;
     }
     if (n >= (size_t)m->n_ctx) {
         snprintf(err, errlen, "input of %zu tokens does not fit the context of %d", n, m->n_ctx);
-        return -1;
+        return LLM_FAIL;
     }
-    pthread_mutex_lock(&m->gen_lock);
-    int rc = -1;
-    struct llama_sampler *smpl = sampler_new(p);
-    llama_memory_clear(llama_get_memory(m->ctx), true);
-
-    double t0 = clock_mono_ms();
-    for (size_t done = 0; done < n;) {
-        int chunk = (int)(n - done < (size_t)m->n_batch ? n - done : (size_t)m->n_batch);
-        batch_set(&m->batch, input + done, chunk, (int)done, done + (size_t)chunk == n);
-        int dr = llama_decode(m->ctx, m->batch);
-        if (dr != 0) {
-            snprintf(err, errlen, "prefill failed (llama_decode returned %d)", dr);
-            goto out;
-        }
-        done += (size_t)chunk;
+    if (p->n_predict < 1) {
+        snprintf(err, errlen, "n_predict must be >= 1");
+        return LLM_FAIL;
     }
-    t->prompt_n = (int)n;
-    t->prompt_ms = clock_mono_ms() - t0;
-
-    double t1 = clock_mono_ms();
-    int pos = (int)n;
-    for (;;) {
-        int32_t tok = llama_sampler_sample(smpl, m->ctx, -1);
-        if (llama_vocab_is_eog(m->vocab, tok)) {
-            t->stopped_eog = true;
-            break;
-        }
-        tokvec_push(out, tok);
-        t->predicted_n++;
-        if (t->predicted_n >= p->n_predict || pos + 1 >= m->n_ctx) {
-            t->stopped_limit = true;
-            break;
-        }
-        batch_set(&m->batch, &tok, 1, pos++, true);
-        int dr = llama_decode(m->ctx, m->batch);
-        if (dr != 0) {
-            snprintf(err, errlen, "decode failed (llama_decode returned %d)", dr);
-            goto out;
-        }
-    }
-    t->predicted_ms = clock_mono_ms() - t1;
-    rc = 0;
-out:
-    llama_sampler_free(smpl);
-    pthread_mutex_unlock(&m->gen_lock);
-    return rc;
+    return engine_generate(m->eng, input, n, p, out, t, err, errlen);
 }

@@ -1,0 +1,409 @@
+/* engine.c - continuous batching with KV-cache reuse over one llama.cpp
+ * context.
+ *
+ * Why: the paper's prototype prefilled the whole conversation on every turn
+ * and served one client at a time. Prefill dominates a turn as the history
+ * grows, and on a CPU one decoding sequence leaves the cores waiting on
+ * memory. So the context holds several sequences ("slots"), each in its own
+ * KV stream (kv_unified = false: attention then spans only that sequence's
+ * cells, not every cached conversation's), and one thread drives them all.
+ *
+ * A slot remembers the tokens whose KV it holds. A request takes the free
+ * slot sharing the longest prefix with its input (ties: least recently
+ * used, so a new conversation evicts the oldest), drops the slot's KV past
+ * that prefix and prefills only the rest. Nothing about sessions is needed
+ * here: a turn of a session extends the tokens of its previous turn, so its
+ * own slot matches, and any mismatch (truncation, a turn served by another
+ * node, an evicted slot) simply matches less and prefills more. Correct
+ * first, fast second.
+ *
+ * Each step of the loop decodes one batch: one token for every generating
+ * request, then prompt chunks of the requests still prefilling, up to
+ * n_batch tokens. Logits are valid only until the next llama_decode, so each
+ * request samples right after the step that produced its logits.
+ *
+ * Threads: callers enqueue a job (on their own stack) and wait on a
+ * condition variable, polling their alive() callback so a client that went
+ * away frees its slot. Only the engine thread touches llama.cpp; job fields
+ * other than `cancel` and `state` belong to it until the job is DONE, and
+ * those two are read and written under `mu`. */
+#include "engine.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../util/clock.h"
+#include "../util/log.h"
+
+typedef enum { JOB_QUEUED, JOB_PREFILL, JOB_DECODE, JOB_DONE } job_state;
+
+typedef struct job {
+    const int32_t *in;
+    size_t n;
+    llm_gen_params gp;
+    tokvec *out;
+    llm_timings *t;
+    struct llama_sampler *smpl;
+    job_state state;
+    bool cancel;
+    llm_status rc;
+    char err[160];
+    int slot;
+    int32_t next;     /* sampled and not yet decoded */
+    int n_fed;        /* tokens this job put in the current batch */
+    int logits_at;    /* batch index of its logits in the current batch, or -1 */
+    double t_queued, t_admit;
+    size_t out_n0;    /* out->n on entry, to roll back on failure */
+    struct job *qnext;
+} job;
+
+typedef struct {
+    tokvec toks; /* the tokens whose KV this sequence holds: positions 0..n-1 */
+    job *busy;
+    uint64_t used; /* LRU tick */
+} slot;
+
+struct engine {
+    engine_params p;
+    struct llama_context *ctx;
+    const struct llama_vocab *vocab;
+    llama_memory_t mem;
+    struct llama_batch batch;
+    slot *slots;
+    job **active;
+    int n_active;
+    job *q_head, *q_tail;
+    int n_queued;
+    uint64_t tick;
+    llm_stats stats;
+    pthread_mutex_t mu;
+    pthread_cond_t wake; /* the engine: work arrived or stop */
+    pthread_cond_t done; /* callers: a job finished (or time to poll alive) */
+    pthread_t thread;
+    bool stop;
+};
+
+static struct llama_sampler *sampler_new(const llm_gen_params *p) {
+    struct llama_sampler *s = llama_sampler_chain_init(llama_sampler_chain_default_params());
+    if (p->temperature <= 0.0f) {
+        llama_sampler_chain_add(s, llama_sampler_init_greedy());
+        return s;
+    }
+    if (p->top_k > 0) llama_sampler_chain_add(s, llama_sampler_init_top_k(p->top_k));
+    if (p->top_p < 1.0f) llama_sampler_chain_add(s, llama_sampler_init_top_p(p->top_p, 1));
+    llama_sampler_chain_add(s, llama_sampler_init_temp(p->temperature));
+    llama_sampler_chain_add(s, llama_sampler_init_dist(p->seed));
+    return s;
+}
+
+static size_t common_prefix(const tokvec *a, const int32_t *b, size_t n) {
+    size_t i = 0, lim = a->n < n ? a->n : n;
+    while (i < lim && a->v[i] == b[i]) i++;
+    return i;
+}
+
+static void slot_truncate(engine *e, int s, size_t keep) {
+    slot *sl = &e->slots[s];
+    if (keep >= sl->toks.n) return;
+    /* a partial removal can fail for memory types that cannot cut a
+     * sequence (recurrent models): then the sequence starts over */
+    if (!llama_memory_seq_rm(e->mem, s, (llama_pos)keep, -1)) {
+        llama_memory_seq_rm(e->mem, s, -1, -1);
+        keep = 0;
+    }
+    sl->toks.n = keep;
+}
+
+/* Under mu. Marks j finished; the caller may return as soon as mu drops. */
+static void job_finish(engine *e, job *j, llm_status rc) {
+    j->rc = rc;
+    if (rc != LLM_OK) j->out->n = j->out_n0;
+    if (rc == LLM_CANCELLED) {
+        snprintf(j->err, sizeof j->err, "the client went away");
+        e->stats.cancelled++;
+    }
+    if (j->state != JOB_QUEUED) {
+        e->slots[j->slot].busy = NULL;
+        e->slots[j->slot].used = ++e->tick;
+        j->t->predicted_ms = j->t->predicted_n ? clock_mono_ms() - j->t_admit - j->t->prompt_ms : 0;
+    }
+    if (j->smpl) llama_sampler_free(j->smpl);
+    j->smpl = NULL;
+    e->stats.generated_tokens += (uint64_t)j->t->predicted_n;
+    j->state = JOB_DONE;
+    pthread_cond_broadcast(&e->done);
+}
+
+/* Under mu: moves queued jobs onto free slots. */
+static void admit(engine *e) {
+    while (e->n_active < e->p.n_parallel && e->q_head) {
+        job *j = e->q_head;
+        e->q_head = j->qnext;
+        if (!e->q_head) e->q_tail = NULL;
+        e->n_queued--;
+        if (j->cancel) {
+            job_finish(e, j, LLM_CANCELLED);
+            continue;
+        }
+        bool reuse = e->p.reuse && j->gp.cache_prompt;
+        int best = -1;
+        size_t best_p = 0;
+        for (int s = 0; s < e->p.n_slots; s++) {
+            if (e->slots[s].busy) continue;
+            size_t p = reuse ? common_prefix(&e->slots[s].toks, j->in, j->n) : 0;
+            if (best < 0 || p > best_p || (p == best_p && e->slots[s].used < e->slots[best].used)) {
+                best = s;
+                best_p = p;
+            }
+        }
+        /* n_slots >= n_parallel, so a free slot exists */
+        if (best_p >= j->n) best_p = j->n - 1; /* the last input token must run again for its logits */
+        slot_truncate(e, best, reuse ? best_p : 0);
+        size_t cached = e->slots[best].toks.n;
+        j->slot = best;
+        e->slots[best].busy = j;
+        e->slots[best].used = ++e->tick;
+        j->state = JOB_PREFILL;
+        j->t_admit = clock_mono_ms();
+        j->t->queue_ms = j->t_admit - j->t_queued;
+        j->t->cached_n = (int)cached;
+        j->t->prompt_n = (int)(j->n - cached);
+        j->smpl = sampler_new(&j->gp);
+        e->stats.requests++;
+        e->stats.kv_hits += cached > 0;
+        e->stats.cached_tokens += cached;
+        e->stats.prefilled_tokens += j->n - cached;
+        e->active[e->n_active++] = j;
+    }
+}
+
+static void batch_add(struct llama_batch *b, int32_t tok, size_t pos, int seq, bool logits) {
+    int i = b->n_tokens++;
+    b->token[i] = tok;
+    b->pos[i] = (llama_pos)pos;
+    b->n_seq_id[i] = 1;
+    b->seq_id[i][0] = seq;
+    b->logits[i] = logits;
+}
+
+/* One llama_decode over every active job, without mu (only this thread
+ * touches the jobs' working fields and llama.cpp). Jobs that end get
+ * state JOB_DONE-pending via rc/err and are finished by the caller. */
+static void step(engine *e, bool *ended) {
+    struct llama_batch *b = &e->batch;
+    b->n_tokens = 0;
+    for (int i = 0; i < e->n_active; i++) {
+        job *j = e->active[i];
+        j->n_fed = 0;
+        j->logits_at = -1;
+        if (j->state != JOB_DECODE) continue;
+        j->logits_at = b->n_tokens;
+        batch_add(b, j->next, e->slots[j->slot].toks.n, j->slot, true);
+        j->n_fed = 1;
+    }
+    for (int i = 0; i < e->n_active && b->n_tokens < e->p.n_batch; i++) {
+        job *j = e->active[i];
+        if (j->state != JOB_PREFILL) continue;
+        size_t from = e->slots[j->slot].toks.n, take = j->n - from, room = (size_t)(e->p.n_batch - b->n_tokens);
+        if (take > room) take = room;
+        for (size_t k = 0; k < take; k++) {
+            bool last = from + k + 1 == j->n;
+            if (last) j->logits_at = b->n_tokens;
+            batch_add(b, j->in[from + k], from + k, j->slot, last);
+        }
+        j->n_fed = (int)take;
+    }
+    if (b->n_tokens == 0) return;
+
+    int dr = llama_decode(e->ctx, *b);
+    for (int i = 0; i < e->n_active; i++) {
+        job *j = e->active[i];
+        if (!j->n_fed) continue;
+        slot *sl = &e->slots[j->slot];
+        if (dr != 0) {
+            /* what this batch left in the sequence is unknown: start it over */
+            llama_memory_seq_rm(e->mem, j->slot, -1, -1);
+            sl->toks.n = 0;
+            snprintf(j->err, sizeof j->err, "llama_decode returned %d", dr);
+            j->rc = LLM_FAIL;
+            ended[i] = true;
+            continue;
+        }
+        if (j->state == JOB_DECODE) tokvec_push(&sl->toks, j->next);
+        else tokvec_append(&sl->toks, j->in + sl->toks.n, (size_t)j->n_fed);
+        if (j->logits_at < 0) continue;
+        if (j->state == JOB_PREFILL) {
+            j->t->prompt_ms = clock_mono_ms() - j->t_admit;
+            j->state = JOB_DECODE;
+        }
+        int32_t tok = llama_sampler_sample(j->smpl, e->ctx, j->logits_at);
+        if (llama_vocab_is_eog(e->vocab, tok)) {
+            j->t->stopped_eog = true;
+            j->rc = LLM_OK;
+            ended[i] = true;
+            continue;
+        }
+        tokvec_push(j->out, tok);
+        j->t->predicted_n++;
+        if (j->t->predicted_n >= j->gp.n_predict || sl->toks.n + 1 >= (size_t)e->p.n_ctx_seq) {
+            j->t->stopped_limit = true;
+            j->rc = LLM_OK;
+            ended[i] = true;
+            continue;
+        }
+        j->next = tok;
+    }
+}
+
+static void *engine_main(void *arg) {
+    engine *e = arg;
+    bool *ended = calloc((size_t)e->p.n_parallel, sizeof *ended);
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        while (!e->stop && !e->n_active && !e->q_head) pthread_cond_wait(&e->wake, &e->mu);
+        if (e->stop) break;
+        admit(e);
+        /* a client that went away leaves between steps */
+        for (int i = 0; i < e->n_active; i++) ended[i] = e->active[i]->cancel;
+        for (int i = e->n_active - 1; i >= 0; i--) {
+            if (!ended[i]) continue;
+            job_finish(e, e->active[i], LLM_CANCELLED);
+            e->active[i] = e->active[--e->n_active];
+        }
+        e->stats.active = e->n_active;
+        e->stats.queued = e->n_queued;
+        pthread_mutex_unlock(&e->mu);
+        memset(ended, 0, (size_t)e->p.n_parallel * sizeof *ended);
+        step(e, ended);
+        pthread_mutex_lock(&e->mu);
+        for (int i = e->n_active - 1; i >= 0; i--) {
+            if (!ended[i]) continue;
+            job_finish(e, e->active[i], e->active[i]->rc);
+            e->active[i] = e->active[--e->n_active];
+        }
+    }
+    for (int i = 0; i < e->n_active; i++) {
+        snprintf(e->active[i]->err, sizeof e->active[i]->err, "the LLM service is shutting down");
+        job_finish(e, e->active[i], LLM_FAIL);
+    }
+    e->n_active = 0;
+    for (job *j = e->q_head; j; j = e->q_head) {
+        e->q_head = j->qnext;
+        snprintf(j->err, sizeof j->err, "the LLM service is shutting down");
+        job_finish(e, j, LLM_FAIL);
+    }
+    e->q_tail = NULL;
+    e->n_queued = 0;
+    pthread_mutex_unlock(&e->mu);
+    free(ended);
+    return NULL;
+}
+
+engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, const engine_params *p) {
+    if (p->n_parallel < 1 || p->n_slots < p->n_parallel || p->n_queue < 0 || p->n_batch < 1) return NULL;
+    engine *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->p = *p;
+    e->ctx = ctx;
+    e->vocab = vocab;
+    e->mem = llama_get_memory(ctx);
+    e->batch = llama_batch_init(p->n_batch, 0, 1);
+    e->slots = calloc((size_t)p->n_slots, sizeof *e->slots);
+    e->active = calloc((size_t)p->n_parallel, sizeof *e->active);
+    e->stats.n_slots = p->n_slots;
+    e->stats.n_parallel = p->n_parallel;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->wake, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->done, &ca);
+    pthread_condattr_destroy(&ca);
+    if (!e->slots || !e->active || pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        free(e->slots);
+        free(e->active);
+        llama_batch_free(e->batch);
+        free(e);
+        return NULL;
+    }
+    return e;
+}
+
+void engine_free(engine *e) {
+    if (!e) return;
+    pthread_mutex_lock(&e->mu);
+    e->stop = true;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+    pthread_join(e->thread, NULL);
+    for (int s = 0; s < e->p.n_slots; s++) tokvec_free(&e->slots[s].toks);
+    free(e->slots);
+    free(e->active);
+    llama_batch_free(e->batch);
+    pthread_cond_destroy(&e->done);
+    pthread_cond_destroy(&e->wake);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}
+
+llm_status engine_generate(engine *e, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
+                           llm_timings *t, char *err, size_t errlen) {
+    job j = {.in = input, .n = n, .gp = *p, .out = out, .t = t, .state = JOB_QUEUED, .out_n0 = out->n,
+             .t_queued = clock_mono_ms()};
+    pthread_mutex_lock(&e->mu);
+    if (e->stop || e->n_queued >= e->p.n_queue + (e->p.n_parallel - e->n_active)) {
+        /* the queue counts requests beyond the free sequences */
+        e->stats.busy++;
+        pthread_mutex_unlock(&e->mu);
+        snprintf(err, errlen, "%s", e->stop ? "the LLM service is shutting down" : "all sequences busy and the queue is full");
+        return e->stop ? LLM_FAIL : LLM_BUSY;
+    }
+    if (e->q_tail) e->q_tail->qnext = &j;
+    else e->q_head = &j;
+    e->q_tail = &j;
+    e->n_queued++;
+    pthread_cond_signal(&e->wake);
+    while (j.state != JOB_DONE) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&e->done, &e->mu, &ts);
+        if (j.state == JOB_DONE || j.cancel || !p->alive) continue;
+        pthread_mutex_unlock(&e->mu);
+        bool alive = p->alive(p->alive_ud);
+        pthread_mutex_lock(&e->mu);
+        if (!alive && j.state == JOB_QUEUED) {
+            /* not started: leave the queue now rather than when a slot frees */
+            job **pp = &e->q_head;
+            while (*pp != &j) pp = &(*pp)->qnext;
+            *pp = j.qnext;
+            if (e->q_tail == &j) {
+                e->q_tail = NULL;
+                for (job *q = e->q_head; q; q = q->qnext) e->q_tail = q;
+            }
+            e->n_queued--;
+            job_finish(e, &j, LLM_CANCELLED);
+        } else if (!alive && j.state != JOB_DONE) {
+            j.cancel = true;
+            pthread_cond_signal(&e->wake);
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (j.rc != LLM_OK) snprintf(err, errlen, "%s", j.err);
+    return j.rc;
+}
+
+void engine_stats_get(engine *e, llm_stats *out) {
+    pthread_mutex_lock(&e->mu);
+    *out = e->stats;
+    out->active = e->n_active;
+    out->queued = e->n_queued;
+    pthread_mutex_unlock(&e->mu);
+}

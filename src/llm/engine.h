@@ -1,0 +1,33 @@
+/* engine.h - continuous batching with KV-cache reuse over one llama.cpp
+ * context. Private to the local LLM service (local.c); see engine.c. */
+#ifndef DC_ENGINE_H
+#define DC_ENGINE_H
+
+#include <llama.h>
+
+#include "llm.h"
+
+typedef struct engine engine;
+
+typedef struct {
+    int n_slots;    /* sequences in the context: sessions whose KV is kept (>= n_parallel) */
+    int n_parallel; /* sequences generating at once */
+    int n_queue;    /* requests waiting for a free sequence; more get LLM_BUSY */
+    int n_ctx_seq;  /* tokens per sequence */
+    int n_batch;    /* tokens per llama_decode call */
+    bool reuse;     /* keep KV between requests (false: every request prefills from scratch) */
+} engine_params;
+
+/* Borrows ctx (created with n_seq_max = n_slots, one KV stream per
+ * sequence) and vocab; starts the engine thread. NULL on failure. */
+engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, const engine_params *p);
+/* Stops the thread after failing every queued and running request. */
+void engine_free(engine *e);
+
+/* Runs one request to completion (blocking the caller). See llm_generate. */
+llm_status engine_generate(engine *e, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
+                           llm_timings *t, char *err, size_t errlen);
+
+void engine_stats_get(engine *e, llm_stats *out);
+
+#endif
