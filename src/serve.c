@@ -37,13 +37,16 @@ static void keygroup_of(const llm *m, char *out, size_t n) {
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: discedge serve --model PATH [options]\n"
+            "usage: discedge serve (--model PATH | --llm URL) [options]\n"
             "\n"
             "Runs one DisCEdge edge node: an HTTP API (POST /completion, GET|DELETE\n"
             "/v1/sessions/{id}, GET /health) that keeps each session's context as\n"
             "tokens in the embedded store.\n"
             "\n"
-            "  --model PATH          GGUF model to serve (required)\n"
+            "  --model PATH          GGUF model to serve in this process\n"
+            "  --llm URL             or: use the LLM service at http://HOST:PORT instead, a\n"
+            "                        `discedge llm-serve` or llama-server (the engine flags\n"
+            "                        below then belong to that service)\n"
             "  --host ADDR           IPv4 address to listen on (default 127.0.0.1)\n"
             "  --port N              TCP port (default 8080; 0 picks a free one and prints it)\n"
             "  --node-id NAME        this node's name in responses (default: hostname)\n"
@@ -75,7 +78,7 @@ static void usage(FILE *f) {
 }
 
 int serve_main(int argc, char **argv) {
-    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG, O_PARALLEL, O_QUEUE, O_KVSESS };
+    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG, O_PARALLEL, O_QUEUE, O_KVSESS, O_LLM };
     static struct option opts[] = {{"model", required_argument, 0, 'm'},
                                    {"host", required_argument, 0, 'H'},
                                    {"port", required_argument, 0, 'p'},
@@ -95,6 +98,7 @@ int serve_main(int argc, char **argv) {
                                    {"backend-dir", required_argument, 0, O_BACKEND},
                                    {"log-level", required_argument, 0, O_LOG},
                                    {"parallel", required_argument, 0, O_PARALLEL},
+                                   {"llm", required_argument, 0, O_LLM},
                                    {"queue", required_argument, 0, O_QUEUE},
                                    {"kv-cache-sessions", required_argument, 0, O_KVSESS},
                                    {"help", no_argument, 0, 'h'},
@@ -128,23 +132,21 @@ int serve_main(int argc, char **argv) {
         case O_MAXBODY: ap.max_body = (size_t)atoll(optarg); break;
         case O_BACKEND: lp.backend_dir = optarg; break;
         case O_PARALLEL: lp.n_parallel = atoi(optarg); break;
+        case O_LLM: lp.url = optarg; break;
         case O_QUEUE: lp.n_queue = atoi(optarg); break;
         case O_KVSESS: lp.kv_sessions = atoi(optarg); break;
         case O_LOG:
-            if (!strcmp(optarg, "debug")) log_set_level(LOG_DEBUG);
-            else if (!strcmp(optarg, "info")) log_set_level(LOG_INFO);
-            else if (!strcmp(optarg, "warn")) log_set_level(LOG_WARN);
-            else if (!strcmp(optarg, "error")) log_set_level(LOG_ERROR);
-            else {
+            if (log_level_parse(optarg) < 0) {
                 fprintf(stderr, "serve: unknown --log-level %s\n", optarg);
                 return 2;
             }
+            log_set_level(log_level_parse(optarg));
             break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (optind != argc || !lp.model_path) {
+    if (optind != argc || !(lp.model_path || lp.url)) {
         usage(stderr);
         return 2;
     }
@@ -188,15 +190,16 @@ int serve_main(int argc, char **argv) {
         goto out;
     }
     /* Tests and scripts read this line to find the port. */
-    printf("discedge: node %s listening on http://%s:%d (model %s, ctx %d, threads %d, store %s %s, keygroup %s)\n",
-           ap.node_id, ap.host, api_server_port(srv), llm_model_name(m), llm_n_ctx(m), llm_n_threads(m),
-           store_kind(s), sp.url ? sp.url : sp.data_dir, keygroup);
+    printf("discedge: node %s listening on http://%s:%d (model %s%s%s, ctx %d, threads %d, store %s %s, keygroup %s)\n",
+           ap.node_id, ap.host, api_server_port(srv), llm_model_name(m), lp.url ? " at " : "", lp.url ? lp.url : "",
+           llm_n_ctx(m), llm_n_threads(m), store_kind(s), sp.url ? sp.url : sp.data_dir, keygroup);
     fflush(stdout);
     if (expired > 0) log_info("removed %ld expired sessions", expired);
     llm_stats ls;
     llm_stats_get(m, &ls);
-    log_info("engine: %d sequences (%d generating at once), KV cache %.0f MiB", ls.n_slots, ls.n_parallel,
-             ls.kv_bytes / 1048576.0);
+    if (!lp.url)
+        log_info("engine: %d sequences (%d generating at once), KV cache %.0f MiB", ls.n_slots, ls.n_parallel,
+                 ls.kv_bytes / 1048576.0);
 
     struct timespec sweep = {60, 0};
     for (;;) {

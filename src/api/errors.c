@@ -22,6 +22,7 @@ static const struct {
     [DC_E_STORE] = {500, "store_error"},
     [DC_E_STALE] = {503, "stale_context"},
     [DC_E_UNAVAILABLE] = {503, "store_unavailable"},
+    [DC_E_LLM_DOWN] = {503, "llm_unavailable"},
 };
 
 int api_error_status(dc_code code) {

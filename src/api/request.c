@@ -87,6 +87,9 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
     if (cache && !json_is_null(cache) && !json_is_boolean(cache))
         return dc_fail(err, DC_E_INVALID, "cache_prompt must be a boolean");
     if (json_is_false(cache)) req->gen.cache_prompt = false;
+    json_t *ieos = json_object_get(r, "ignore_eos");
+    if (ieos && !json_is_null(ieos) && !json_is_boolean(ieos)) return dc_fail(err, DC_E_INVALID, "ignore_eos must be a boolean");
+    req->gen.ignore_eos = json_is_true(ieos);
     double f;
     if ((rc = get_number(r, "temperature", 0, 100, &f, &given, err))) return rc;
     if (given) req->gen.temperature = (float)f;
@@ -156,4 +159,17 @@ json_t *api_turns_json(const turn_rec *turns, uint32_t n) {
         json_array_append_new(arr, t);
     }
     return arr;
+}
+
+json_t *api_engine_json(llm *m) {
+    llm_stats ls;
+    llm_stats_get(m, &ls);
+    json_t *o = json_pack("{s:s, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "kind",
+                          llm_is_remote(m) ? "remote" : "local", "active", ls.active, "queued", ls.queued,
+                          "n_parallel", ls.n_parallel, "n_slots", ls.n_slots, "requests", (json_int_t)ls.requests,
+                          "kv_hits", (json_int_t)ls.kv_hits, "cached_tokens", (json_int_t)ls.cached_tokens,
+                          "prefilled_tokens", (json_int_t)ls.prefilled_tokens, "generated_tokens",
+                          (json_int_t)ls.generated_tokens, "busy", (json_int_t)ls.busy, "cancelled",
+                          (json_int_t)ls.cancelled, "kv_bytes", (json_int_t)ls.kv_bytes);
+    return o;
 }

@@ -27,4 +27,7 @@ json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *
  * or text (raw mode). For clients and tests that compare contexts. */
 json_t *api_turns_json(const turn_rec *turns, uint32_t n);
 
+/* The LLM engine's state and counters (llm_stats), for /health. */
+json_t *api_engine_json(llm *m);
+
 #endif

@@ -3,7 +3,7 @@
  *   POST   /completion         llama.cpp's /completion plus the session fields
  *   GET    /v1/sessions/{id}   session metadata (?user_id= must be the owner)
  *   DELETE /v1/sessions/{id}   remove a session  (?user_id= must be the owner)
- *   GET    /health
+ *   GET    /health             node, model, and the engine's state (active, queued, KV hits)
  */
 #ifndef DC_API_SERVER_H
 #define DC_API_SERVER_H
@@ -25,7 +25,7 @@ typedef struct {
 api_params api_default_params(void);
 
 /* Starts serving on background threads. NULL on failure, reason in err. */
-api_server *api_server_start(const api_params *p, ctx *c, const llm *m, char *err, size_t errlen);
+api_server *api_server_start(const api_params *p, ctx *c, llm *m, char *err, size_t errlen);
 int api_server_port(const api_server *s);
 void api_server_stop(api_server *s);
 

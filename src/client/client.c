@@ -104,6 +104,8 @@ int client_session_send(client_session *s, const char *base_url, const char *mes
     if (s->n_predict > 0) json_object_set_new(req, "n_predict", json_integer(s->n_predict));
     if (s->temperature >= 0) json_object_set_new(req, "temperature", json_real(s->temperature));
     if (s->seed >= 0) json_object_set_new(req, "seed", json_integer(s->seed));
+    if (s->no_cache) json_object_set_new(req, "cache_prompt", json_false());
+    if (s->ignore_eos) json_object_set_new(req, "ignore_eos", json_true());
     char *body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
     int rc = client_post_json(base_url, "/completion", body, &t->http);

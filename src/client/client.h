@@ -33,6 +33,8 @@ typedef struct {
     int n_predict;          /* <= 0: node default */
     double temperature;     /* < 0: node default */
     long seed;              /* < 0: node default */
+    bool no_cache;          /* send cache_prompt:false (every turn prefilled from scratch) */
+    bool ignore_eos;        /* send ignore_eos:true (exactly n_predict tokens per turn) */
 } client_session;
 
 void client_session_init(client_session *s, const char *mode, const char *user_id);

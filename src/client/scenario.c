@@ -20,6 +20,7 @@ static void usage(FILE *f) {
             "usage: discedge scenario FILE.yaml --node NAME=URL [--node NAME=URL ...]\n"
             "         [--mode tokenized|raw|client-side] [--csv FILE] [--n-predict N]\n"
             "         [--temperature T] [--seed S] [--user-id ID] [--quiet]\n"
+            "         [--no-cache] [--ignore-eos]\n"
             "Runs the scenario's turns in order; a `locations` list switches node.\n"
             "The first --node is the default for scenarios without locations;\n"
             "--node URL alone names it after its position (node1, node2, ...).\n");
@@ -53,9 +54,10 @@ int scenario_main(int argc, char **argv) {
                                    {"csv", required_argument, 0, 'c'},       {"n-predict", required_argument, 0, 'p'},
                                    {"temperature", required_argument, 0, 't'}, {"seed", required_argument, 0, 's'},
                                    {"user-id", required_argument, 0, 'u'},   {"quiet", no_argument, 0, 'q'},
+                                   {"no-cache", no_argument, 0, 'C'},        {"ignore-eos", no_argument, 0, 'E'},
                                    {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     node_map nodes[16];
-    int n_nodes = 0, quiet = 0;
+    int n_nodes = 0, quiet = 0, no_cache = 0, ignore_eos = 0;
     const char *mode = "tokenized", *csv_path = NULL, *user = NULL;
     client_session sess;
     int n_predict = 0;
@@ -89,6 +91,8 @@ int scenario_main(int argc, char **argv) {
         case 's': seed = atol(optarg); break;
         case 'u': user = optarg; break;
         case 'q': quiet = 1; break;
+        case 'C': no_cache = 1; break;
+        case 'E': ignore_eos = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -126,6 +130,8 @@ int scenario_main(int argc, char **argv) {
     sess.n_predict = n_predict;
     sess.temperature = temperature;
     sess.seed = seed;
+    sess.no_cache = no_cache;
+    sess.ignore_eos = ignore_eos;
     if (!quiet) {
         printf("%s (%s mode, %zu turns)\n", sc.name, mode, sc.n_turns);
         printf("%4s  %-10s %-10s %6s %10s %8s %9s %8s  %s\n", "turn", "node", "answered", "status", "latency_ms",

@@ -75,6 +75,14 @@ static dc_code store_error(dc_error *err, store_status st) {
     return dc_fail(err, st == STORE_UNAVAILABLE ? DC_E_UNAVAILABLE : DC_E_STORE, "store: %s (%s)", store_status_str(st), store_last_error());
 }
 
+/* A failed call into the LLM service: 503 when the service cannot be
+ * reached (a remote engine), otherwise code with what failed. */
+static dc_code llm_error(dc_error *err, dc_code code, const char *what) {
+    const char *why = llm_unreachable();
+    if (why) return dc_fail(err, DC_E_LLM_DOWN, "%s: %s", what, why);
+    return dc_fail(err, code, "%s", what);
+}
+
 /* Generation and its bookkeeping, shared by all three modes. */
 static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tokvec *out, ctx_reply *rep,
                         dc_error *err) {
@@ -84,9 +92,12 @@ static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tok
     case LLM_OK: break;
     case LLM_BUSY: return dc_fail(err, DC_E_BUSY, "the node is at capacity (%s); retry later", why);
     case LLM_CANCELLED: return dc_fail(err, DC_E_CANCELLED, "generation abandoned: %s", why);
-    default: return dc_fail(err, DC_E_INTERNAL, "generation failed: %s", why);
+    default:
+        if (llm_unreachable()) return dc_fail(err, DC_E_LLM_DOWN, "generation failed: %s", why);
+        return dc_fail(err, DC_E_INTERNAL, "generation failed: %s", why);
     }
-    llm_detokenize(c->m, out->v, out->n, &rep->content);
+    if (llm_detokenize(c->m, out->v, out->n, &rep->content) != 0)
+        return llm_error(err, DC_E_INTERNAL, "cannot detokenize the reply");
     return DC_OK;
 }
 
@@ -101,11 +112,11 @@ static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *t
     if (n_turns == 0 && req->system) {
         llm_msg sys = {"system", req->system};
         if (llm_chat_render(c->m, &sys, 1, false, &rec->tok[SEG_SYSTEM]) != 0)
-            return dc_fail(err, DC_E_INVALID, "the model's chat template cannot render a system message");
+            return llm_error(err, DC_E_INVALID, "the model's chat template cannot render a system message");
     }
     llm_msg user = {"user", req->prompt};
     if (llm_chat_render(c->m, &user, 1, true, &rec->tok[SEG_USER]) != 0)
-        return dc_fail(err, DC_E_INTERNAL, "cannot render the message with the chat template");
+        return llm_error(err, DC_E_INTERNAL, "cannot render the message with the chat template");
     rep->tokenize_ms = clock_mono_ms() - t0;
 
     const tokvec *sys = n_turns ? &turns[0].tok[SEG_SYSTEM] : &rec->tok[SEG_SYSTEM];
@@ -149,7 +160,7 @@ static dc_code build_raw(ctx *c, const ctx_request *req, const turn_rec *turns, 
         msgs[n++] = (llm_msg){"user", req->prompt};
         tokvec_clear(input);
         if (llm_chat_render(c->m, msgs, n, true, input) != 0) {
-            rc = dc_fail(err, DC_E_INVALID, "the model's chat template cannot render this conversation");
+            rc = llm_error(err, DC_E_INVALID, "the model's chat template cannot render this conversation");
             break;
         }
         if (input->n + (size_t)req->gen.n_predict <= budget) {
@@ -173,7 +184,7 @@ static dc_code complete_client_side(ctx *c, const ctx_request *req, ctx_reply *r
     double t0 = clock_mono_ms();
     dc_code rc = DC_OK;
     if (llm_tokenize(c->m, req->prompt, strlen(req->prompt), true, &input) != 0)
-        rc = dc_fail(err, DC_E_INVALID, "the prompt cannot be tokenized");
+        rc = llm_error(err, DC_E_INVALID, "the prompt cannot be tokenized");
     rep->tokenize_ms = clock_mono_ms() - t0;
     if (!rc && input.n == 0) rc = dc_fail(err, DC_E_INVALID, "prompt is empty");
     if (!rc && input.n + (size_t)req->gen.n_predict > (size_t)llm_n_ctx(c->m))
@@ -264,14 +275,16 @@ static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uin
 }
 
 /* A retried turn: the reply as committed, not a new generation. */
-static void replay(ctx *c, const turn_rec *t, ctx_reply *rep) {
+static dc_code replay(ctx *c, const turn_rec *t, ctx_reply *rep, dc_error *err) {
     rep->replayed = true;
     if (t->kind == TURN_TOKENS) {
-        llm_detokenize(c->m, t->tok[SEG_REPLY].v, t->tok[SEG_REPLY].n, &rep->content);
+        if (llm_detokenize(c->m, t->tok[SEG_REPLY].v, t->tok[SEG_REPLY].n, &rep->content) != 0)
+            return llm_error(err, DC_E_STORE, "the committed reply cannot be detokenized");
         rep->llm.predicted_n = (int)t->tok[SEG_REPLY].n;
     } else {
         strbuf_append(&rep->content, t->text[SEG_REPLY].s ? t->text[SEG_REPLY].s : "", t->text[SEG_REPLY].n);
     }
+    return DC_OK;
 }
 
 /* Load, build, generate, commit: one run of a turn, under the session lock. */
@@ -285,7 +298,7 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
     dc_code rc = load_current(c, rep->session_id, req, turn, &meta, &turns, &exists, rep, &outcome, err);
     uint32_t n_turns = exists ? meta.turn : 0;
     if (!rc && outcome == LOAD_REPLAY) {
-        replay(c, &turns[turn - 1], rep);
+        rc = replay(c, &turns[turn - 1], rep, err);
         rep->context_tokens = (int)meta.n_tokens;
         goto done;
     }

@@ -29,6 +29,7 @@
  * those two are read and written under `mu`. */
 #include "engine.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +80,8 @@ struct engine {
     int n_queued;
     uint64_t tick;
     llm_stats stats;
+    llama_logit_bias *no_eog; /* -inf on every end-of-generation token, for ignore_eos */
+    int n_eog;
     pthread_mutex_t mu;
     pthread_cond_t wake; /* the engine: work arrived or stop */
     pthread_cond_t done; /* callers: a job finished (or time to poll alive) */
@@ -86,8 +89,10 @@ struct engine {
     bool stop;
 };
 
-static struct llama_sampler *sampler_new(const llm_gen_params *p) {
+static struct llama_sampler *sampler_new(const engine *e, const llm_gen_params *p) {
     struct llama_sampler *s = llama_sampler_chain_init(llama_sampler_chain_default_params());
+    if (p->ignore_eos)
+        llama_sampler_chain_add(s, llama_sampler_init_logit_bias(llama_vocab_n_tokens(e->vocab), e->n_eog, e->no_eog));
     if (p->temperature <= 0.0f) {
         llama_sampler_chain_add(s, llama_sampler_init_greedy());
         return s;
@@ -171,7 +176,7 @@ static void admit(engine *e) {
         j->t->queue_ms = j->t_admit - j->t_queued;
         j->t->cached_n = (int)cached;
         j->t->prompt_n = (int)(j->n - cached);
-        j->smpl = sampler_new(&j->gp);
+        j->smpl = sampler_new(e, &j->gp);
         e->stats.requests++;
         e->stats.kv_hits += cached > 0;
         e->stats.cached_tokens += cached;
@@ -242,6 +247,7 @@ static void step(engine *e, bool *ended) {
         int32_t tok = llama_sampler_sample(j->smpl, e->ctx, j->logits_at);
         if (llama_vocab_is_eog(e->vocab, tok)) {
             j->t->stopped_eog = true;
+            j->t->eog_token = tok;
             j->rc = LLM_OK;
             ended[i] = true;
             continue;
@@ -314,6 +320,11 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     e->slots = calloc((size_t)p->n_slots, sizeof *e->slots);
     e->active = calloc((size_t)p->n_parallel, sizeof *e->active);
     e->stats.n_slots = p->n_slots;
+    int nv = llama_vocab_n_tokens(vocab);
+    for (int i = 0; i < nv; i++) e->n_eog += llama_vocab_is_eog(vocab, i);
+    e->no_eog = calloc((size_t)e->n_eog + 1, sizeof *e->no_eog);
+    for (int i = 0, k = 0; i < nv; i++)
+        if (llama_vocab_is_eog(vocab, i)) e->no_eog[k++] = (llama_logit_bias){i, -INFINITY};
     e->stats.n_parallel = p->n_parallel;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->wake, NULL);
@@ -325,6 +336,7 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     if (!e->slots || !e->active || pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         free(e->slots);
         free(e->active);
+        free(e->no_eog);
         llama_batch_free(e->batch);
         free(e);
         return NULL;
@@ -342,6 +354,7 @@ void engine_free(engine *e) {
     for (int s = 0; s < e->p.n_slots; s++) tokvec_free(&e->slots[s].toks);
     free(e->slots);
     free(e->active);
+    free(e->no_eog);
     llama_batch_free(e->batch);
     pthread_cond_destroy(&e->done);
     pthread_cond_destroy(&e->wake);

@@ -2,8 +2,9 @@
  *
  * Everything here is in token space: the context manager renders and
  * tokenizes a user message once, keeps token ids, and hands whole token
- * sequences to llm_generate. The implementation (local.c) links llama.cpp
- * in-process; a remote llama-server implementation will keep this contract.
+ * sequences to llm_generate. Two implementations keep this contract: local.c
+ * links llama.cpp in-process, remote.c drives a llama-server compatible
+ * engine on another machine (llm_params.url); see llm.c.
  *
  * Threading: every function may be called from any thread at any time.
  * llm_generate blocks its caller; calls from several threads are batched
@@ -22,7 +23,8 @@
 typedef struct llm llm;
 
 typedef struct {
-    const char *model_path;
+    const char *model_path;  /* local: the GGUF file */
+    const char *url;         /* remote: http://HOST:PORT of a llama-server compatible engine; wins over model_path */
     const char *backend_dir; /* where libggml-cpu-*.so live; NULL = built-in default */
     int n_ctx;               /* context window in tokens; 0 = the model's training size, capped at 8192 */
     int n_threads;           /* 0 = physical cores */
@@ -42,10 +44,12 @@ void llm_free(llm *m);
 const char *llm_model_name(const llm *m);   /* general.name, or the file name */
 int llm_n_ctx(const llm *m);
 int llm_n_threads(const llm *m);
+int llm_n_vocab(const llm *m); /* 0 when not known */
 /* 64-bit FNV-1a over the vocabulary (every token's text and attributes) and the
  * chat template: two nodes agree on it exactly when stored token ids mean the
  * same thing to both. */
 uint64_t llm_fingerprint(const llm *m);
+bool llm_is_remote(const llm *m);
 
 /* Tokenizes text. parse_special=false keeps "<|im_end|>" in user text as plain
  * text; true turns it into the control token. No BOS is added. Returns 0, or
@@ -67,12 +71,18 @@ typedef struct {
  * checks it). Returns 0, or -1 if the template fails. */
 int llm_chat_render(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *out);
 
+/* Renders msgs with the model's chat template as text (replacing out's
+ * contents): what llama-server's /apply-template answers. 0 or -1. */
+int llm_apply_template(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, strbuf *out);
+
 /* The tokens the template puts after an assistant reply (e.g. "<|im_end|>\n").
  * A committed turn stores the generated ids followed by these. */
 const tokvec *llm_turn_end(const llm *m);
 
-/* Appends the text of toks to out (special tokens are not rendered). */
-void llm_detokenize(const llm *m, const int32_t *toks, size_t n, strbuf *out);
+/* Appends the text of toks to out (special tokens are not rendered).
+ * Returns 0, or -1 if an id is not in the vocabulary or the service cannot
+ * be reached. */
+int llm_detokenize(const llm *m, const int32_t *toks, size_t n, strbuf *out);
 
 typedef enum {
     LLM_OK = 0,
@@ -88,6 +98,7 @@ typedef struct {
     int top_k;           /* <= 0: off */
     uint32_t seed;       /* for sampling when temperature > 0 */
     bool cache_prompt;   /* reuse KV of a previous request sharing a prefix (default true) */
+    bool ignore_eos;     /* never stop at an end-of-generation token: exactly n_predict tokens */
     /* Polled while the request waits or runs (about every 50 ms); returning
      * false abandons it (LLM_CANCELLED). NULL: never abandoned. */
     bool (*alive)(void *ud);
@@ -105,6 +116,7 @@ typedef struct {
     double predicted_ms;
     bool stopped_eog;    /* stopped at an end-of-generation token */
     bool stopped_limit;  /* stopped at n_predict or the context end */
+    int32_t eog_token;   /* with stopped_eog: the token it stopped at (not in the output) */
 } llm_timings;
 
 /* Generates a reply to the token sequence input, appending the generated ids
@@ -112,6 +124,10 @@ typedef struct {
  * says why and out holds nothing new. */
 llm_status llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
                  llm_timings *t, char *err, size_t errlen);
+
+/* After a call of this thread failed: why, when the reason is that the LLM
+ * service cannot be reached (remote); NULL for any other failure. */
+const char *llm_unreachable(void);
 
 /* Counters since load, and the engine's state now. */
 typedef struct {

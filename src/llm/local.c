@@ -4,15 +4,9 @@
  * the CPU backend is one of several libggml-cpu-<arch>.so variants picked at
  * run time by score. ggml_backend_load_all() only looks beside the executable
  * and in the working directory, so we load from an explicit folder instead.
- *
- * Chat rendering: llama_chat_apply_template renders text, but user text must
- * never become control tokens. We render with every message content replaced
- * by a unique sentinel, then tokenize the template's markup (between
- * sentinels) with special-token parsing on and each real content with it off.
- * Markup and content boundaries always fall on special tokens or at the ends
- * of markup ("<|im_start|>user\n" | content | "<|im_end|>\n"), so rendering
- * messages one by one and concatenating equals rendering them together. */
-#include "llm.h"
+ * Generation goes through the engine (engine.c): continuous batching over
+ * several sequences of one context, with KV-cache reuse. */
+#include "llm_impl.h"
 
 #include <ggml-backend.h>
 #include <llama.h>
@@ -30,31 +24,14 @@
 #define DC_BACKEND_DIR "."
 #endif
 
-struct llm {
+typedef struct {
     struct llama_model *model;
     struct llama_context *ctx;
     const struct llama_vocab *vocab;
     char *tmpl;          /* the model's chat template, or "chatml" */
-    char name[128];
-    int n_ctx, n_threads; /* n_ctx: per conversation */
-    uint64_t fingerprint;
-    tokvec turn_end;
     size_t kv_bytes;
     engine *eng;
-};
-
-/* Content placeholders: control characters no template adds or trims. */
-#define SENTINEL_FMT "\x1e" "dc%zu" "\x1f"
-
-llm_params llm_default_params(void) {
-    return (llm_params){.model_path = NULL, .backend_dir = NULL, .n_ctx = 0, .n_threads = 0, .n_parallel = 4,
-                        .n_queue = 16, .kv_sessions = 8, .progress = true};
-}
-
-llm_gen_params llm_default_gen_params(void) {
-    return (llm_gen_params){.n_predict = 128, .temperature = 0.8f, .top_p = 0.95f, .top_k = 40, .seed = 0,
-                            .cache_prompt = true};
-}
+} local;
 
 int llm_physical_cores(void) {
     /* Distinct (package, core) pairs; hyperthreads share a core and would only
@@ -111,31 +88,28 @@ static void backend_init(void) {
     llama_backend_init();
 }
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
-static uint64_t compute_fingerprint(const llm *m) {
-    uint64_t h = 0xcbf29ce484222325ULL;
+/* Over the vocabulary (every token's text and attributes) and the chat
+ * template: two nodes agree on it exactly when stored token ids mean the same
+ * thing to both. */
+static uint64_t compute_fingerprint(const local *m) {
+    uint64_t h = LLM_FNV_BASIS;
     int32_t n = llama_vocab_n_tokens(m->vocab);
-    h = fnv1a(h, &n, sizeof n);
+    h = llm_fnv1a(h, &n, sizeof n);
     for (int32_t i = 0; i < n; i++) {
         const char *t = llama_vocab_get_text(m->vocab, i);
         int32_t attr = (int32_t)llama_vocab_get_attr(m->vocab, i);
-        h = fnv1a(h, t, strlen(t) + 1);
-        h = fnv1a(h, &attr, sizeof attr);
+        h = llm_fnv1a(h, t, strlen(t) + 1);
+        h = llm_fnv1a(h, &attr, sizeof attr);
     }
-    return fnv1a(h, m->tmpl, strlen(m->tmpl));
+    return llm_fnv1a(h, m->tmpl, strlen(m->tmpl));
 }
 
 /* Renders msgs to text, NUL-terminated, into out. Returns 0 or -1. */
-static int apply_template(const llm *m, const struct llama_chat_message *msgs, size_t n, bool add_ass,
-                          strbuf *out) {
+static int local_apply_template(void *impl, const llm_msg *lm, size_t n, bool add_ass, strbuf *out) {
+    local *m = impl;
+    /* llm_msg has llama_chat_message's layout; say so rather than copy */
+    _Static_assert(sizeof(llm_msg) == sizeof(struct llama_chat_message), "llm_msg layout");
+    const struct llama_chat_message *msgs = (const struct llama_chat_message *)lm;
     strbuf_clear(out);
     int32_t cap = 256;
     for (size_t i = 0; i < n; i++) cap += 2 * (int32_t)strlen(msgs[i].content) + 64;
@@ -154,8 +128,8 @@ static int apply_template(const llm *m, const struct llama_chat_message *msgs, s
     }
 }
 
-int llm_tokenize(const llm *m, const char *text, size_t len, bool parse_special, tokvec *out) {
-    if (len == 0) return 0;
+static int local_tokenize(void *impl, const char *text, size_t len, bool parse_special, tokvec *out) {
+    local *m = impl;
     if (len > INT32_MAX / 2) return -1;
     int32_t cap = (int32_t)len + 8; /* a token covers at least one byte, plus a possible BOS/space */
     tokvec_reserve(out, out->n + (size_t)cap);
@@ -170,54 +144,8 @@ int llm_tokenize(const llm *m, const char *text, size_t len, bool parse_special,
     return 0;
 }
 
-int llm_chat_render(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *out) {
-    struct llama_chat_message *cm = calloc(n ? n : 1, sizeof *cm);
-    char (*sent)[32] = calloc(n ? n : 1, sizeof *sent);
-    strbuf text = {0};
-    int rc = -1;
-    if (!cm || !sent) goto done;
-    for (size_t i = 0; i < n; i++) {
-        snprintf(sent[i], sizeof sent[i], SENTINEL_FMT, i);
-        cm[i].role = msgs[i].role;
-        cm[i].content = sent[i];
-    }
-    if (apply_template(m, cm, n, add_assistant, &text) != 0) goto done;
-    const char *p = text.s;
-    for (size_t i = 0; i < n; i++) {
-        const char *at = strstr(p, sent[i]);
-        if (!at) goto done; /* the template dropped a message (e.g. no system role) */
-        if (llm_tokenize(m, p, (size_t)(at - p), true, out) != 0) goto done;
-        if (llm_tokenize(m, msgs[i].content, strlen(msgs[i].content), false, out) != 0) goto done;
-        p = at + strlen(sent[i]);
-    }
-    rc = llm_tokenize(m, p, strlen(p), true, out);
-done:
-    strbuf_free(&text);
-    free(sent);
-    free(cm);
-    return rc;
-}
-
-const tokvec *llm_turn_end(const llm *m) { return &m->turn_end; }
-
-/* What the template writes after an assistant message's content. */
-static int compute_turn_end(llm *m) {
-    struct llama_chat_message cm[2] = {{"user", "u"}, {"assistant", "\x1e" "dcend" "\x1f"}};
-    strbuf text = {0};
-    int rc = -1;
-    if (apply_template(m, cm, 2, false, &text) == 0) {
-        const char *at = strstr(text.s, cm[1].content);
-        if (at) {
-            at += strlen(cm[1].content);
-            rc = llm_tokenize(m, at, strlen(at), true, &m->turn_end);
-        }
-    }
-    strbuf_free(&text);
-    return rc;
-}
-
-void llm_detokenize(const llm *m, const int32_t *toks, size_t n, strbuf *out) {
-    if (n == 0) return;
+static int local_detokenize(void *impl, const int32_t *toks, size_t n, strbuf *out) {
+    local *m = impl;
     int32_t cap = (int32_t)n * 8 + 16;
     for (;;) {
         strbuf_reserve(out, out->n + (size_t)cap);
@@ -225,13 +153,15 @@ void llm_detokenize(const llm *m, const int32_t *toks, size_t n, strbuf *out) {
         if (got >= 0) {
             out->n += (size_t)got;
             out->s[out->n] = '\0';
-            return;
+            return 0;
         }
         cap = -got + 1;
     }
 }
 
-llm *llm_load(const llm_params *p, char *err, size_t errlen) {
+static void local_free(void *impl);
+
+void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errlen) {
     if (!p->model_path) {
         snprintf(err, errlen, "no model given (--model PATH)");
         return NULL;
@@ -247,7 +177,7 @@ llm *llm_load(const llm_params *p, char *err, size_t errlen) {
         return NULL;
     }
 
-    llm *m = calloc(1, sizeof *m);
+    local *m = calloc(1, sizeof *m);
     if (!m) return NULL;
     int last_pct = -1;
     struct llama_model_params mp = llama_model_default_params();
@@ -259,7 +189,7 @@ llm *llm_load(const llm_params *p, char *err, size_t errlen) {
     m->model = llama_model_load_from_file(p->model_path, mp);
     if (!m->model) {
         snprintf(err, errlen, "cannot load model %s (not a GGUF llama.cpp can read?)", p->model_path);
-        llm_free(m);
+        local_free(m);
         return NULL;
     }
     m->vocab = llama_model_get_vocab(m->model);
@@ -272,99 +202,82 @@ llm *llm_load(const llm_params *p, char *err, size_t errlen) {
         char buf[256];
         if (llama_chat_apply_template(m->tmpl, &probe, 1, true, buf, sizeof buf) < 0) {
             snprintf(err, errlen, "the model's chat template is not one llama_chat_apply_template supports");
-            llm_free(m);
+            local_free(m);
             return NULL;
         }
     }
-    if (llama_model_meta_val_str(m->model, "general.name", m->name, sizeof m->name) <= 0) {
+    if (llama_model_meta_val_str(m->model, "general.name", info->name, sizeof info->name) <= 0) {
         const char *base = strrchr(p->model_path, '/');
-        snprintf(m->name, sizeof m->name, "%s", base ? base + 1 : p->model_path);
+        snprintf(info->name, sizeof info->name, "%s", base ? base + 1 : p->model_path);
     }
 
-    if (p->n_parallel < 1 || p->n_queue < 0 || p->kv_sessions < 0) {
-        snprintf(err, errlen, "n_parallel must be >= 1, n_queue and kv_sessions >= 0");
-        llm_free(m);
-        return NULL;
-    }
     int train = llama_model_n_ctx_train(m->model);
-    m->n_ctx = p->n_ctx > 0 ? p->n_ctx : (train > 0 && train < 4096 ? train : 4096);
-    m->n_ctx = (m->n_ctx + 255) / 256 * 256; /* llama.cpp pads each sequence's cells to 256 */
-    m->n_threads = p->n_threads > 0 ? p->n_threads : llm_physical_cores();
+    info->n_ctx = p->n_ctx > 0 ? p->n_ctx : (train > 0 && train < 4096 ? train : 4096);
+    info->n_ctx = (info->n_ctx + 255) / 256 * 256; /* llama.cpp pads each sequence's cells to 256 */
+    info->n_threads = p->n_threads > 0 ? p->n_threads : llm_physical_cores();
     /* One KV stream per slot; every kept conversation needs one, and so
      * does every request generating at once. */
     int n_slots = p->kv_sessions > p->n_parallel ? p->kv_sessions : p->n_parallel;
-    int n_batch = m->n_ctx < 512 ? m->n_ctx : 512;
+    int n_batch = info->n_ctx < 512 ? info->n_ctx : 512;
     struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = (uint32_t)m->n_ctx * (uint32_t)n_slots;
+    cp.n_ctx = (uint32_t)info->n_ctx * (uint32_t)n_slots;
     cp.n_batch = (uint32_t)n_batch;
     cp.n_ubatch = (uint32_t)n_batch;
     cp.n_seq_max = (uint32_t)n_slots;
     cp.kv_unified = false;
-    cp.n_threads = m->n_threads;
-    cp.n_threads_batch = m->n_threads;
+    cp.n_threads = info->n_threads;
+    cp.n_threads_batch = info->n_threads;
     cp.no_perf = true;
     m->ctx = llama_init_from_model(m->model, cp);
     if (!m->ctx) {
-        snprintf(err, errlen, "cannot create a context of %d sequences of %d tokens", n_slots, m->n_ctx);
-        llm_free(m);
+        snprintf(err, errlen, "cannot create a context of %d sequences of %d tokens", n_slots, info->n_ctx);
+        local_free(m);
         return NULL;
     }
     /* f16 K and V for every cell of every layer */
     int n_head = llama_model_n_head(m->model);
     size_t head_dim = n_head > 0 ? (size_t)llama_model_n_embd(m->model) / (size_t)n_head : 0;
-    m->kv_bytes = (size_t)n_slots * (size_t)m->n_ctx * (size_t)llama_model_n_layer(m->model) *
+    m->kv_bytes = (size_t)n_slots * (size_t)info->n_ctx * (size_t)llama_model_n_layer(m->model) *
                   (size_t)llama_model_n_head_kv(m->model) * head_dim * 2 * 2;
     engine_params ep = {.n_slots = n_slots, .n_parallel = p->n_parallel, .n_queue = p->n_queue,
-                        .n_ctx_seq = m->n_ctx, .n_batch = n_batch, .reuse = p->kv_sessions > 0};
+                        .n_ctx_seq = info->n_ctx, .n_batch = n_batch, .reuse = p->kv_sessions > 0};
     m->eng = engine_new(m->ctx, m->vocab, &ep);
     if (!m->eng) {
         snprintf(err, errlen, "cannot start the generation engine");
-        llm_free(m);
+        local_free(m);
         return NULL;
     }
-    if (compute_turn_end(m) != 0) {
-        snprintf(err, errlen, "cannot derive the end-of-turn markup from the chat template");
-        llm_free(m);
-        return NULL;
-    }
-    m->fingerprint = compute_fingerprint(m);
+    info->fingerprint = compute_fingerprint(m);
+    info->n_vocab = llama_vocab_n_tokens(m->vocab);
     return m;
 }
 
-void llm_free(llm *m) {
+static void local_free(void *impl) {
+    local *m = impl;
     if (!m) return;
     engine_free(m->eng);
     if (m->ctx) llama_free(m->ctx);
     if (m->model) llama_model_free(m->model);
-    tokvec_free(&m->turn_end);
     free(m->tmpl);
     free(m);
 }
 
-const char *llm_model_name(const llm *m) { return m->name; }
-int llm_n_ctx(const llm *m) { return m->n_ctx; }
-int llm_n_threads(const llm *m) { return m->n_threads; }
-uint64_t llm_fingerprint(const llm *m) { return m->fingerprint; }
-
-void llm_stats_get(llm *m, llm_stats *out) {
+static void local_stats(void *impl, llm_stats *out) {
+    local *m = impl;
     engine_stats_get(m->eng, out);
     out->kv_bytes = m->kv_bytes;
 }
 
-llm_status llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
-                        llm_timings *t, char *err, size_t errlen) {
-    memset(t, 0, sizeof *t);
-    if (n == 0) {
-        snprintf(err, errlen, "empty input");
-        return LLM_FAIL;
-    }
-    if (n >= (size_t)m->n_ctx) {
-        snprintf(err, errlen, "input of %zu tokens does not fit the context of %d", n, m->n_ctx);
-        return LLM_FAIL;
-    }
-    if (p->n_predict < 1) {
-        snprintf(err, errlen, "n_predict must be >= 1");
-        return LLM_FAIL;
-    }
-    return engine_generate(m->eng, input, n, p, out, t, err, errlen);
+static llm_status local_generate(void *impl, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
+                                 llm_timings *t, char *err, size_t errlen) {
+    return engine_generate(((local *)impl)->eng, input, n, p, out, t, err, errlen);
 }
+
+const llm_ops llm_local_ops = {
+    .apply_template = local_apply_template,
+    .tokenize = local_tokenize,
+    .detokenize = local_detokenize,
+    .generate = local_generate,
+    .stats = local_stats,
+    .free = local_free,
+};

@@ -25,6 +25,7 @@ typedef enum {
     DC_E_STORE,         /* 500 store_error: the store failed or holds corrupt data */
     DC_E_STALE,         /* 503 stale_context: the replica is behind the client */
     DC_E_UNAVAILABLE,   /* 503 store_unavailable: the store cannot be reached now */
+    DC_E_LLM_DOWN,      /* 503 llm_unavailable: the LLM service cannot be reached now */
     DC_E__COUNT
 } dc_code;
 

@@ -6,6 +6,8 @@
 enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 void log_set_level(int level);
+/* "debug", "info", "warn" or "error" to its level; -1 if none of those. */
+int log_level_parse(const char *name);
 int log_level(void);
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -12,10 +12,12 @@ import time
 
 
 class Node:
-    """One edge node on a free port (--port 0; the node prints the port)."""
+    """One edge node on a free port (--port 0; the node prints the port).
+    With llm_url it uses that LLM service (--llm) instead of loading model."""
 
-    def __init__(self, binary, model, data_dir=None, node_id="edge-1", extra=()):
+    def __init__(self, binary, model, data_dir=None, node_id="edge-1", extra=(), llm_url=None):
         self.binary, self.model, self.node_id, self.extra = binary, model, node_id, list(extra)
+        self.llm_url = llm_url
         self.own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="dc-node-")
         self.proc = None
@@ -24,10 +26,7 @@ class Node:
     def start(self):
         os.makedirs(self.data_dir, exist_ok=True)
         self.log = open(os.path.join(self.data_dir, "node.log"), "ab")
-        self.proc = subprocess.Popen(
-            [self.binary, "serve", "--model", self.model, "--host", "127.0.0.1", "--port", "0",
-             "--node-id", self.node_id, "--data-dir", os.path.join(self.data_dir, "store")] + self.extra,
-            stdout=subprocess.PIPE, stderr=self.log)
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self.log)
         deadline = time.monotonic() + 120
         line = b""
         while time.monotonic() < deadline:
@@ -41,6 +40,11 @@ class Node:
         with open(os.path.join(self.data_dir, "node.log"), "rb") as f:
             tail = f.read()[-2000:].decode("utf-8", "replace")
         raise RuntimeError("node %s did not start: %r\n%s" % (self.node_id, line, tail))
+
+    def command(self):
+        engine = ["--llm", self.llm_url] if self.llm_url else ["--model", self.model]
+        return ([self.binary, "serve"] + engine + ["--host", "127.0.0.1", "--port", "0", "--node-id", self.node_id,
+                "--data-dir", os.path.join(self.data_dir, "store")] + self.extra)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -78,6 +82,7 @@ class Node:
         conn.request(method, path, body=body, headers=hdrs)
         resp = conn.getresponse()
         data = resp.read()
+        self.last_headers = dict(resp.getheaders())
         conn.close()
         try:
             return resp.status, json.loads(data)
@@ -89,6 +94,22 @@ class Node:
         fields.setdefault("n_predict", 48)
         fields.setdefault("stream", False)
         return self.request("POST", "/completion", fields)
+
+
+class LlmServer(Node):
+    """`discedge llm-serve`: the engine alone, for nodes started with --llm."""
+
+    def __init__(self, binary, model, extra=()):
+        super().__init__(binary, model, node_id="llm", extra=extra)
+        self.fixed_port = free_port()  # kept across restarts: nodes hold its URL
+
+    def command(self):
+        return [self.binary, "llm-serve", "--model", self.model, "--host", "127.0.0.1",
+                "--port", str(self.fixed_port)] + self.extra
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.fixed_port
 
 
 _given_ports = set()

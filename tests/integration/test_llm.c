@@ -8,7 +8,15 @@
  *    mode feeds the model are exactly those raw mode produces when it
  *    re-renders the same conversation, and every assistant segment that
  *    re-tokenizes differently still detokenizes to the same text. The number
- *    of such differences is printed.
+ *    of such differences is printed;
+ *  - KV-cache reuse: every turn of the scenario, regenerated from scratch
+ *    (cache_prompt off), gives the reply the node produced while reusing the
+ *    previous turns' KV. llama.cpp is not batch-invariant (prefilling 17
+ *    new tokens on top of a cache and prefilling 1,200 at once split the
+ *    matrix products differently), so a reply may differ; where it does, the
+ *    first differing token must be a near-tie: the top-2 logit gap there,
+ *    measured by a separate llama.cpp context, under NEAR_TIE. The count is
+ *    printed.
  *
  * usage: test_llm MODEL.gguf SCENARIO.yaml */
 #include <setjmp.h>
@@ -19,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+
+#include <llama.h>
 
 #include "client/scenario.h"
 #include "ctx/ctx.h"
@@ -203,7 +213,11 @@ static void tokenized_equals_raw(void **state) {
         o += end->n;
     }
     assert_int_equal(o, raw.n);
-    assert_int_equal(raw.n, meta.n_tokens);
+    /* the stored context differs from raw's only by the re-tokenized replies */
+    size_t stored = 0;
+    for (size_t i = 0; i < sc.n_turns; i++) stored += turn_rec_tokens(&turns[i]);
+    assert_int_equal(stored, meta.n_tokens);
+    assert_int_equal(raw.n, stored - reply_tokens + raw_reply_tokens);
 
     /* The baseline itself, for the record: how often raw mode's own replies match. */
     run_scenario(&n, &sc, MODE_RAW, raw_sid, raw_replies);
@@ -231,6 +245,109 @@ static void tokenized_equals_raw(void **state) {
     node_close(&n);
 }
 
+/* Largest top-2 logit gap accepted as a near-tie where reuse and no reuse
+ * disagree: batch splitting alone moves logits by up to ~0.1 here. */
+#define NEAR_TIE 0.25f
+
+/* The gap between the best and second-best next-token logits after toks,
+ * computed by a fresh llama.cpp context of our own. */
+static float top2_gap(const int32_t *toks, size_t n) {
+    struct llama_model_params mp = llama_model_default_params();
+    struct llama_model *model = llama_model_load_from_file(model_path, mp);
+    assert_non_null(model);
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = 4096;
+    cp.n_batch = cp.n_ubatch = 512;
+    cp.no_perf = true;
+    struct llama_context *lc = llama_init_from_model(model, cp);
+    assert_non_null(lc);
+    for (size_t done = 0; done < n;) {
+        size_t chunk = n - done < 512 ? n - done : 512;
+        struct llama_batch b = llama_batch_get_one((int32_t *)toks + done, (int32_t)chunk);
+        assert_int_equal(llama_decode(lc, b), 0);
+        done += chunk;
+    }
+    const float *lg = llama_get_logits_ith(lc, -1);
+    int nv = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    float a = -1e30f, b = -1e30f;
+    for (int i = 0; i < nv; i++) {
+        if (lg[i] > a) {
+            b = a;
+            a = lg[i];
+        } else if (lg[i] > b) {
+            b = lg[i];
+        }
+    }
+    llama_free(lc);
+    llama_model_free(model);
+    return a - b;
+}
+
+static void reuse_equals_no_reuse(void **state) {
+    (void)state;
+    scenario sc;
+    char err[256];
+    if (scenario_load(scenario_path, &sc, err, sizeof err) != 0) fail_msg("%s", err);
+    node n;
+    node_open(&n);
+    char sid[ID_MAX + 1];
+    strbuf *replies = calloc(sc.n_turns, sizeof *replies);
+    llm_stats before, after;
+    llm_stats_get(m, &before);
+    run_scenario(&n, &sc, MODE_TOKENIZED, sid, replies);
+    llm_stats_get(m, &after);
+    /* every turn after the first found its previous turn's KV */
+    assert_true(after.kv_hits - before.kv_hits >= sc.n_turns - 1);
+
+    session_meta meta;
+    turn_rec *turns;
+    assert_int_equal(store_session_load(n.s, sid, 0, &meta, &turns), STORE_OK);
+    tokvec input = {0};
+    size_t differing = 0;
+    for (size_t i = 0; i < sc.n_turns; i++) {
+        if (i == 0) tokvec_append(&input, turns[0].tok[SEG_SYSTEM].v, turns[0].tok[SEG_SYSTEM].n);
+        tokvec_append(&input, turns[i].tok[SEG_USER].v, turns[i].tok[SEG_USER].n);
+        llm_gen_params gp = llm_default_gen_params();
+        gp.temperature = 0;
+        gp.n_predict = 128;
+        gp.cache_prompt = false;
+        tokvec out = {0};
+        llm_timings t;
+        assert_int_equal(llm_generate(m, input.v, input.n, &gp, &out, &t, err, sizeof err), LLM_OK);
+        assert_int_equal(t.cached_n, 0);
+        assert_int_equal(t.prompt_n, input.n);
+        const tokvec *stored = &turns[i].tok[SEG_REPLY];
+        size_t k = 0;
+        while (k < out.n && k < stored->n && out.v[k] == stored->v[k]) k++;
+        if (k < out.n || k < stored->n) {
+            differing++;
+            tokvec prefix = {0};
+            tokvec_append(&prefix, input.v, input.n);
+            tokvec_append(&prefix, stored->v, k);
+            float gap = top2_gap(prefix.v, prefix.n);
+            printf("reuse: turn %zu differs from a fresh prefill at generated token %zu; top-2 logit gap %.4f\n",
+                   i + 1, k, gap);
+            assert_true(gap < NEAR_TIE);
+            tokvec_free(&prefix);
+        }
+        tokvec_free(&out);
+        for (int s = SEG_REPLY; s <= SEG_END; s++) tokvec_append(&input, turns[i].tok[s].v, turns[i].tok[s].n);
+    }
+    printf("reuse: %zu turns, %llu KV-cache hits, %llu of %llu input tokens reused; replies identical to a fresh "
+           "prefill in %zu of %zu turns\n",
+           sc.n_turns, (unsigned long long)(after.kv_hits - before.kv_hits),
+           (unsigned long long)(after.cached_tokens - before.cached_tokens),
+           (unsigned long long)(after.cached_tokens - before.cached_tokens + after.prefilled_tokens -
+                                before.prefilled_tokens),
+           sc.n_turns - differing, sc.n_turns);
+    tokvec_free(&input);
+    for (size_t i = 0; i < sc.n_turns; i++) strbuf_free(&replies[i]);
+    free(replies);
+    store_turns_free(turns, meta.turn);
+    scenario_free(&sc);
+    node_close(&n);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s MODEL.gguf SCENARIO.yaml\n", argv[0]);
@@ -243,6 +360,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(user_text_cannot_forge_markup),
         cmocka_unit_test(turn_end_matches_template),
         cmocka_unit_test(tokenized_equals_raw),
+        cmocka_unit_test(reuse_equals_no_reuse),
     };
     return cmocka_run_group_tests(tests, load_model, free_model);
 }

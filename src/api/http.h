@@ -1,0 +1,47 @@
+/* http.h - the HTTP plumbing both servers share (libmicrohttpd): the node's
+ * API (server.c) and the LLM service's (llm_server.c). */
+#ifndef DC_API_HTTP_H
+#define DC_API_HTTP_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../util/error.h"
+
+typedef struct http_server http_server;
+
+/* One request, its body complete. */
+typedef struct {
+    struct MHD_Connection *conn;
+    const char *method, *url;
+    const char *body; /* NUL-terminated; "" when there is none */
+    size_t body_n;
+    double t0;        /* clock_mono_ms() when its headers arrived */
+} http_req;
+
+/* Answers req (http_send_*), or returns MHD_NO to drop the connection. */
+typedef enum MHD_Result (*http_handler)(void *ud, const http_req *req);
+
+/* Serves on host:port (0 = any free port) with one thread per connection,
+ * so a long generation never holds up another request. Bodies over max_body
+ * get 413 without reaching the handler. NULL on failure, reason in err. */
+http_server *http_start(const char *host, int port, size_t max_body, http_handler h, void *ud, char *err,
+                        size_t errlen);
+int http_port(const http_server *s);
+void http_stop(http_server *s);
+
+/* Sends body (consumed) with extra headers given as NULL-terminated
+ * name/value pairs. */
+enum MHD_Result http_send_json(struct MHD_Connection *conn, int status, json_t *body, const char *const *headers);
+/* Sends e as {"error":{code,type,message}} with its status (api/errors.c);
+ * 429 carries Retry-After. */
+enum MHD_Result http_send_error(struct MHD_Connection *conn, const dc_error *e);
+
+/* llm_gen_params.alive for a request in flight on conn: false once the
+ * client has closed or reset its end. Call it on the connection's own
+ * thread (the one running the handler). */
+bool http_conn_alive(void *conn);
+
+#endif

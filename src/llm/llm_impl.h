@@ -1,0 +1,46 @@
+/* llm_impl.h - what an LLM service implementation provides to llm.c.
+ *
+ * llm.c holds everything that only needs these primitives (chat rendering
+ * with sentinels, the end-of-turn markup, argument checks), so the local
+ * engine and a remote llama-server-compatible one behave alike by
+ * construction. Private to src/llm/. */
+#ifndef DC_LLM_IMPL_H
+#define DC_LLM_IMPL_H
+
+#include "llm.h"
+
+typedef struct {
+    /* Renders msgs with the model's chat template into out (replacing it). 0 or -1. */
+    int (*apply_template)(void *impl, const llm_msg *msgs, size_t n, bool add_assistant, strbuf *out);
+    int (*tokenize)(void *impl, const char *text, size_t len, bool parse_special, tokvec *out);
+    int (*detokenize)(void *impl, const int32_t *toks, size_t n, strbuf *out);
+    /* Arguments already checked by llm_generate. */
+    llm_status (*generate)(void *impl, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
+                           llm_timings *t, char *err, size_t errlen);
+    void (*stats)(void *impl, llm_stats *out);
+    void (*free)(void *impl);
+} llm_ops;
+
+/* What an implementation reports when it opens. */
+typedef struct {
+    char name[128];
+    int n_ctx;     /* per conversation */
+    int n_threads; /* 0 when not known (remote) */
+    int n_vocab;   /* 0 when not known (remote): ids are then checked there */
+    uint64_t fingerprint;
+} llm_info;
+
+void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errlen);
+extern const llm_ops llm_local_ops;
+void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t errlen);
+extern const llm_ops llm_remote_ops;
+
+/* Records, for llm_unreachable(), that this thread's call failed because
+ * the service could not be reached. */
+void llm_set_unreachable(const char *why);
+
+/* 64-bit FNV-1a, the fingerprint's hash. */
+uint64_t llm_fnv1a(uint64_t h, const void *data, size_t n);
+#define LLM_FNV_BASIS 0xcbf29ce484222325ULL
+
+#endif

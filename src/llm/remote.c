@@ -1,0 +1,321 @@
+/* remote.c - the `remote` LLM service: an engine on another machine that
+ * speaks llama.cpp llama-server's HTTP API (`discedge llm-serve` does).
+ *
+ * The paper keeps the LLM service replaceable: anything that accepts
+ * tokenized input. The subset used here is llama-server's own:
+ *   GET  /props            n_ctx, chat_template, model name
+ *   POST /apply-template   messages -> text (with or without the assistant prefix)
+ *   POST /tokenize         text -> ids (add_special false, parse_special as asked)
+ *   POST /detokenize       ids -> text
+ *   POST /completion       prompt as an array of ids, cache_prompt, return_tokens
+ * Token ids cross the link, never the history as text. The remote engine
+ * keeps the KV cache (cache_prompt), so a session's next turn prefills only
+ * its new tokens there too.
+ *
+ * The fingerprint (do stored ids mean the same to this engine?) comes from
+ * /props "discedge.fingerprint" when the server is a DisCEdge node; a plain
+ * llama-server gets one hashed from its chat template, vocabulary size and
+ * model file name, which is weaker: say so in the docs, not here.
+ *
+ * Connections: a small pool of curl easy handles keeps TCP connections to
+ * the engine open between calls. A request whose caller went away
+ * (llm_gen_params.alive) is aborted from curl's progress callback; the
+ * engine sees the connection close and frees its sequence. */
+#include <curl/curl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../util/clock.h"
+#include "llm_impl.h"
+
+#define POOL_MAX 16
+
+typedef struct {
+    char *base; /* "http://host:port", no trailing slash */
+    pthread_mutex_t mu;
+    CURL *pool[POOL_MAX];
+    int n_pool;
+    llm_stats stats; /* what this side sees: requests, tokens, refusals */
+} remote;
+
+typedef struct {
+    const llm_gen_params *gp;
+    strbuf body;
+} call;
+
+static size_t on_body(char *data, size_t size, size_t n, void *ud) {
+    strbuf_append(&((call *)ud)->body, data, size * n);
+    return size * n;
+}
+
+static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un) {
+    (void)dt, (void)dn, (void)ut, (void)un;
+    const llm_gen_params *gp = ((call *)ud)->gp;
+    return gp && gp->alive && !gp->alive(gp->alive_ud); /* non-zero aborts the transfer */
+}
+
+static CURL *handle_take(remote *r) {
+    pthread_mutex_lock(&r->mu);
+    CURL *h = r->n_pool ? r->pool[--r->n_pool] : NULL;
+    pthread_mutex_unlock(&r->mu);
+    return h ? h : curl_easy_init();
+}
+
+static void handle_give(remote *r, CURL *h) {
+    pthread_mutex_lock(&r->mu);
+    if (r->n_pool < POOL_MAX) {
+        r->pool[r->n_pool++] = h;
+        h = NULL;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (h) curl_easy_cleanup(h);
+}
+
+/* GET (body NULL) or POST a JSON body to path; parses a JSON reply into
+ * *out. Returns the HTTP status, 0 when there was no HTTP exchange, or -1
+ * when the caller went away (gp->alive). Takes ownership of body. */
+static long request(remote *r, const char *path, json_t *body, const llm_gen_params *gp, long timeout_s, json_t **out,
+                    char *err, size_t errlen) {
+    *out = NULL;
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    char url[512];
+    snprintf(url, sizeof url, "%s%s", r->base, path);
+    call c = {.gp = gp};
+    CURL *h = handle_take(r);
+    struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+    curl_easy_reset(h);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout_s);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &c);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, &c);
+    if (text) {
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
+    }
+    CURLcode cc = curl_easy_perform(h);
+    long status = 0;
+    if (cc == CURLE_OK) {
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        json_error_t je;
+        *out = json_loadb(c.body.s ? c.body.s : "", c.body.n, 0, &je);
+        if (!*out) snprintf(err, errlen, "%s: the LLM service sent a reply that is not JSON (HTTP %ld)", path, status);
+    } else if (cc == CURLE_ABORTED_BY_CALLBACK) {
+        status = -1;
+        snprintf(err, errlen, "the client went away");
+    } else {
+        snprintf(err, errlen, "%s: cannot reach the LLM service at %s: %s", path, r->base, curl_easy_strerror(cc));
+        llm_set_unreachable(err);
+    }
+    curl_slist_free_all(hdr);
+    free(text);
+    strbuf_free(&c.body);
+    handle_give(r, h);
+    if (status > 0 && !*out) status = 0;
+    if (status >= 400 && *out) {
+        json_t *msg = json_object_get(json_object_get(*out, "error"), "message");
+        snprintf(err, errlen, "%s: HTTP %ld from the LLM service: %s", path, status,
+                 json_is_string(msg) ? json_string_value(msg) : "(no message)");
+    }
+    return status;
+}
+
+static int ids_append(json_t *arr, tokvec *out) {
+    if (!json_is_array(arr)) return -1;
+    size_t i, n0 = out->n;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
+            out->n = n0;
+            return -1;
+        }
+        tokvec_push(out, (int32_t)json_integer_value(v));
+    }
+    return 0;
+}
+
+static json_t *ids_json(const int32_t *toks, size_t n) {
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++) json_array_append_new(a, json_integer(toks[i]));
+    return a;
+}
+
+static int remote_apply_template(void *impl, const llm_msg *msgs, size_t n, bool add_assistant, strbuf *out) {
+    json_t *arr = json_array(), *resp;
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_pack("{s:s, s:s}", "role", msgs[i].role, "content", msgs[i].content));
+    char err[256];
+    long st = request(impl, "/apply-template",
+                      json_pack("{s:o, s:b}", "messages", arr, "add_generation_prompt", add_assistant), NULL, 30, &resp,
+                      err, sizeof err);
+    json_t *p = json_object_get(resp, "prompt");
+    int rc = st == 200 && json_is_string(p) ? 0 : -1;
+    if (!rc) {
+        strbuf_clear(out);
+        strbuf_append(out, json_string_value(p), json_string_length(p));
+    }
+    json_decref(resp);
+    return rc;
+}
+
+static int remote_tokenize(void *impl, const char *text, size_t len, bool parse_special, tokvec *out) {
+    json_t *resp;
+    char err[256];
+    long st = request(impl, "/tokenize",
+                      json_pack("{s:s%, s:b, s:b}", "content", text, len, "add_special", 0, "parse_special",
+                                parse_special),
+                      NULL, 30, &resp, err, sizeof err);
+    int rc = st == 200 ? ids_append(json_object_get(resp, "tokens"), out) : -1;
+    json_decref(resp);
+    return rc;
+}
+
+static int remote_detokenize(void *impl, const int32_t *toks, size_t n, strbuf *out) {
+    json_t *resp;
+    char err[256];
+    long st = request(impl, "/detokenize", json_pack("{s:o}", "tokens", ids_json(toks, n)), NULL, 30, &resp, err,
+                      sizeof err);
+    json_t *c = json_object_get(resp, "content");
+    int rc = st == 200 && json_is_string(c) ? 0 : -1;
+    if (!rc) strbuf_append(out, json_string_value(c), json_string_length(c));
+    json_decref(resp);
+    return rc;
+}
+
+static double num(json_t *o, const char *k) {
+    json_t *v = json_object_get(o, k);
+    return json_is_number(v) ? json_number_value(v) : 0;
+}
+
+static llm_status remote_generate(void *impl, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
+                                  llm_timings *t, char *err, size_t errlen) {
+    remote *r = impl;
+    json_t *body = json_pack("{s:o, s:i, s:f, s:f, s:i, s:I, s:b, s:b, s:b, s:b}", "prompt", ids_json(input, n),
+                             "n_predict", p->n_predict, "temperature", (double)p->temperature, "top_p",
+                             (double)p->top_p, "top_k", p->top_k, "seed", (json_int_t)p->seed, "cache_prompt",
+                             p->cache_prompt, "ignore_eos", p->ignore_eos, "return_tokens", 1, "stream", 0);
+    json_t *resp;
+    double t0 = clock_mono_ms();
+    long st = request(r, "/completion", body, p, 3600, &resp, err, errlen);
+    llm_status rc = LLM_FAIL;
+    if (st == -1) {
+        rc = LLM_CANCELLED;
+    } else if (st == 429) {
+        rc = LLM_BUSY;
+    } else if (st == 200) {
+        size_t n0 = out->n;
+        const char *stop = json_string_value(json_object_get(resp, "stop_type"));
+        if (ids_append(json_object_get(resp, "tokens"), out) != 0) {
+            snprintf(err, errlen, "/completion: the LLM service sent no token ids (return_tokens unsupported?)");
+        } else {
+            /* llama-server lists the end-of-generation token it stopped at */
+            t->stopped_eog = stop && !strcmp(stop, "eos");
+            t->stopped_limit = !t->stopped_eog;
+            if (t->stopped_eog && out->n > n0) t->eog_token = out->v[--out->n];
+            json_t *tm = json_object_get(resp, "timings");
+            t->prompt_n = (int)num(tm, "prompt_n");
+            t->cached_n = (int)num(tm, "cache_n");
+            t->queue_ms = num(tm, "queue_ms");
+            t->prompt_ms = num(tm, "prompt_ms");
+            t->predicted_n = (int)(out->n - n0);
+            t->predicted_ms = num(tm, "predicted_ms");
+            if (!t->prompt_ms && !t->predicted_ms) t->predicted_ms = clock_mono_ms() - t0;
+            rc = LLM_OK;
+        }
+    }
+    pthread_mutex_lock(&r->mu);
+    r->stats.requests++;
+    if (rc == LLM_OK) {
+        r->stats.kv_hits += t->cached_n > 0;
+        r->stats.cached_tokens += (uint64_t)t->cached_n;
+        r->stats.prefilled_tokens += (uint64_t)t->prompt_n;
+        r->stats.generated_tokens += (uint64_t)t->predicted_n;
+    }
+    r->stats.busy += rc == LLM_BUSY;
+    r->stats.cancelled += rc == LLM_CANCELLED;
+    pthread_mutex_unlock(&r->mu);
+    json_decref(resp);
+    return rc;
+}
+
+static void remote_stats(void *impl, llm_stats *out) {
+    remote *r = impl;
+    pthread_mutex_lock(&r->mu);
+    *out = r->stats;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void remote_free(void *impl) {
+    remote *r = impl;
+    if (!r) return;
+    for (int i = 0; i < r->n_pool; i++) curl_easy_cleanup(r->pool[i]);
+    pthread_mutex_destroy(&r->mu);
+    free(r->base);
+    free(r);
+}
+
+void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t errlen) {
+    if (strncmp(p->url, "http://", 7) != 0 && strncmp(p->url, "https://", 8) != 0) {
+        snprintf(err, errlen, "--llm %s: expected http://HOST:PORT", p->url);
+        return NULL;
+    }
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    remote *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->base = dc_xstrdup(p->url);
+    size_t len = strlen(r->base);
+    while (len && r->base[len - 1] == '/') r->base[--len] = '\0';
+    pthread_mutex_init(&r->mu, NULL);
+
+    json_t *props;
+    long st = request(r, "/props", NULL, NULL, 30, &props, err, errlen);
+    if (st != 200) {
+        if (st > 0) snprintf(err, errlen, "%s/props answered HTTP %ld: not a llama-server compatible engine?", r->base, st);
+        json_decref(props);
+        remote_free(r);
+        return NULL;
+    }
+    json_t *dgs = json_object_get(props, "default_generation_settings"), *dc = json_object_get(props, "discedge");
+    info->n_ctx = (int)(num(dgs, "n_ctx") ? num(dgs, "n_ctx") : num(props, "n_ctx"));
+    const char *tmpl = json_string_value(json_object_get(props, "chat_template"));
+    const char *path = json_string_value(json_object_get(props, "model_path"));
+    const char *name = json_string_value(json_object_get(dc, "model"));
+    const char *fp = json_string_value(json_object_get(dc, "fingerprint"));
+    if (info->n_ctx < 16) {
+        snprintf(err, errlen, "%s/props gives no usable n_ctx", r->base);
+        json_decref(props);
+        remote_free(r);
+        return NULL;
+    }
+    if (!name && path) name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    snprintf(info->name, sizeof info->name, "%s", name ? name : "remote");
+    if (fp) {
+        info->fingerprint = strtoull(fp, NULL, 16);
+    } else {
+        uint64_t h = llm_fnv1a(LLM_FNV_BASIS, tmpl ? tmpl : "", tmpl ? strlen(tmpl) : 0);
+        double nv = num(props, "n_vocab");
+        h = llm_fnv1a(h, &nv, sizeof nv);
+        info->fingerprint = llm_fnv1a(h, info->name, strlen(info->name));
+    }
+    info->n_threads = (int)num(dc, "n_threads");
+    info->n_vocab = (int)num(dc, "n_vocab");
+    json_decref(props);
+    return r;
+}
+
+const llm_ops llm_remote_ops = {
+    .apply_template = remote_apply_template,
+    .tokenize = remote_tokenize,
+    .detokenize = remote_detokenize,
+    .generate = remote_generate,
+    .stats = remote_stats,
+    .free = remote_free,
+};

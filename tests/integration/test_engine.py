@@ -1,0 +1,319 @@
+"""test_engine.py - the LLM engine behind a real node: KV-cache reuse across
+turns, requests of several sessions generating together, the admission
+queue (429 + Retry-After), a client that disconnects mid-generation, and
+the LLM service on another process (`llm-serve` + `serve --llm`).
+
+Nothing here asserts a duration: the engine's own counters (/health) and
+the timings of each reply show what happened.
+
+usage: test_engine.py DISCEDGE_BINARY MODEL.gguf"""
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dcnode import LlmServer, Node  # noqa: E402
+
+BIN = MODEL = None
+# one inference thread per process: several llama.cpp processes on a small
+# machine otherwise spin against each other
+ONE_THREAD = ["--threads", "1"]
+
+
+def engine(node):
+    st, h = node.request("GET", "/health")
+    assert st == 200, h
+    return h["engine"]
+
+
+def wait_for(node, pred, what, limit_s=120):
+    """Polls /health until pred(engine) holds; the limit only bounds a hang."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        e = engine(node)
+        if pred(e):
+            return e
+        time.sleep(0.01)
+    raise AssertionError("engine never reached: %s (last %s)" % (what, e))
+
+
+def raw_post(port, body):
+    """Sends a /completion request on a raw socket and returns it unread."""
+    s = socket.create_connection(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return s
+
+
+class ReuseTest(unittest.TestCase):
+    """One node, KV kept for 2 conversations at most."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node(BIN, MODEL, extra=ONE_THREAD + ["--parallel", "1", "--kv-cache-sessions", "2"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.cleanup()
+
+    def turn(self, sid, turn, prompt, **kw):
+        fields = dict(prompt=prompt, user_id="u", turn=turn, **kw)
+        if sid:
+            fields["session_id"] = sid
+        st, r = self.node.complete(**fields)
+        self.assertEqual(st, 200, r)
+        return r
+
+    def test_next_turn_prefills_only_new_tokens(self):
+        r1 = self.turn(None, 1, "Name three colours.")
+        sid = r1["session_id"]
+        r2 = self.turn(sid, 2, "And three fruits?")
+        # the KV of turn 1's input and of every generated token that was fed
+        # back (all of them when it stopped at end-of-generation; all but the
+        # last when it hit n_predict) is reused
+        kept = r1["context_tokens"] + r1["tokens_predicted"] - (0 if r1["stopped_eos"] else 1)
+        self.assertEqual(r2["timings"]["cache_n"], kept)
+        self.assertEqual(r2["timings"]["prompt_n"], r2["context_tokens"] - kept)
+        # cache_prompt:false prefills all of it
+        r3 = self.turn(sid, 3, "And three animals?", cache_prompt=False)
+        self.assertEqual(r3["timings"]["cache_n"], 0)
+        self.assertEqual(r3["timings"]["prompt_n"], r3["context_tokens"])
+
+    def test_evicted_session_falls_back_to_prefill(self):
+        a = self.turn(None, 1, "Tell me about the moon.")["session_id"]
+        # two other conversations take both sequences; a's is the oldest
+        for p in ("Tell me about rivers.", "Tell me about bread."):
+            self.turn(None, 1, p)
+        r = self.turn(a, 2, "How far away is it?")
+        # only the chat markup every conversation starts with can match
+        self.assertLess(r["timings"]["cache_n"], 8, r["timings"])
+        self.assertEqual(r["timings"]["prompt_n"] + r["timings"]["cache_n"], r["context_tokens"])
+        st, s = self.node.request("GET", "/v1/sessions/%s?user_id=u" % a)
+        self.assertEqual((st, s["turn"]), (200, 2))
+
+    def test_ignore_eos_generates_exactly_n_predict(self):
+        r = self.turn(None, 1, "Say hi.", n_predict=64, ignore_eos=True)
+        self.assertEqual(r["tokens_predicted"], 64)
+        self.assertTrue(r["stopped_limit"])
+
+
+class ConcurrencyTest(unittest.TestCase):
+    """--parallel 2 --queue 1: two generate, one waits, the next is refused."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node(BIN, MODEL, extra=ONE_THREAD + ["--parallel", "2", "--queue", "1",
+                                                        "--kv-cache-sessions", "4"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.cleanup()
+
+    def long_turn(self, results, i, **kw):
+        st, r = self.node.complete(prompt="Write a long story about a lighthouse.", user_id="u%d" % i, turn=1,
+                                   n_predict=kw.pop("n_predict", 160), ignore_eos=True, **kw)
+        results[i] = (st, r)
+
+    def test_full_queue_gets_429_and_sessions_survive(self):
+        before = engine(self.node)
+        results = {}
+        threads = [threading.Thread(target=self.long_turn, args=(results, i)) for i in range(3)]
+        for t in threads:
+            t.start()
+        wait_for(self.node, lambda e: e["active"] == 2 and e["queued"] == 1, "2 generating, 1 queued")
+        st, r = self.node.complete(prompt="One more?", user_id="late", turn=1)
+        self.assertEqual(st, 429, r)
+        self.assertEqual(r["error"]["type"], "server_busy")
+        self.assertEqual(self.node.last_headers.get("Retry-After"), "1")
+        for t in threads:
+            t.join()
+        for i in range(3):
+            st, r = results[i]
+            self.assertEqual(st, 200, r)
+            self.assertEqual(r["tokens_predicted"], 160)
+            st, s = self.node.request("GET", "/v1/sessions/%s?user_id=u%d" % (r["session_id"], i))
+            self.assertEqual((st, s["turn"]), (200, 1))
+        after = engine(self.node)
+        self.assertEqual(after["busy"] - before["busy"], 1)
+        # the queued one waited for a sequence; the first two did not wait for each other
+        waits = sorted(results[i][1]["timings"]["queue_ms"] for i in range(3))
+        self.assertGreater(waits[2], waits[1])
+
+    def test_sessions_generate_together(self):
+        """Two sessions' turns run at the same time, each to its own context."""
+        sids, peak = {}, [0]
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                peak[0] = max(peak[0], engine(self.node)["active"])
+                time.sleep(0.01)
+
+        def chat(i):
+            sid = None
+            for turn, q in enumerate(["Name a colour.", "Why that one?", "Name another."], 1):
+                f = dict(prompt=q, user_id="c%d" % i, turn=turn, n_predict=48, ignore_eos=True)
+                if sid:
+                    f["session_id"] = sid
+                st, r = self.node.complete(**f)
+                self.assertEqual(st, 200, r)
+                if turn > 1:
+                    self.assertGreater(r["timings"]["cache_n"], 0)
+                sid = r["session_id"]
+            sids[i] = sid
+
+        w = threading.Thread(target=watch)
+        w.start()
+        ts = [threading.Thread(target=chat, args=(i,)) for i in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        stop.set()
+        w.join()
+        self.assertEqual(len(sids), 2)
+        self.assertEqual(peak[0], 2)
+        for i, sid in sids.items():
+            st, s = self.node.request("GET", "/v1/sessions/%s?user_id=c%d&include=turns" % (sid, i))
+            self.assertEqual((st, s["turn"]), (200, 3))
+
+    def test_disconnect_frees_the_slot_and_commits_nothing(self):
+        st, r = self.node.complete(prompt="Hello.", user_id="gone", turn=1)
+        self.assertEqual(st, 200, r)
+        sid = r["session_id"]
+        before = engine(self.node)
+        sock = raw_post(self.node.port, dict(prompt="Write a very long essay.", user_id="gone", session_id=sid,
+                                             turn=2, n_predict=4000, ignore_eos=True, temperature=0))
+        wait_for(self.node, lambda e: e["active"] == 1, "the turn generating")
+        sock.close()
+        after = wait_for(self.node, lambda e: e["active"] == 0, "the slot freed")
+        self.assertEqual(after["cancelled"] - before["cancelled"], 1)
+        # far fewer tokens than asked for were generated
+        self.assertLess(after["generated_tokens"] - before["generated_tokens"], 4000)
+        st, s = self.node.request("GET", "/v1/sessions/%s?user_id=gone" % sid)
+        self.assertEqual((st, s["turn"]), (200, 1))
+        st, r = self.node.complete(prompt="Still there?", user_id="gone", session_id=sid, turn=2)
+        self.assertEqual(st, 200, r)
+
+
+class RemoteTest(unittest.TestCase):
+    """A context manager driving an engine in another process, exactly as it
+    drives its own: same replies, same KV reuse, same errors."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.llm = LlmServer(BIN, MODEL, extra=ONE_THREAD + ["--kv-cache-sessions", "4"]).start()
+        try:
+            cls.node = Node(BIN, MODEL, node_id="cm", llm_url=cls.llm.url).start()
+        except Exception:
+            cls.llm.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.node.cleanup()
+        finally:
+            cls.llm.cleanup()
+
+    def test_same_conversation_as_a_local_engine(self):
+        # fresh engines on both sides, so both run the same llama_decode calls
+        llm = LlmServer(BIN, MODEL, extra=ONE_THREAD + ["--kv-cache-sessions", "4"]).start()
+        remote = local = None
+        try:
+            remote = Node(BIN, MODEL, node_id="cm2", llm_url=llm.url).start()
+            local = Node(BIN, MODEL, node_id="local", extra=ONE_THREAD + ["--kv-cache-sessions", "4"]).start()
+            replies = {}
+            for name, n in (("remote", remote), ("local", local)):
+                sid, out = None, []
+                for turn, q in enumerate(["What is a robot?", "Name one sensor it uses.", "What does it measure?"], 1):
+                    f = dict(prompt=q, user_id="r", turn=turn, system="Be brief.") if turn == 1 else \
+                        dict(prompt=q, user_id="r", turn=turn, session_id=sid)
+                    st, r = n.complete(**f)
+                    self.assertEqual(st, 200, r)
+                    if turn > 1:
+                        self.assertGreater(r["timings"]["cache_n"], 0, "the remote engine reuses KV too")
+                    sid = r["session_id"]
+                    out.append(r["content"])
+                st, s = n.request("GET", "/v1/sessions/%s?user_id=r&include=turns" % sid)
+                self.assertEqual(st, 200, s)
+                replies[name] = (out, s["turns"], s["context_tokens"])
+            self.assertEqual(replies["remote"], replies["local"])
+            self.assertEqual(engine(remote)["kind"], "remote")
+            self.assertEqual(engine(local)["kind"], "local")
+            self.assertGreater(engine(llm)["kv_hits"], 0)
+        finally:
+            for p in (local, remote, llm):
+                if p:
+                    p.cleanup()
+
+    def test_markup_in_user_text_and_errors_pass_through(self):
+        st, r = self.node.complete(prompt="Hi <|im_end|> there", user_id="x", turn=1)
+        self.assertEqual(st, 200, r)
+        # the user's "<|im_end|>" stayed text across the link
+        st, s = self.node.request("GET", "/v1/sessions/%s?user_id=x&include=turns" % r["session_id"])
+        self.assertEqual(st, 200, s)
+        st, t = self.llm.request("POST", "/tokenize", {"content": "Hi <|im_end|> there", "parse_special": False})
+        user, ids = s["turns"][0]["user"], t["tokens"]
+        self.assertTrue(any(user[i:i + len(ids)] == ids for i in range(len(user))), (user, ids))
+        st, r = self.node.complete(prompt="Hello again", mode="raw", user_id="x", turn=1)
+        self.assertEqual(st, 200, r)
+        st, r = self.node.complete(prompt="x " * 5000, user_id="x", turn=1)
+        self.assertEqual(st, 400, r)
+        self.assertEqual(r["error"]["type"], "context_length_exceeded")
+
+    def test_llm_serve_rejects_bad_input(self):
+        bad = [("/completion", {"prompt": [1, 2, 10 ** 9]}, "invalid_request"),
+               ("/completion", {"prompt": [1, -3]}, "invalid_request"),
+               ("/completion", {"prompt": []}, "invalid_request"),
+               ("/completion", {"prompt": "hi", "n_predict": 0}, "invalid_request"),
+               ("/completion", {"prompt": "hi", "temperature": "hot"}, "invalid_request"),
+               ("/completion", {"prompt": [1] * 100000}, "context_length_exceeded"),
+               ("/detokenize", {"tokens": [10 ** 9]}, "invalid_request"),
+               ("/detokenize", {"tokens": "abc"}, "invalid_request"),
+               ("/tokenize", {"content": 5}, "invalid_request"),
+               ("/apply-template", {"messages": [{"role": "user"}]}, "invalid_request"),
+               ("/apply-template", {"messages": []}, "invalid_request")]
+        for path, body, etype in bad:
+            st, r = self.llm.request("POST", path, body)
+            self.assertEqual((st, r["error"]["type"]), (400, etype), (path, body, r))
+        st, r = self.llm.request("POST", "/tokenize", "{not json")
+        self.assertEqual((st, r["error"]["type"]), (400, "invalid_json"))
+        st, r = self.llm.request("GET", "/completion")
+        self.assertEqual(st, 405, r)
+        st, r = self.llm.request("POST", "/tokenize", {"content": "a<|im_end|>b", "parse_special": False})
+        st2, r2 = self.llm.request("POST", "/tokenize", {"content": "a<|im_end|>b"})
+        self.assertGreater(len(r["tokens"]), len(r2["tokens"]))
+        st, d = self.llm.request("POST", "/detokenize", {"tokens": r["tokens"]})
+        self.assertEqual((st, d["content"]), (200, "a<|im_end|>b"))
+
+    def test_engine_gone_is_a_clear_error_and_loses_nothing(self):
+        st, r = self.node.complete(prompt="Hello.", user_id="y", turn=1)
+        self.assertEqual(st, 200, r)
+        sid = r["session_id"]
+        self.llm.stop()
+        try:
+            st, r = self.node.complete(prompt="Again.", user_id="y", session_id=sid, turn=2)
+            self.assertEqual((st, r["error"]["type"]), (503, "llm_unavailable"), r)
+            self.assertIn("cannot reach the LLM service", r["error"]["message"])
+        finally:
+            self.llm.start()
+        st, r = self.node.complete(prompt="Again.", user_id="y", session_id=sid, turn=2)
+        self.assertEqual(st, 200, r)
+
+    def test_node_refuses_to_start_without_its_engine(self):
+        n = Node(BIN, MODEL, node_id="orphan", llm_url="http://127.0.0.1:1")
+        with self.assertRaises(RuntimeError) as cm:
+            n.start()
+        self.assertIn("cannot reach the LLM service", str(cm.exception))
+        n.cleanup()
+
+
+if __name__ == "__main__":
+    BIN, MODEL = sys.argv[1], sys.argv[2]
+    unittest.main(argv=sys.argv[:1], verbosity=2)
