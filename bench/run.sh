@@ -29,3 +29,7 @@ python3 bench/summarize.py "$OUT" | tee "$OUT/summary.md"
 # per turn tokenized vs raw, handover latency, commit-to-visibility.
 nodes_stop
 python3 bench/replication.py --reps "$REPS" --topology leaf "$OUT" | tee "$OUT/replication.md"
+
+# The engine (issue 4): per-turn latency with and without KV reuse against
+# the bare llama.cpp cost of the same work, the concurrency sweep, spill.
+python3 bench/engine.py --reps "$REPS" "$OUT/engine" | tee "$OUT/engine.md"

@@ -30,13 +30,16 @@ static void usage(FILE *f) {
             "  --parallel N          requests generating at once (default 4)\n"
             "  --queue N             requests waiting beyond those; more get 429 (default 16)\n"
             "  --kv-cache-sessions N conversations whose KV cache is kept (default 8; 0: none)\n"
+            "  --kv-spill-dir DIR    keep the KV of conversations pushed out of memory here,\n"
+            "                        restored when they return (default: off)\n"
+            "  --kv-spill-mib N      disk budget for those (default 1024)\n"
             "  --n-predict N         reply cap when a request gives none (default 128)\n"
             "  --backend-dir DIR     folder with libggml-cpu-*.so (default: the build's)\n"
             "  --log-level LEVEL     debug|info|warn|error (default info)\n");
 }
 
 int llm_serve_main(int argc, char **argv) {
-    enum { O_PARALLEL = 256, O_QUEUE, O_KVSESS, O_NPRED, O_BACKEND, O_LOG };
+    enum { O_PARALLEL = 256, O_QUEUE, O_KVSESS, O_NPRED, O_BACKEND, O_LOG, O_SPILL_DIR, O_SPILL_MIB };
     static struct option opts[] = {{"model", required_argument, 0, 'm'},
                                    {"host", required_argument, 0, 'H'},
                                    {"port", required_argument, 0, 'p'},
@@ -46,11 +49,14 @@ int llm_serve_main(int argc, char **argv) {
                                    {"queue", required_argument, 0, O_QUEUE},
                                    {"kv-cache-sessions", required_argument, 0, O_KVSESS},
                                    {"n-predict", required_argument, 0, O_NPRED},
+                                   {"kv-spill-dir", required_argument, 0, O_SPILL_DIR},
+                                   {"kv-spill-mib", required_argument, 0, O_SPILL_MIB},
                                    {"backend-dir", required_argument, 0, O_BACKEND},
                                    {"log-level", required_argument, 0, O_LOG},
                                    {"help", no_argument, 0, 'h'},
                                    {0, 0, 0, 0}};
     llm_params lp = llm_default_params();
+    lp.spill_mib = 1024;
     llm_server_params sp = llm_server_default_params();
     int c;
     optind = 1;
@@ -65,6 +71,8 @@ int llm_serve_main(int argc, char **argv) {
         case O_QUEUE: lp.n_queue = atoi(optarg); break;
         case O_KVSESS: lp.kv_sessions = atoi(optarg); break;
         case O_NPRED: sp.default_n_predict = atoi(optarg); break;
+        case O_SPILL_DIR: lp.spill_dir = optarg; break;
+        case O_SPILL_MIB: lp.spill_mib = (size_t)atol(optarg); break;
         case O_BACKEND: lp.backend_dir = optarg; break;
         case O_LOG:
             if (log_level_parse(optarg) < 0) {

@@ -67,6 +67,9 @@ static void usage(FILE *f) {
             "  --kv-cache-sessions N conversations whose KV cache stays in memory, least\n"
             "                        recently used out first; 0 disables reuse (default 8).\n"
             "                        Memory: N x ctx-size x the model's KV bytes per token\n"
+            "  --kv-spill-mib N      disk for the KV of conversations pushed out of memory,\n"
+            "                        restored when they return (default 1024; 0: off)\n"
+            "  --kv-spill-dir DIR    where (default: DATA-DIR/kv-spill)\n"
             "  --n-predict N         default reply length cap (default 128)\n"
             "  --sync-timeout MS     longest wait for a client's previous turn to replicate\n"
             "                        here before `strong` requests get 503 (default 2000)\n"
@@ -78,7 +81,7 @@ static void usage(FILE *f) {
 }
 
 int serve_main(int argc, char **argv) {
-    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG, O_PARALLEL, O_QUEUE, O_KVSESS, O_LLM };
+    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG, O_PARALLEL, O_QUEUE, O_KVSESS, O_LLM, O_SPILL_MIB, O_SPILL_DIR };
     static struct option opts[] = {{"model", required_argument, 0, 'm'},
                                    {"host", required_argument, 0, 'H'},
                                    {"port", required_argument, 0, 'p'},
@@ -99,6 +102,8 @@ int serve_main(int argc, char **argv) {
                                    {"log-level", required_argument, 0, O_LOG},
                                    {"parallel", required_argument, 0, O_PARALLEL},
                                    {"llm", required_argument, 0, O_LLM},
+                                   {"kv-spill-mib", required_argument, 0, O_SPILL_MIB},
+                                   {"kv-spill-dir", required_argument, 0, O_SPILL_DIR},
                                    {"queue", required_argument, 0, O_QUEUE},
                                    {"kv-cache-sessions", required_argument, 0, O_KVSESS},
                                    {"help", no_argument, 0, 'h'},
@@ -110,6 +115,7 @@ int serve_main(int argc, char **argv) {
     char host[64] = "node";
     gethostname(host, sizeof host - 1);
     cp.node_id = ap.node_id = host;
+    long spill_mib = 1024;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -133,6 +139,8 @@ int serve_main(int argc, char **argv) {
         case O_BACKEND: lp.backend_dir = optarg; break;
         case O_PARALLEL: lp.n_parallel = atoi(optarg); break;
         case O_LLM: lp.url = optarg; break;
+        case O_SPILL_MIB: spill_mib = atol(optarg); break;
+        case O_SPILL_DIR: lp.spill_dir = optarg; break;
         case O_QUEUE: lp.n_queue = atoi(optarg); break;
         case O_KVSESS: lp.kv_sessions = atoi(optarg); break;
         case O_LOG:
@@ -152,7 +160,8 @@ int serve_main(int argc, char **argv) {
     }
     if (ap.port < 0 || ap.port > 65535 || lp.n_ctx < 0 || lp.n_threads < 0 || ap.default_n_predict < 1 ||
         cp.stale_retries < 0 || cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 || sp.replicas > 5 ||
-        lp.n_parallel < 1 || lp.n_parallel > 64 || lp.n_queue < 0 || lp.kv_sessions < 0 || lp.kv_sessions > 256) {
+        lp.n_parallel < 1 || lp.n_parallel > 64 || lp.n_queue < 0 || lp.kv_sessions < 0 || lp.kv_sessions > 256 ||
+        spill_mib < 0) {
         fprintf(stderr, "serve: a numeric option is out of range (see --help)\n");
         return 2;
     }
@@ -166,6 +175,12 @@ int serve_main(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    lp.spill_mib = (size_t)spill_mib;
+    char spill_dir[1024];
+    if (!lp.spill_dir) {
+        snprintf(spill_dir, sizeof spill_dir, "%s/kv-spill", sp.data_dir);
+        lp.spill_dir = spill_dir;
+    }
     char err[256];
     int rc = 1;
     store *s = NULL;

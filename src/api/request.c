@@ -171,5 +171,8 @@ json_t *api_engine_json(llm *m) {
                           "prefilled_tokens", (json_int_t)ls.prefilled_tokens, "generated_tokens",
                           (json_int_t)ls.generated_tokens, "busy", (json_int_t)ls.busy, "cancelled",
                           (json_int_t)ls.cancelled, "kv_bytes", (json_int_t)ls.kv_bytes);
+    json_object_set_new(o, "spill_saves", json_integer((json_int_t)ls.spill_saves));
+    json_object_set_new(o, "spill_restores", json_integer((json_int_t)ls.spill_restores));
+    json_object_set_new(o, "spill_bytes", json_integer((json_int_t)ls.spill_bytes));
     return o;
 }

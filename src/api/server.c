@@ -55,7 +55,12 @@ static enum MHD_Result handle_completion(api_server *s, const http_req *hr, int 
         ok = http_send_error(conn, &err);
     } else {
         *status = 200;
-        ok = send_json(conn, 200, api_completion_json(&rep, s->p.node_id, llm_model_name(s->m)));
+        json_t *o = api_completion_json(&rep, s->p.node_id, llm_model_name(s->m));
+        /* the node's whole time on the request, headers in to answer out:
+         * minus the engine's queue, prompt and predicted times it is what
+         * everything around the engine costs (bench/engine.py) */
+        json_object_set_new(json_object_get(o, "timings"), "total_ms", json_real(clock_mono_ms() - hr->t0));
+        ok = send_json(conn, 200, o);
     }
     log_request("POST", "/completion", *status, hr->t0, rep.session_id, rep.turn, rc ? NULL : ctx_mode_name(rep.mode));
     ctx_reply_free(&rep);

@@ -17,6 +17,15 @@
  * node, an evicted slot) simply matches less and prefills more. Correct
  * first, fast second.
  *
+ * Spill: when a conversation's sequence is taken for another, its KV
+ * state can go to a file (llama_state_seq_get_data) instead of being
+ * dropped, and come back when a request extends it again: reading a few MB
+ * costs far less than prefilling the same tokens (bench/RESULTS.md has both
+ * measured). Spilled states are a cache of this process: files live in
+ * spill_dir, bounded by spill_budget bytes (least recently used out first),
+ * and are deleted at start and exit. The file I/O runs on the engine thread
+ * outside the lock, between steps.
+ *
  * Each step of the loop decodes one batch: one token for every generating
  * request, then prompt chunks of the requests still prefilling, up to
  * n_batch tokens. Logits are valid only until the next llama_decode, so each
@@ -29,12 +38,18 @@
  * those two are read and written under `mu`. */
 #include "engine.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../util/clock.h"
 #include "../util/log.h"
@@ -53,6 +68,8 @@ typedef struct job {
     llm_status rc;
     char err[160];
     int slot;
+    uint64_t restore; /* id of a spilled state to load into the slot first, or 0 */
+    bool prepared;    /* the slot holds this job's reusable prefix and nothing after it */
     int32_t next;     /* sampled and not yet decoded */
     int n_fed;        /* tokens this job put in the current batch */
     int logits_at;    /* batch index of its logits in the current batch, or -1 */
@@ -66,6 +83,15 @@ typedef struct {
     job *busy;
     uint64_t used; /* LRU tick */
 } slot;
+
+/* A sequence state on disk, and the tokens it holds. */
+typedef struct {
+    tokvec toks;
+    char path[600];
+    size_t bytes;
+    uint64_t used;
+    uint64_t id; /* stable while entries come and go (indexes do not) */
+} spilled;
 
 struct engine {
     engine_params p;
@@ -82,6 +108,11 @@ struct engine {
     llm_stats stats;
     llama_logit_bias *no_eog; /* -inf on every end-of-generation token, for ignore_eos */
     int n_eog;
+    /* engine thread only */
+    spilled *sp;
+    int n_sp;
+    size_t sp_bytes;
+    uint64_t sp_seq, sp_saves, sp_restores;
     pthread_mutex_t mu;
     pthread_cond_t wake; /* the engine: work arrived or stop */
     pthread_cond_t done; /* callers: a job finished (or time to poll alive) */
@@ -131,6 +162,10 @@ static void job_finish(engine *e, job *j, llm_status rc) {
         e->stats.cancelled++;
     }
     if (j->state != JOB_QUEUED) {
+        e->stats.requests++;
+        e->stats.kv_hits += j->t->cached_n > 0;
+        e->stats.cached_tokens += (uint64_t)j->t->cached_n;
+        e->stats.prefilled_tokens += (uint64_t)j->t->prompt_n;
         e->slots[j->slot].busy = NULL;
         e->slots[j->slot].used = ++e->tick;
         j->t->predicted_ms = j->t->predicted_n ? clock_mono_ms() - j->t_admit - j->t->prompt_ms : 0;
@@ -142,7 +177,95 @@ static void job_finish(engine *e, job *j, llm_status rc) {
     pthread_cond_broadcast(&e->done);
 }
 
-/* Under mu: moves queued jobs onto free slots. */
+/* --- spill: sequence states on disk (engine thread only) --- */
+
+static void spill_drop(engine *e, int i) {
+    unlink(e->sp[i].path);
+    e->sp_bytes -= e->sp[i].bytes;
+    tokvec_free(&e->sp[i].toks);
+    e->sp[i] = e->sp[--e->n_sp];
+}
+
+static int spill_find(const engine *e, uint64_t id) {
+    for (int i = 0; i < e->n_sp; i++)
+        if (e->sp[i].id == id) return i;
+    return -1;
+}
+
+/* Removes every spill file of ours in the folder (left by a crash, or at exit). */
+static void spill_clear(engine *e) {
+    while (e->n_sp) spill_drop(e, 0);
+    DIR *d = e->p.spill_dir ? opendir(e->p.spill_dir) : NULL;
+    if (!d) return;
+    for (struct dirent *de; (de = readdir(d));) {
+        /* ours, or left by an engine that no longer runs (another live
+         * one may share the folder) */
+        int pid;
+        if (sscanf(de->d_name, "kv-%d-", &pid) != 1) continue;
+        if (pid != (int)getpid() && (kill(pid, 0) == 0 || errno != ESRCH)) continue;
+        char path[600];
+        snprintf(path, sizeof path, "%s/%s", e->p.spill_dir, de->d_name);
+        unlink(path);
+    }
+    closedir(d);
+}
+
+/* Writes slot s's state to a file and indexes it. Failures only cost the
+ * cache entry. */
+static void spill_save(engine *e, int s) {
+    slot *sl = &e->slots[s];
+    size_t size = llama_state_seq_get_size(e->ctx, s);
+    if (!size || size > e->p.spill_budget) return;
+    while (e->n_sp && e->sp_bytes + size > e->p.spill_budget) {
+        int lru = 0;
+        for (int i = 1; i < e->n_sp; i++)
+            if (e->sp[i].used < e->sp[lru].used) lru = i;
+        spill_drop(e, lru);
+    }
+    uint8_t *buf = malloc(size);
+    spilled sp = {.bytes = size, .used = ++e->tick, .id = ++e->sp_seq};
+    snprintf(sp.path, sizeof sp.path, "%s/kv-%d-%llu.state", e->p.spill_dir, (int)getpid(), (unsigned long long)sp.id);
+    int fd = -1;
+    bool ok = buf && llama_state_seq_get_data(e->ctx, buf, size, s) == size &&
+              (fd = open(sp.path, O_WRONLY | O_CREAT | O_TRUNC, 0600)) >= 0 && write(fd, buf, size) == (ssize_t)size;
+    if (fd >= 0) close(fd);
+    free(buf);
+    if (!ok) {
+        unlink(sp.path);
+        log_warn("engine: cannot spill a sequence state to %s", sp.path);
+        return;
+    }
+    tokvec_append(&sp.toks, sl->toks.v, sl->toks.n);
+    e->sp = dc_xrealloc(e->sp, (size_t)(e->n_sp + 1) * sizeof *e->sp);
+    e->sp[e->n_sp++] = sp;
+    e->sp_bytes += size;
+    e->sp_saves++;
+}
+
+/* Loads spilled entry i into slot s (emptied first) and forgets the file:
+ * the state lives in the slot now. On failure the slot stays empty. */
+static void spill_restore(engine *e, int i, int s) {
+    slot *sl = &e->slots[s];
+    llama_memory_seq_rm(e->mem, s, -1, -1);
+    sl->toks.n = 0;
+    uint8_t *buf = malloc(e->sp[i].bytes);
+    int fd = open(e->sp[i].path, O_RDONLY);
+    bool ok = buf && fd >= 0 && read(fd, buf, e->sp[i].bytes) == (ssize_t)e->sp[i].bytes &&
+              llama_state_seq_set_data(e->ctx, buf, e->sp[i].bytes, s) == e->sp[i].bytes;
+    if (fd >= 0) close(fd);
+    free(buf);
+    if (ok) {
+        tokvec_append(&sl->toks, e->sp[i].toks.v, e->sp[i].toks.n);
+        e->sp_restores++;
+    } else {
+        llama_memory_seq_rm(e->mem, s, -1, -1);
+        log_warn("engine: cannot restore the sequence state %s; prefilling instead", e->sp[i].path);
+    }
+    spill_drop(e, i);
+}
+
+/* Under mu: moves queued jobs onto free slots. It only chooses; the KV
+ * work (spill, restore, truncation) is prepare()'s, outside the lock. */
 static void admit(engine *e) {
     while (e->n_active < e->p.n_parallel && e->q_head) {
         job *j = e->q_head;
@@ -164,25 +287,48 @@ static void admit(engine *e) {
                 best_p = p;
             }
         }
-        /* n_slots >= n_parallel, so a free slot exists */
-        if (best_p >= j->n) best_p = j->n - 1; /* the last input token must run again for its logits */
-        slot_truncate(e, best, reuse ? best_p : 0);
-        size_t cached = e->slots[best].toks.n;
+        /* n_slots >= n_parallel, so a free slot exists. A spilled state is
+         * worth loading when it covers clearly more than the best slot. */
+        j->restore = 0;
+        for (int i = 0; reuse && i < e->n_sp; i++) {
+            size_t p = common_prefix(&e->sp[i].toks, j->in, j->n);
+            if (p >= best_p + (size_t)e->p.spill_min) {
+                best_p = p;
+                j->restore = e->sp[i].id;
+            }
+        }
         j->slot = best;
+        j->prepared = false;
         e->slots[best].busy = j;
         e->slots[best].used = ++e->tick;
         j->state = JOB_PREFILL;
         j->t_admit = clock_mono_ms();
         j->t->queue_ms = j->t_admit - j->t_queued;
-        j->t->cached_n = (int)cached;
-        j->t->prompt_n = (int)(j->n - cached);
         j->smpl = sampler_new(e, &j->gp);
-        e->stats.requests++;
-        e->stats.kv_hits += cached > 0;
-        e->stats.cached_tokens += cached;
-        e->stats.prefilled_tokens += j->n - cached;
         e->active[e->n_active++] = j;
     }
+}
+
+/* Engine thread, without mu: leaves in j's slot exactly the longest prefix
+ * of j's input it can reuse. Whatever else the slot held is spilled first
+ * when that is worth it (spill on, and at least spill_min tokens lost). */
+static void prepare(engine *e, job *j) {
+    slot *sl = &e->slots[j->slot];
+    bool reuse = e->p.reuse && j->gp.cache_prompt, spill = e->p.spill_dir && reuse;
+    size_t keep = reuse ? common_prefix(&sl->toks, j->in, j->n) : 0;
+    if (spill && sl->toks.n >= keep + (size_t)e->p.spill_min) spill_save(e, j->slot);
+    /* the entry chosen at admission may be gone: another job took it first,
+     * or the save above dropped it for the budget */
+    int entry = j->restore ? spill_find(e, j->restore) : -1;
+    if (entry >= 0) {
+        spill_restore(e, entry, j->slot);
+        keep = common_prefix(&sl->toks, j->in, j->n);
+    }
+    if (keep >= j->n) keep = j->n - 1; /* the last input token must run again for its logits */
+    slot_truncate(e, j->slot, keep);
+    j->t->cached_n = (int)sl->toks.n;
+    j->t->prompt_n = (int)(j->n - sl->toks.n);
+    j->prepared = true;
 }
 
 static void batch_add(struct llama_batch *b, int32_t tok, size_t pos, int seq, bool logits) {
@@ -200,6 +346,8 @@ static void batch_add(struct llama_batch *b, int32_t tok, size_t pos, int seq, b
 static void step(engine *e, bool *ended) {
     struct llama_batch *b = &e->batch;
     b->n_tokens = 0;
+    for (int i = 0; i < e->n_active; i++)
+        if (!e->active[i]->prepared) prepare(e, e->active[i]);
     for (int i = 0; i < e->n_active; i++) {
         job *j = e->active[i];
         j->n_fed = 0;
@@ -285,6 +433,9 @@ static void *engine_main(void *arg) {
         memset(ended, 0, (size_t)e->p.n_parallel * sizeof *ended);
         step(e, ended);
         pthread_mutex_lock(&e->mu);
+        e->stats.spill_saves = e->sp_saves;
+        e->stats.spill_restores = e->sp_restores;
+        e->stats.spill_bytes = e->sp_bytes;
         for (int i = e->n_active - 1; i >= 0; i--) {
             if (!ended[i]) continue;
             job_finish(e, e->active[i], e->active[i]->rc);
@@ -320,6 +471,21 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     e->slots = calloc((size_t)p->n_slots, sizeof *e->slots);
     e->active = calloc((size_t)p->n_parallel, sizeof *e->active);
     e->stats.n_slots = p->n_slots;
+    if (p->spill_dir) {
+        /* the folder and its parent (a node's --data-dir may not exist yet) */
+        char parent[512];
+        snprintf(parent, sizeof parent, "%s", p->spill_dir);
+        char *slash = strrchr(parent, '/');
+        if (slash && slash != parent) {
+            *slash = '\0';
+            mkdir(parent, 0700);
+        }
+        if (mkdir(p->spill_dir, 0700) != 0 && errno != EEXIST) {
+            log_warn("engine: cannot create %s (%s); KV spill off", p->spill_dir, strerror(errno));
+            e->p.spill_dir = NULL;
+        }
+        spill_clear(e);
+    }
     int nv = llama_vocab_n_tokens(vocab);
     for (int i = 0; i < nv; i++) e->n_eog += llama_vocab_is_eog(vocab, i);
     e->no_eog = calloc((size_t)e->n_eog + 1, sizeof *e->no_eog);
@@ -351,6 +517,8 @@ void engine_free(engine *e) {
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->thread, NULL);
+    spill_clear(e);
+    free(e->sp);
     for (int s = 0; s < e->p.n_slots; s++) tokvec_free(&e->slots[s].toks);
     free(e->slots);
     free(e->active);

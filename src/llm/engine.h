@@ -16,6 +16,9 @@ typedef struct {
     int n_ctx_seq;  /* tokens per sequence */
     int n_batch;    /* tokens per llama_decode call */
     bool reuse;     /* keep KV between requests (false: every request prefills from scratch) */
+    const char *spill_dir; /* where evicted sequence states go; NULL: dropped (see engine.c) */
+    size_t spill_budget;   /* bytes of spilled states kept */
+    int spill_min;         /* tokens a spill must save (or a restore gain) to be worth its I/O */
 } engine_params;
 
 /* Borrows ctx (created with n_seq_max = n_slots, one KV stream per

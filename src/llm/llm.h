@@ -31,6 +31,8 @@ typedef struct {
     int n_parallel;          /* requests generating at once (continuous batching) */
     int n_queue;             /* requests waiting for one of those; more are refused (LLM_BUSY) */
     int kv_sessions;         /* conversations whose KV cache is kept (>= n_parallel); 0 = no reuse */
+    const char *spill_dir;   /* KV of conversations pushed out of memory goes here; NULL = dropped */
+    size_t spill_mib;        /* disk budget for those */
     bool progress;           /* print loading progress (when stderr is a terminal) */
 } llm_params;
 
@@ -132,6 +134,8 @@ const char *llm_unreachable(void);
 /* Counters since load, and the engine's state now. */
 typedef struct {
     uint64_t requests, kv_hits, cached_tokens, prefilled_tokens, generated_tokens, busy, cancelled;
+    uint64_t spill_saves, spill_restores;
+    size_t spill_bytes;
     int active, queued;
     int n_slots, n_parallel;
     size_t kv_bytes; /* the KV cache's size */

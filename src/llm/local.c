@@ -240,7 +240,9 @@ void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errl
     m->kv_bytes = (size_t)n_slots * (size_t)info->n_ctx * (size_t)llama_model_n_layer(m->model) *
                   (size_t)llama_model_n_head_kv(m->model) * head_dim * 2 * 2;
     engine_params ep = {.n_slots = n_slots, .n_parallel = p->n_parallel, .n_queue = p->n_queue,
-                        .n_ctx_seq = info->n_ctx, .n_batch = n_batch, .reuse = p->kv_sessions > 0};
+                        .n_ctx_seq = info->n_ctx, .n_batch = n_batch, .reuse = p->kv_sessions > 0,
+                        .spill_dir = p->spill_mib ? p->spill_dir : NULL, .spill_budget = p->spill_mib << 20,
+                        .spill_min = 64};
     m->eng = engine_new(m->ctx, m->vocab, &ep);
     if (!m->eng) {
         snprintf(err, errlen, "cannot start the generation engine");

@@ -51,11 +51,12 @@ def raw_post(port, body):
 
 
 class ReuseTest(unittest.TestCase):
-    """One node, KV kept for 2 conversations at most."""
+    """One node, KV kept in memory for 2 conversations at most, none on disk."""
 
     @classmethod
     def setUpClass(cls):
-        cls.node = Node(BIN, MODEL, extra=ONE_THREAD + ["--parallel", "1", "--kv-cache-sessions", "2"]).start()
+        cls.node = Node(BIN, MODEL, extra=ONE_THREAD + ["--parallel", "1", "--kv-cache-sessions", "2",
+                                                        "--kv-spill-mib", "0"]).start()
 
     @classmethod
     def tearDownClass(cls):
@@ -100,6 +101,56 @@ class ReuseTest(unittest.TestCase):
         r = self.turn(None, 1, "Say hi.", n_predict=64, ignore_eos=True)
         self.assertEqual(r["tokens_predicted"], 64)
         self.assertTrue(r["stopped_limit"])
+
+
+class SpillTest(unittest.TestCase):
+    """One sequence in memory; a conversation pushed out goes to disk and
+    comes back from there."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node(BIN, MODEL, extra=ONE_THREAD + ["--parallel", "1", "--kv-cache-sessions", "1"]).start()
+        cls.spill_dir = os.path.join(cls.node.data_dir, "store", "kv-spill")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.cleanup()
+
+    def test_evicted_conversation_is_restored_from_disk(self):
+        before = engine(self.node)
+        st, a = self.node.complete(prompt="Describe a forest.", user_id="s", turn=1, n_predict=100, ignore_eos=True)
+        self.assertEqual(st, 200, a)
+        st, b = self.node.complete(prompt="Describe a desert.", user_id="s", turn=1, n_predict=100, ignore_eos=True)
+        self.assertEqual(st, 200, b)
+        mid = engine(self.node)
+        self.assertEqual(mid["spill_saves"] - before["spill_saves"], 1)
+        self.assertEqual(len(os.listdir(self.spill_dir)), 1)
+        st, a2 = self.node.complete(prompt="Which animals live there?", user_id="s", turn=2,
+                                    session_id=a["session_id"])
+        self.assertEqual(st, 200, a2)
+        after = engine(self.node)
+        self.assertEqual(after["spill_restores"] - before["spill_restores"], 1)
+        # everything turn 1 left in the KV came back: input and 99 of the
+        # 100 generated tokens (the last was never fed back)
+        self.assertEqual(a2["timings"]["cache_n"], a["context_tokens"] + 99)
+        # b was spilled in turn, a's file was consumed
+        self.assertEqual(after["spill_saves"] - before["spill_saves"], 2)
+        self.assertEqual(len(os.listdir(self.spill_dir)), 1)
+
+    def test_spill_files_go_at_exit(self):
+        self.assertTrue(os.path.isdir(self.spill_dir))
+        n = Node(BIN, MODEL, node_id="spill2", extra=ONE_THREAD + ["--parallel", "1", "--kv-cache-sessions", "1"])
+        n.start()
+        try:
+            for p in ("One.", "Two.", "Three."):
+                st, r = n.complete(prompt=p, user_id="s", turn=1, n_predict=80, ignore_eos=True)
+                self.assertEqual(st, 200, r)
+            d = os.path.join(n.data_dir, "store", "kv-spill")
+            self.assertEqual(len(os.listdir(d)), 2)
+        finally:
+            n.stop()
+        self.assertEqual(os.listdir(d), [])
+        n.cleanup()
 
 
 class ConcurrencyTest(unittest.TestCase):
@@ -181,6 +232,20 @@ class ConcurrencyTest(unittest.TestCase):
         for i, sid in sids.items():
             st, s = self.node.request("GET", "/v1/sessions/%s?user_id=c%d&include=turns" % (sid, i))
             self.assertEqual((st, s["turn"]), (200, 3))
+
+    def test_slow_clients_do_not_stall_others(self):
+        # one sends half its headers and stalls; one sends a request and
+        # never reads the answer
+        stalled = socket.create_connection(("127.0.0.1", self.node.port))
+        stalled.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Len")
+        deaf = raw_post(self.node.port, dict(prompt="Hi.", user_id="deaf", turn=1, n_predict=8))
+        try:
+            for i in range(3):
+                st, r = self.node.complete(prompt="Quick %d." % i, user_id="quick", turn=1, n_predict=4)
+                self.assertEqual(st, 200, r)
+        finally:
+            stalled.close()
+            deaf.close()
 
     def test_disconnect_frees_the_slot_and_commits_nothing(self):
         st, r = self.node.complete(prompt="Hello.", user_id="gone", turn=1)
