@@ -97,6 +97,8 @@ def run_scenario(port, user, mode="tokenized", cache=True, n_predict=128, ignore
         t = r["timings"]
         rows.append(dict(turn=turn, latency_ms=ms, total_ms=t["total_ms"], queue_ms=t["queue_ms"],
                          prompt_ms=t["prompt_ms"], predicted_ms=t["predicted_ms"], cache_n=t["cache_n"],
+                         tokenize_ms=t["tokenize_ms"], store_read_ms=t["store_read_ms"],
+                         store_commit_ms=t["store_commit_ms"],
                          prompt_n=t["prompt_n"], predicted_n=r["tokens_predicted"], eos=r["stopped_eos"],
                          context_tokens=r["context_tokens"]))
     return sid, rows
@@ -136,9 +138,11 @@ def pct(xs, p):
 
 
 def per_turn(args, out):
+    """Each repetition runs the three variants on one node, then the bare
+    engine on that repetition's traces right away (the node idle), so every
+    ratio pairs measurements a minute apart at most."""
     node = Node(BIN, MODEL, extra=["--threads", THREADS, "--ctx-size", "4096"]).start()
     res = {"tokenized+reuse": [], "tokenized, no reuse": [], "raw": []}
-    traces = {}
     try:
         run_scenario(node.port, "warmup", n_predict=16)
         for rep in range(args.reps):
@@ -148,64 +152,81 @@ def per_turn(args, out):
                 sid, rows = run_scenario(node.port, user, mode, cache)
                 res[name].append(rows)
                 if mode == "tokenized":
-                    traces[(name, rep)] = trace(node.port, sid, user, rows)
+                    path = os.path.join(out, "trace-%s-%d.json" % ("reuse" if cache else "noreuse", rep))
+                    with open(path, "w") as f:
+                        json.dump(trace(node.port, sid, user, rows), f)
+                    for row, b in zip(rows, bare("turns", MODEL, path, THREADS, 4096)):
+                        row["bare_ms"] = b["bare_ms"]
+                        row["ratio"] = row["latency_ms"] / b["bare_ms"]
                 print("rep %d %s: %.0f ms" % (rep + 1, name, sum(r["latency_ms"] for r in rows)), file=sys.stderr)
     finally:
         node.cleanup()
-    # the bare engine, same machine, same run, node stopped
-    for (name, rep), tr in traces.items():
-        path = os.path.join(out, "trace-%s-%d.json" % ("noreuse" if "no reuse" in name else "reuse", rep))
-        with open(path, "w") as f:
-            json.dump(tr, f)
-        for row, b in zip(res[name][rep], bare("turns", MODEL, path, THREADS, 4096)):
-            row["bare_ms"] = b["bare_ms"]
-            row["ratio"] = row["latency_ms"] / b["bare_ms"]
     return res
 
 
-def sweep(ns, out):
+def sweep(ns, out, reps):
+    """Each N runs reps times, node then bare engine back to back, N
+    interleaved across repetitions; ratios are paired within a repetition
+    and the table shows medians (this machine's speed drifts by tens of
+    percent over minutes)."""
+    runs = {n: [] for n in ns}
+    for rep in range(reps):
+        for n in ns:
+            runs[n].append(sweep_one(n, out, rep))
     results = []
     for n in ns:
-        node = Node(BIN, MODEL, extra=["--threads", THREADS, "--ctx-size", "2048", "--parallel", str(n),
-                                       "--kv-cache-sessions", str(n), "--queue", str(n)]).start()
-        try:
-            run_scenario(node.port, "warmup", n_predict=8, ignore_eos=True)
-            lat, sids, rows0 = [], {}, {}
-            errors = []
-
-            def session(i):
-                try:
-                    sid, rows = run_scenario(node.port, "s%d" % i, n_predict=64, ignore_eos=True)
-                    sids[i] = sid
-                    rows0[i] = rows
-                    lat.extend(r["latency_ms"] for r in rows)
-                except Exception as e:  # noqa: BLE001 - counted and reported
-                    errors.append(str(e))
-
-            t0 = time.perf_counter()
-            ts = [threading.Thread(target=session, args=(i,)) for i in range(n)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-            wall = time.perf_counter() - t0
-            rss = peak_rss_mib(node.proc.pid)
-            tr = trace(node.port, sids[0], "s0", rows0[0]) if 0 in sids else None
-        finally:
-            node.cleanup()
-        gen = sum(r["predicted_n"] for rows in rows0.values() for r in rows)
-        row = dict(n=n, errors=len(errors), wall_s=wall, tokens_per_s=gen / wall, p50_ms=pct(lat, 50),
-                   p95_ms=pct(lat, 95), peak_rss_mib=rss)
-        if tr:
-            path = os.path.join(out, "trace-sweep-%d.json" % n)
-            with open(path, "w") as f:
-                json.dump(tr, f)
-            b = bare("batched", MODEL, path, THREADS, 2048, n)[0]
-            row["bare_tokens_per_s"] = b["tokens_per_s"]
-            row["ratio"] = row["tokens_per_s"] / b["tokens_per_s"]
-        print("sweep %s" % row, file=sys.stderr)
-        results.append(row)
+        rs = runs[n]
+        results.append(dict(
+            n=n, errors=sum(r["errors"] for r in rs), reps=len(rs),
+            tokens_per_s=statistics.median(r["tokens_per_s"] for r in rs),
+            bare_tokens_per_s=statistics.median(r.get("bare_tokens_per_s", 0) for r in rs),
+            ratio=statistics.median(r.get("ratio", 0) for r in rs),
+            ratio_min=min(r.get("ratio", 0) for r in rs),
+            p50_ms=statistics.median(r["p50_ms"] for r in rs), p95_ms=statistics.median(r["p95_ms"] for r in rs),
+            peak_rss_mib=max(r["peak_rss_mib"] for r in rs), runs=rs))
     return results
+
+
+def sweep_one(n, out, rep):
+    node = Node(BIN, MODEL, extra=["--threads", THREADS, "--ctx-size", "2048", "--parallel", str(n),
+                                   "--kv-cache-sessions", str(n), "--queue", str(n)]).start()
+    try:
+        run_scenario(node.port, "warmup", n_predict=8, ignore_eos=True)
+        lat, sids, rows0 = [], {}, {}
+        errors = []
+
+        def session(i):
+            try:
+                sid, rows = run_scenario(node.port, "s%d" % i, n_predict=64, ignore_eos=True)
+                sids[i] = sid
+                rows0[i] = rows
+                lat.extend(r["latency_ms"] for r in rows)
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                errors.append(str(e))
+
+        t0 = time.perf_counter()
+        ts = [threading.Thread(target=session, args=(i,)) for i in range(n)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        wall = time.perf_counter() - t0
+        rss = peak_rss_mib(node.proc.pid)
+        tr = trace(node.port, sids[0], "s0", rows0[0]) if 0 in sids else None
+    finally:
+        node.cleanup()
+    gen = sum(r["predicted_n"] for rows in rows0.values() for r in rows)
+    row = dict(n=n, errors=len(errors), wall_s=wall, tokens_per_s=gen / wall, p50_ms=pct(lat, 50),
+               p95_ms=pct(lat, 95), peak_rss_mib=rss)
+    if tr:
+        path = os.path.join(out, "trace-sweep-%d-%d.json" % (n, rep))
+        with open(path, "w") as f:
+            json.dump(tr, f)
+        b = bare("batched", MODEL, path, THREADS, 2048, n)[0]
+        row["bare_tokens_per_s"] = b["tokens_per_s"]
+        row["ratio"] = row["tokens_per_s"] / b["tokens_per_s"]
+    print("sweep %s" % row, file=sys.stderr)
+    return row
 
 
 def main():
@@ -221,7 +242,7 @@ def main():
     if not args.skip_turns:
         result["turns"] = per_turn(args, args.out)
     if not args.skip_sweep:
-        result["sweep"] = sweep([int(x) for x in args.sweep.split(",")], args.out)
+        result["sweep"] = sweep([int(x) for x in args.sweep.split(",")], args.out, args.reps)
     result["spill"] = bare("spill", MODEL, THREADS, 4096, args.out)
     with open(os.path.join(args.out, "engine.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -242,18 +263,30 @@ def report(r):
                 cells.append("%.3f" % statistics.median(x[i]["ratio"] for x in reps) if "ratio" in reps[0][i] else "-")
             cached = statistics.median(x[i]["cache_n"] for x in r["turns"]["tokenized+reuse"])
             print("| %d | %s | %d |" % (i + 1, " | ".join(cells), cached))
+        cells = []
+        for n in names:
+            reps = r["turns"][n]
+            cells.append("%.0f" % statistics.median(sum(t["latency_ms"] for t in x) for x in reps))
+            cells.append("%.3f" % statistics.median(sum(t["latency_ms"] for t in x) / sum(t["bare_ms"] for t in x)
+                                                    for x in reps) if "ratio" in reps[0][0] else "-")
+        print("| all 9 | %s | |" % " | ".join(cells))
         for n in names:
             over = [x["total_ms"] - x["queue_ms"] - x["prompt_ms"] - x["predicted_ms"] for reps in [r["turns"][n]]
                     for rows in reps for x in rows]
-            print("\noverhead outside the engine, %s: median %.3f ms, p99 %.3f ms (%d turns)" %
-                  (n, statistics.median(over), pct(over, 99), len(over)))
+            rows = [x for rows in r["turns"][n] for x in rows]
+            print("\noverhead outside the engine, %s: median %.3f ms, p99 %.3f ms (%d turns); of which median "
+                  "tokenize %.3f, store read %.3f, store commit (fsync) %.3f ms" %
+                  (n, statistics.median(over), pct(over, 99), len(over),
+                   statistics.median(x["tokenize_ms"] for x in rows), statistics.median(x["store_read_ms"] for x in rows),
+                   statistics.median(x["store_commit_ms"] for x in rows)))
     if "sweep" in r:
-        print("\n### Concurrency sweep (9-turn scenario per session, 64 tokens per turn, EOS ignored)\n")
-        print("| sessions | tok/s node | tok/s bare | node/bare | p50 ms | p95 ms | peak RSS MiB | errors |")
+        print("\n### Concurrency sweep (9-turn scenario per session, 64 tokens per turn, EOS ignored;"
+              " medians of %d)\n" % r["sweep"][0]["reps"])
+        print("| sessions | tok/s node | tok/s bare | node/bare (min) | p50 ms | p95 ms | peak RSS MiB | errors |")
         print("|---|---|---|---|---|---|---|---|")
         for x in r["sweep"]:
-            print("| %d | %.1f | %.1f | %.3f | %.0f | %.0f | %.0f | %d |" % (
-                x["n"], x["tokens_per_s"], x.get("bare_tokens_per_s", 0), x.get("ratio", 0), x["p50_ms"],
+            print("| %d | %.1f | %.1f | %.3f (%.3f) | %.0f | %.0f | %.0f | %d |" % (
+                x["n"], x["tokens_per_s"], x["bare_tokens_per_s"], x["ratio"], x["ratio_min"], x["p50_ms"],
                 x["p95_ms"], x["peak_rss_mib"], x["errors"]))
     print("\n### Spill: prefill vs a sequence state on disk\n")
     print("| tokens | state MiB | prefill ms | save ms (fsync) | restore warm ms | restore cold ms |")

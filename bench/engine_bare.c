@@ -16,6 +16,11 @@
  *       sequence state to a file (fsync) and restoring it, warm and after
  *       dropping the page cache (posix_fadvise)
  *
+ * Knobs for comparisons (not used by engine.py): BARE_UNIFIED=1 makes the
+ * context one unified KV buffer instead of a stream per sequence;
+ * BARE_STREAMS=N runs `turns` in a context of N streams, as a node keeping
+ * N conversations has.
+ *
  * TRACE.json: {"turns":[{"input":[ids], "cached":N, "reply":[ids],
  * "decode_steps":N}, ...]} written by bench/engine.py from a node's own
  * session and timings. Output: one JSON object per line on stdout. */
@@ -96,7 +101,7 @@ static struct llama_context *context_new(struct llama_model *m, int threads, int
     cp.n_ctx = (uint32_t)(ctx * n_seq);
     cp.n_batch = cp.n_ubatch = 512;
     cp.n_seq_max = (uint32_t)n_seq;
-    cp.kv_unified = false;
+    cp.kv_unified = getenv("BARE_UNIFIED") != NULL; /* for comparison only: nodes use streams */
     cp.n_threads = cp.n_threads_batch = threads;
     cp.no_perf = true;
     struct llama_context *c = llama_init_from_model(m, cp);
@@ -105,13 +110,14 @@ static struct llama_context *context_new(struct llama_model *m, int threads, int
 }
 
 /* Feeds toks[0..n) at positions pos.. of each of n_seq sequences, in
- * batches of up to 512 tokens; logits for the last token of each. */
+ * batches of up to 512 tokens, position by position so that every
+ * sequence's last token (the one with logits) lands in the final batch. */
 static void feed(struct llama_context *c, struct llama_batch *b, const int32_t *toks, int n, int pos, int n_seq) {
-    int total = n * n_seq, done = 0;
+    int total = n * n_seq, done = 0, cap = 512 - 512 % n_seq;
     while (done < total) {
         b->n_tokens = 0;
-        while (done < total && b->n_tokens < 512) {
-            int s = done / n, i = done % n, k = b->n_tokens++;
+        while (done < total && b->n_tokens < cap) {
+            int s = done % n_seq, i = done / n_seq, k = b->n_tokens++;
             b->token[k] = toks[i];
             b->pos[k] = pos + i;
             b->n_seq_id[k] = 1;
@@ -129,13 +135,25 @@ static void sample_all(struct llama_context *c, struct llama_sampler *smpl, int 
     for (int s = 0; s < n_seq; s++) llama_sampler_sample(smpl, c, batch_n - n_seq + s);
 }
 
+/* One untimed prefill and a few decode steps: the model's pages mapped in
+ * and the compute buffers sized, as on a node that has served a request. */
+static void warm_up(struct llama_context *c, struct llama_batch *b, const turn *t) {
+    feed(c, b, t->input, t->n_input, 0, 1);
+    for (int k = 0; k < 8 && k < t->n_reply; k++) feed(c, b, &t->reply[k], 1, t->n_input + k, 1);
+    llama_memory_clear(llama_get_memory(c), true);
+}
+
 static int cmd_turns(const char *model, const char *trace, int threads, int ctx) {
     int n;
     turn *t = load_trace(trace, &n);
     struct llama_model *m = model_load(model);
-    struct llama_context *c = context_new(m, threads, ctx, 1);
+    /* BARE_STREAMS=N: the same work in a context of N streams, as a node
+     * keeping N conversations has (for measuring what that costs) */
+    int streams = getenv("BARE_STREAMS") ? atoi(getenv("BARE_STREAMS")) : 1;
+    struct llama_context *c = context_new(m, threads, ctx, streams > 1 ? streams : 1);
     struct llama_batch b = llama_batch_init(512, 0, 1);
     struct llama_sampler *smpl = llama_sampler_init_greedy();
+    warm_up(c, &b, &t[0]);
     for (int i = 0; i < n; i++) {
         llama_memory_clear(llama_get_memory(c), true);
         if (t[i].cached > 0) feed(c, &b, t[i].input, t[i].cached, 0, 1);
@@ -167,6 +185,7 @@ static int cmd_batched(const char *model, const char *trace, int threads, int ct
     struct llama_context *c = context_new(m, threads, ctx, n_seq);
     struct llama_batch b = llama_batch_init(512, 0, 1);
     struct llama_sampler *smpl = llama_sampler_init_greedy();
+    warm_up(c, &b, &t[0]);
     double t0 = now_ms();
     long generated = 0;
     int pos = 0;

@@ -4,13 +4,12 @@
  * the KV cache of their sessions stays here, only token ids travel. */
 #include "llm_serve.h"
 
-#include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/llm_server.h"
+#include "cli.h"
 #include "llm/llm.h"
 #include "util/log.h"
 
@@ -25,81 +24,49 @@ static void usage(FILE *f) {
             "  --model PATH          GGUF model (required)\n"
             "  --host ADDR           IPv4 address to listen on (default 127.0.0.1)\n"
             "  --port N              TCP port (default 8090; 0 picks a free one and prints it)\n"
-            "  --ctx-size N          tokens per conversation (default: model's, at most 4096)\n"
-            "  --threads N           inference threads (default: physical cores)\n"
-            "  --parallel N          requests generating at once (default 4)\n"
-            "  --queue N             requests waiting beyond those; more get 429 (default 16)\n"
-            "  --kv-cache-sessions N conversations whose KV cache is kept (default 8; 0: none)\n"
-            "  --kv-spill-dir DIR    keep the KV of conversations pushed out of memory here,\n"
-            "                        restored when they return (default: off)\n"
-            "  --kv-spill-mib N      disk budget for those (default 1024)\n"
             "  --n-predict N         reply cap when a request gives none (default 128)\n"
-            "  --backend-dir DIR     folder with libggml-cpu-*.so (default: the build's)\n"
-            "  --log-level LEVEL     debug|info|warn|error (default info)\n");
+            "\n");
+    cli_engine_usage(f);
 }
 
 int llm_serve_main(int argc, char **argv) {
-    enum { O_PARALLEL = 256, O_QUEUE, O_KVSESS, O_NPRED, O_BACKEND, O_LOG, O_SPILL_DIR, O_SPILL_MIB };
-    static struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                   {"host", required_argument, 0, 'H'},
-                                   {"port", required_argument, 0, 'p'},
-                                   {"ctx-size", required_argument, 0, 'c'},
-                                   {"threads", required_argument, 0, 't'},
-                                   {"parallel", required_argument, 0, O_PARALLEL},
-                                   {"queue", required_argument, 0, O_QUEUE},
-                                   {"kv-cache-sessions", required_argument, 0, O_KVSESS},
-                                   {"n-predict", required_argument, 0, O_NPRED},
-                                   {"kv-spill-dir", required_argument, 0, O_SPILL_DIR},
-                                   {"kv-spill-mib", required_argument, 0, O_SPILL_MIB},
-                                   {"backend-dir", required_argument, 0, O_BACKEND},
-                                   {"log-level", required_argument, 0, O_LOG},
-                                   {"help", no_argument, 0, 'h'},
-                                   {0, 0, 0, 0}};
+    enum { O_NPRED = 256 };
+    static const struct option own[] = {{"model", required_argument, 0, 'm'},
+                                        {"host", required_argument, 0, 'H'},
+                                        {"port", required_argument, 0, 'p'},
+                                        {"n-predict", required_argument, 0, O_NPRED},
+                                        {"help", no_argument, 0, 'h'},
+                                        {0, 0, 0, 0}};
     llm_params lp = llm_default_params();
-    lp.spill_mib = 1024;
     llm_server_params sp = llm_server_default_params();
-    int c;
+    struct option *opts = cli_options(own);
+    int c, bad = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while (!bad && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c >= CLI_ENGINE_FIRST) {
+            bad = cli_engine_option("llm-serve", c, optarg, &lp);
+            continue;
+        }
         switch (c) {
         case 'm': lp.model_path = sp.model_path = optarg; break;
         case 'H': sp.host = optarg; break;
         case 'p': sp.port = atoi(optarg); break;
-        case 'c': lp.n_ctx = atoi(optarg); break;
-        case 't': lp.n_threads = atoi(optarg); break;
-        case O_PARALLEL: lp.n_parallel = atoi(optarg); break;
-        case O_QUEUE: lp.n_queue = atoi(optarg); break;
-        case O_KVSESS: lp.kv_sessions = atoi(optarg); break;
         case O_NPRED: sp.default_n_predict = atoi(optarg); break;
-        case O_SPILL_DIR: lp.spill_dir = optarg; break;
-        case O_SPILL_MIB: lp.spill_mib = (size_t)atol(optarg); break;
-        case O_BACKEND: lp.backend_dir = optarg; break;
-        case O_LOG:
-            if (log_level_parse(optarg) < 0) {
-                fprintf(stderr, "llm-serve: unknown --log-level %s\n", optarg);
-                return 2;
-            }
-            log_set_level(log_level_parse(optarg));
-            break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'h': usage(stdout); free(opts); return 0;
+        default: bad = 1; break;
         }
     }
-    if (optind != argc || !lp.model_path) {
+    free(opts);
+    if (bad || optind != argc || !lp.model_path) {
         usage(stderr);
         return 2;
     }
-    if (sp.port < 0 || sp.port > 65535 || lp.n_ctx < 0 || lp.n_threads < 0 || lp.n_parallel < 1 ||
-        lp.n_parallel > 64 || lp.n_queue < 0 || lp.kv_sessions < 0 || lp.kv_sessions > 256 || sp.default_n_predict < 1) {
+    if (sp.port < 0 || sp.port > 65535 || sp.default_n_predict < 1) {
         fprintf(stderr, "llm-serve: a numeric option is out of range (see --help)\n");
         return 2;
     }
     sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    cli_block_stop(&stop);
 
     char err[256];
     llm *m = llm_load(&lp, err, sizeof err);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "api/server.h"
+#include "cli.h"
 #include "ctx/ctx.h"
 #include "llm/llm.h"
 #include "store/store.h"
@@ -45,8 +46,7 @@ static void usage(FILE *f) {
             "\n"
             "  --model PATH          GGUF model to serve in this process\n"
             "  --llm URL             or: use the LLM service at http://HOST:PORT instead, a\n"
-            "                        `discedge llm-serve` or llama-server (the engine flags\n"
-            "                        below then belong to that service)\n"
+            "                        `discedge llm-serve` or llama-server\n"
             "  --host ADDR           IPv4 address to listen on (default 127.0.0.1)\n"
             "  --port N              TCP port (default 8080; 0 picks a free one and prints it)\n"
             "  --node-id NAME        this node's name in responses (default: hostname)\n"
@@ -60,54 +60,35 @@ static void usage(FILE *f) {
             "  --store-replicas N    replicas of the model's stream when this node creates it\n"
             "                        (default 1; 3 on a 3-server core cluster)\n"
             "  --session-ttl SECS    drop sessions idle this long (default 86400)\n"
-            "  --ctx-size N          context window in tokens (default: model's, at most 4096)\n"
-            "  --threads N           inference threads (default: physical cores)\n"
-            "  --parallel N          requests generating at once, batched together (default 4)\n"
-            "  --queue N             requests waiting beyond those; more get 429 (default 16)\n"
-            "  --kv-cache-sessions N conversations whose KV cache stays in memory, least\n"
-            "                        recently used out first; 0 disables reuse (default 8).\n"
-            "                        Memory: N x ctx-size x the model's KV bytes per token\n"
-            "  --kv-spill-mib N      disk for the KV of conversations pushed out of memory,\n"
-            "                        restored when they return (default 1024; 0: off)\n"
-            "  --kv-spill-dir DIR    where (default: DATA-DIR/kv-spill)\n"
             "  --n-predict N         default reply length cap (default 128)\n"
             "  --sync-timeout MS     longest wait for a client's previous turn to replicate\n"
             "                        here before `strong` requests get 503 (default 2000)\n"
             "  --stale-retries N     re-reads when the stored turn is behind (default 3)\n"
             "  --stale-retry-ms MS   pause between re-reads (default 10)\n"
             "  --max-body BYTES      request body limit (default 1048576)\n"
-            "  --backend-dir DIR     folder with libggml-cpu-*.so (default: the build's)\n"
-            "  --log-level LEVEL     debug|info|warn|error (default info)\n");
+            "\n");
+    cli_engine_usage(f);
 }
 
 int serve_main(int argc, char **argv) {
-    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_BACKEND, O_LOG, O_PARALLEL, O_QUEUE, O_KVSESS, O_LLM, O_SPILL_MIB, O_SPILL_DIR };
-    static struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                   {"host", required_argument, 0, 'H'},
-                                   {"port", required_argument, 0, 'p'},
-                                   {"node-id", required_argument, 0, 'n'},
-                                   {"data-dir", required_argument, 0, 'd'},
-                                   {"ctx-size", required_argument, 0, 'c'},
-                                   {"threads", required_argument, 0, 't'},
-                                   {"store", required_argument, 0, O_STORE},
-                                   {"store-replicas", required_argument, 0, O_REPLICAS},
-                                   {"sync-timeout", required_argument, 0, O_SYNC},
-                                   {"store-core-domain", required_argument, 0, O_DOMAIN},
-                                   {"session-ttl", required_argument, 0, O_TTL},
-                                   {"n-predict", required_argument, 0, O_NPRED},
-                                   {"stale-retries", required_argument, 0, O_RETRIES},
-                                   {"stale-retry-ms", required_argument, 0, O_RETRY_MS},
-                                   {"max-body", required_argument, 0, O_MAXBODY},
-                                   {"backend-dir", required_argument, 0, O_BACKEND},
-                                   {"log-level", required_argument, 0, O_LOG},
-                                   {"parallel", required_argument, 0, O_PARALLEL},
-                                   {"llm", required_argument, 0, O_LLM},
-                                   {"kv-spill-mib", required_argument, 0, O_SPILL_MIB},
-                                   {"kv-spill-dir", required_argument, 0, O_SPILL_DIR},
-                                   {"queue", required_argument, 0, O_QUEUE},
-                                   {"kv-cache-sessions", required_argument, 0, O_KVSESS},
-                                   {"help", no_argument, 0, 'h'},
-                                   {0, 0, 0, 0}};
+    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_LLM };
+    static const struct option own[] = {{"model", required_argument, 0, 'm'},
+                                        {"llm", required_argument, 0, O_LLM},
+                                        {"host", required_argument, 0, 'H'},
+                                        {"port", required_argument, 0, 'p'},
+                                        {"node-id", required_argument, 0, 'n'},
+                                        {"data-dir", required_argument, 0, 'd'},
+                                        {"store", required_argument, 0, O_STORE},
+                                        {"store-replicas", required_argument, 0, O_REPLICAS},
+                                        {"sync-timeout", required_argument, 0, O_SYNC},
+                                        {"store-core-domain", required_argument, 0, O_DOMAIN},
+                                        {"session-ttl", required_argument, 0, O_TTL},
+                                        {"n-predict", required_argument, 0, O_NPRED},
+                                        {"stale-retries", required_argument, 0, O_RETRIES},
+                                        {"stale-retry-ms", required_argument, 0, O_RETRY_MS},
+                                        {"max-body", required_argument, 0, O_MAXBODY},
+                                        {"help", no_argument, 0, 'h'},
+                                        {0, 0, 0, 0}};
     llm_params lp = llm_default_params();
     store_params sp = store_default_params();
     ctx_params cp = ctx_default_params();
@@ -115,18 +96,20 @@ int serve_main(int argc, char **argv) {
     char host[64] = "node";
     gethostname(host, sizeof host - 1);
     cp.node_id = ap.node_id = host;
-    long spill_mib = 1024;
-    int c;
+    struct option *opts = cli_options(own);
+    int c, bad = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while (!bad && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c >= CLI_ENGINE_FIRST) {
+            bad = cli_engine_option("serve", c, optarg, &lp);
+            continue;
+        }
         switch (c) {
         case 'm': lp.model_path = optarg; break;
         case 'H': ap.host = optarg; break;
         case 'p': ap.port = atoi(optarg); break;
         case 'n': cp.node_id = ap.node_id = optarg; break;
         case 'd': sp.data_dir = optarg; break;
-        case 'c': lp.n_ctx = atoi(optarg); break;
-        case 't': lp.n_threads = atoi(optarg); break;
         case O_STORE: sp.url = optarg; break;
         case O_REPLICAS: sp.replicas = atoi(optarg); break;
         case O_SYNC: cp.sync_timeout_ms = atoi(optarg); break;
@@ -136,32 +119,18 @@ int serve_main(int argc, char **argv) {
         case O_RETRIES: cp.stale_retries = atoi(optarg); break;
         case O_RETRY_MS: cp.stale_retry_ms = atoi(optarg); break;
         case O_MAXBODY: ap.max_body = (size_t)atoll(optarg); break;
-        case O_BACKEND: lp.backend_dir = optarg; break;
-        case O_PARALLEL: lp.n_parallel = atoi(optarg); break;
         case O_LLM: lp.url = optarg; break;
-        case O_SPILL_MIB: spill_mib = atol(optarg); break;
-        case O_SPILL_DIR: lp.spill_dir = optarg; break;
-        case O_QUEUE: lp.n_queue = atoi(optarg); break;
-        case O_KVSESS: lp.kv_sessions = atoi(optarg); break;
-        case O_LOG:
-            if (log_level_parse(optarg) < 0) {
-                fprintf(stderr, "serve: unknown --log-level %s\n", optarg);
-                return 2;
-            }
-            log_set_level(log_level_parse(optarg));
-            break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'h': usage(stdout); free(opts); return 0;
+        default: bad = 1; break;
         }
     }
-    if (optind != argc || !(lp.model_path || lp.url)) {
+    free(opts);
+    if (bad || optind != argc || !(lp.model_path || lp.url)) {
         usage(stderr);
         return 2;
     }
-    if (ap.port < 0 || ap.port > 65535 || lp.n_ctx < 0 || lp.n_threads < 0 || ap.default_n_predict < 1 ||
-        cp.stale_retries < 0 || cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 || sp.replicas > 5 ||
-        lp.n_parallel < 1 || lp.n_parallel > 64 || lp.n_queue < 0 || lp.kv_sessions < 0 || lp.kv_sessions > 256 ||
-        spill_mib < 0) {
+    if (ap.port < 0 || ap.port > 65535 || ap.default_n_predict < 1 ||
+        cp.stale_retries < 0 || cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 || sp.replicas > 5) {
         fprintf(stderr, "serve: a numeric option is out of range (see --help)\n");
         return 2;
     }
@@ -169,13 +138,8 @@ int serve_main(int argc, char **argv) {
     /* Block the stop signals before any thread starts, so they all inherit
      * the mask and the signals reach only sigtimedwait below. */
     sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    cli_block_stop(&stop);
 
-    lp.spill_mib = (size_t)spill_mib;
     char spill_dir[1024];
     if (!lp.spill_dir) {
         snprintf(spill_dir, sizeof spill_dir, "%s/kv-spill", sp.data_dir);

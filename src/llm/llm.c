@@ -42,7 +42,8 @@ const char *llm_unreachable(void) { return unreachable ? unreachable_why : NULL;
 
 llm_params llm_default_params(void) {
     return (llm_params){.model_path = NULL, .url = NULL, .backend_dir = NULL, .n_ctx = 0, .n_threads = 0,
-                        .n_parallel = 4, .n_queue = 16, .kv_sessions = 8, .progress = true};
+                        .n_parallel = 4, .n_queue = 16, .kv_sessions = 8, .spill_dir = NULL, .spill_mib = 1024,
+                        .progress = true};
 }
 
 llm_gen_params llm_default_gen_params(void) {

@@ -32,7 +32,7 @@ typedef struct {
     int n_queue;             /* requests waiting for one of those; more are refused (LLM_BUSY) */
     int kv_sessions;         /* conversations whose KV cache is kept (>= n_parallel); 0 = no reuse */
     const char *spill_dir;   /* KV of conversations pushed out of memory goes here; NULL = dropped */
-    size_t spill_mib;        /* disk budget for those */
+    size_t spill_mib;        /* disk budget for those (default 1024) */
     bool progress;           /* print loading progress (when stderr is a terminal) */
 } llm_params;
 

@@ -16,7 +16,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../util/clock.h"
 #include "../util/log.h"
 #include "engine.h"
 
