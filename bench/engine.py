@@ -180,6 +180,7 @@ def sweep(ns, out, reps):
             n=n, errors=sum(r["errors"] for r in rs), reps=len(rs),
             tokens_per_s=statistics.median(r["tokens_per_s"] for r in rs),
             bare_tokens_per_s=statistics.median(r.get("bare_tokens_per_s", 0) for r in rs),
+            staggered_tokens_per_s=statistics.median(r.get("staggered_tokens_per_s", 0) for r in rs),
             ratio=statistics.median(r.get("ratio", 0) for r in rs),
             ratio_min=min(r.get("ratio", 0) for r in rs),
             p50_ms=statistics.median(r["p50_ms"] for r in rs), p95_ms=statistics.median(r["p95_ms"] for r in rs),
@@ -225,6 +226,8 @@ def sweep_one(n, out, rep):
         b = bare("batched", MODEL, path, THREADS, 2048, n)[0]
         row["bare_tokens_per_s"] = b["tokens_per_s"]
         row["ratio"] = row["tokens_per_s"] / b["tokens_per_s"]
+        st = bare("staggered", MODEL, path, THREADS, 2048, n)[0]
+        row["staggered_tokens_per_s"] = st["tokens_per_s"]
     print("sweep %s" % row, file=sys.stderr)
     return row
 
@@ -282,12 +285,13 @@ def report(r):
     if "sweep" in r:
         print("\n### Concurrency sweep (9-turn scenario per session, 64 tokens per turn, EOS ignored;"
               " medians of %d)\n" % r["sweep"][0]["reps"])
-        print("| sessions | tok/s node | tok/s bare | node/bare (min) | p50 ms | p95 ms | peak RSS MiB | errors |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| sessions | tok/s node | tok/s bare lockstep | node/bare (min) | tok/s bare staggered | p50 ms | p95 ms "
+              "| peak RSS MiB | errors |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for x in r["sweep"]:
-            print("| %d | %.1f | %.1f | %.3f (%.3f) | %.0f | %.0f | %.0f | %d |" % (
-                x["n"], x["tokens_per_s"], x["bare_tokens_per_s"], x["ratio"], x["ratio_min"], x["p50_ms"],
-                x["p95_ms"], x["peak_rss_mib"], x["errors"]))
+            print("| %d | %.1f | %.1f | %.3f (%.3f) | %.1f | %.0f | %.0f | %.0f | %d |" % (
+                x["n"], x["tokens_per_s"], x["bare_tokens_per_s"], x["ratio"], x["ratio_min"],
+                x["staggered_tokens_per_s"], x["p50_ms"], x["p95_ms"], x["peak_rss_mib"], x["errors"]))
     print("\n### Spill: prefill vs a sequence state on disk\n")
     print("| tokens | state MiB | prefill ms | save ms (fsync) | restore warm ms | restore cold ms |")
     print("|---|---|---|---|---|---|")

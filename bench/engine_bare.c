@@ -11,6 +11,11 @@
  *       the whole trace for N sequences in lockstep in one context: each
  *       turn's new tokens of all N prefilled together, then decode steps of
  *       N tokens each - a perfect scheduler's aggregate throughput
+ *   engine_bare staggered MODEL TRACE.json THREADS CTX N
+ *       the same N sessions out of phase, as clients of a node are: session
+ *       s starts s/N of a turn late and starts each next turn right after
+ *       its previous one, so a turn's prefill shares a batch with the other
+ *       sessions' decode steps - the node's traffic without the node
  *   engine_bare spill   MODEL THREADS CTX DIR
  *       for several context lengths: prefill time against saving the
  *       sequence state to a file (fsync) and restoring it, warm and after
@@ -222,6 +227,95 @@ static int cmd_batched(const char *model, const char *trace, int threads, int ct
     return 0;
 }
 
+typedef struct {
+    int turn, k, pos, delay;
+    bool prefill, done;
+    int logits_at;
+} seq_state;
+
+static int cmd_staggered(const char *model, const char *trace, int threads, int ctx, int n_seq) {
+    int n;
+    turn *t = load_trace(trace, &n);
+    struct llama_model *m = model_load(model);
+    struct llama_context *c = context_new(m, threads, ctx, n_seq);
+    struct llama_batch b = llama_batch_init(512, 0, 1);
+    struct llama_sampler *smpl = llama_sampler_init_greedy();
+    warm_up(c, &b, &t[0]);
+    seq_state *st = calloc((size_t)n_seq, sizeof *st);
+    for (int s = 0; s < n_seq; s++) st[s] = (seq_state){.delay = s * (t[0].steps + 1) / n_seq, .prefill = true};
+    double t0 = now_ms();
+    long generated = 0;
+    for (int left = n_seq; left > 0;) {
+        b.n_tokens = 0;
+        for (int s = 0; s < n_seq; s++) {
+            seq_state *q = &st[s];
+            q->logits_at = -1;
+            if (q->done) continue;
+            if (q->delay > 0) {
+                q->delay--;
+                continue;
+            }
+            const turn *T = &t[q->turn];
+            if (q->prefill) {
+                int from = T->cached < q->pos ? T->cached : q->pos;
+                if (b.n_tokens + T->n_input - from > 512) continue; /* next step */
+                if (from < q->pos) llama_memory_seq_rm(llama_get_memory(c), s, from, -1);
+                for (int i = from; i < T->n_input; i++) {
+                    int j = b.n_tokens++;
+                    b.token[j] = T->input[i];
+                    b.pos[j] = i;
+                    b.n_seq_id[j] = 1;
+                    b.seq_id[j][0] = s;
+                    b.logits[j] = i == T->n_input - 1;
+                }
+                q->logits_at = b.n_tokens - 1;
+            } else {
+                int j = b.n_tokens++;
+                b.token[j] = T->reply[q->k];
+                b.pos[j] = T->n_input + q->k;
+                b.n_seq_id[j] = 1;
+                b.seq_id[j][0] = s;
+                b.logits[j] = 1;
+                q->logits_at = j;
+            }
+        }
+        if (b.n_tokens && llama_decode(c, b) != 0) die("llama_decode failed");
+        for (int s = 0; s < n_seq; s++) {
+            seq_state *q = &st[s];
+            if (q->logits_at < 0) continue;
+            llama_sampler_sample(smpl, c, q->logits_at);
+            const turn *T = &t[q->turn];
+            if (q->prefill) {
+                q->prefill = false;
+                q->k = 0;
+                generated++;
+            } else {
+                q->k++;
+                generated++;
+            }
+            if (!q->prefill && q->k >= T->steps) {
+                /* the turn's last token was sampled (and, at a limit, not fed back) */
+                generated += T->n_reply - 1 - T->steps;
+                q->pos = T->n_input + T->steps;
+                q->prefill = true;
+                if (++q->turn == n) {
+                    q->done = true;
+                    left--;
+                }
+            }
+        }
+    }
+    double ms = now_ms() - t0;
+    printf("{\"n\":%d,\"total_ms\":%.1f,\"generated\":%ld,\"tokens_per_s\":%.2f}\n", n_seq, ms, generated,
+           generated * 1e3 / ms);
+    free(st);
+    llama_sampler_free(smpl);
+    llama_batch_free(b);
+    llama_free(c);
+    llama_model_free(m);
+    return 0;
+}
+
 static int cmd_spill(const char *model, int threads, int ctx, const char *dir) {
     struct llama_model *m = model_load(model);
     struct llama_context *c = context_new(m, threads, ctx, 1);
@@ -275,8 +369,10 @@ int main(int argc, char **argv) {
     if (argc == 6 && !strcmp(argv[1], "turns")) return cmd_turns(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
     if (argc == 7 && !strcmp(argv[1], "batched"))
         return cmd_batched(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
+    if (argc == 7 && !strcmp(argv[1], "staggered"))
+        return cmd_staggered(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
     if (argc == 6 && !strcmp(argv[1], "spill")) return cmd_spill(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5]);
     fprintf(stderr, "usage: engine_bare turns MODEL TRACE THREADS CTX | batched MODEL TRACE THREADS CTX N |"
-                    " spill MODEL THREADS CTX DIR\n");
+                    " staggered MODEL TRACE THREADS CTX N | spill MODEL THREADS CTX DIR\n");
     return 2;
 }

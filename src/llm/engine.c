@@ -72,6 +72,7 @@ typedef struct job {
     bool prepared;    /* the slot holds this job's reusable prefix and nothing after it */
     int32_t next;     /* sampled and not yet decoded */
     int n_fed;        /* tokens this job put in the current batch */
+    bool ended;       /* done (rc says how); engine_main finishes it */
     int logits_at;    /* batch index of its logits in the current batch, or -1 */
     double t_queued, t_admit;
     size_t out_n0;    /* out->n on entry, to roll back on failure */
@@ -340,35 +341,52 @@ static void batch_add(struct llama_batch *b, int32_t tok, size_t pos, int seq, b
     b->logits[i] = logits;
 }
 
-/* One llama_decode over every active job, without mu (only this thread
- * touches the jobs' working fields and llama.cpp). Jobs that end get
- * state JOB_DONE-pending via rc/err and are finished by the caller. */
-static void step(engine *e, bool *ended) {
+/* Appends j's tokens for this step: its last sampled token when decoding,
+ * or up to *room tokens of its input when prefilling. */
+static void feed(engine *e, job *j, int *room) {
     struct llama_batch *b = &e->batch;
-    b->n_tokens = 0;
-    for (int i = 0; i < e->n_active; i++)
-        if (!e->active[i]->prepared) prepare(e, e->active[i]);
-    for (int i = 0; i < e->n_active; i++) {
-        job *j = e->active[i];
-        j->n_fed = 0;
-        j->logits_at = -1;
-        if (j->state != JOB_DECODE) continue;
+    j->n_fed = 0;
+    j->logits_at = -1;
+    if (j->state == JOB_DECODE) {
         j->logits_at = b->n_tokens;
         batch_add(b, j->next, e->slots[j->slot].toks.n, j->slot, true);
         j->n_fed = 1;
+        return;
     }
-    for (int i = 0; i < e->n_active && b->n_tokens < e->p.n_batch; i++) {
+    size_t from = e->slots[j->slot].toks.n, take = j->n - from;
+    if (take > (size_t)*room) take = (size_t)*room;
+    for (size_t k = 0; k < take; k++) {
+        bool last = from + k + 1 == j->n;
+        if (last) j->logits_at = b->n_tokens;
+        batch_add(b, j->in[from + k], from + k, j->slot, last);
+    }
+    j->n_fed = (int)take;
+    *room -= (int)take;
+}
+
+/* One llama_decode over every active job, without mu (only this thread
+ * touches the jobs' working fields and llama.cpp). Jobs that end get
+ * j->ended, and engine_main finishes them.
+ *
+ * Tokens go into the batch in sequence-id order. With one KV stream per
+ * sequence, llama.cpp cuts a batch into micro-batches of consecutive,
+ * increasing sequence ids (split_equal, "sequential"), and every
+ * micro-batch is a whole pass over the weights: in the order jobs happened
+ * to arrive, 16 decoding sessions cost up to 16 passes per step instead of
+ * one (bench/RESULTS.md). Every decoding job gets its token; prefill chunks
+ * share what is left of n_batch. */
+static void step(engine *e) {
+    struct llama_batch *b = &e->batch;
+    b->n_tokens = 0;
+    int decoding = 0;
+    for (int i = 0; i < e->n_active; i++) {
         job *j = e->active[i];
-        if (j->state != JOB_PREFILL) continue;
-        size_t from = e->slots[j->slot].toks.n, take = j->n - from, room = (size_t)(e->p.n_batch - b->n_tokens);
-        if (take > room) take = room;
-        for (size_t k = 0; k < take; k++) {
-            bool last = from + k + 1 == j->n;
-            if (last) j->logits_at = b->n_tokens;
-            batch_add(b, j->in[from + k], from + k, j->slot, last);
-        }
-        j->n_fed = (int)take;
+        if (!j->prepared) prepare(e, j);
+        decoding += j->state == JOB_DECODE;
     }
+    int room = e->p.n_batch - decoding;
+    for (int s = 0; s < e->p.n_slots; s++)
+        if (e->slots[s].busy) feed(e, e->slots[s].busy, &room);
     if (b->n_tokens == 0) return;
 
     int dr = llama_decode(e->ctx, *b);
@@ -382,7 +400,7 @@ static void step(engine *e, bool *ended) {
             sl->toks.n = 0;
             snprintf(j->err, sizeof j->err, "llama_decode returned %d", dr);
             j->rc = LLM_FAIL;
-            ended[i] = true;
+            j->ended = true;
             continue;
         }
         if (j->state == JOB_DECODE) tokvec_push(&sl->toks, j->next);
@@ -397,7 +415,7 @@ static void step(engine *e, bool *ended) {
             j->t->stopped_eog = true;
             j->t->eog_token = tok;
             j->rc = LLM_OK;
-            ended[i] = true;
+            j->ended = true;
             continue;
         }
         tokvec_push(j->out, tok);
@@ -405,42 +423,40 @@ static void step(engine *e, bool *ended) {
         if (j->t->predicted_n >= j->gp.n_predict || sl->toks.n + 1 >= (size_t)e->p.n_ctx_seq) {
             j->t->stopped_limit = true;
             j->rc = LLM_OK;
-            ended[i] = true;
+            j->ended = true;
             continue;
         }
         j->next = tok;
     }
 }
 
+/* Under mu: finishes the active jobs that ended (or whose client left). */
+static void reap(engine *e, bool cancelled_only) {
+    for (int i = e->n_active - 1; i >= 0; i--) {
+        job *j = e->active[i];
+        if (cancelled_only ? !j->cancel : !j->ended) continue;
+        job_finish(e, j, cancelled_only ? LLM_CANCELLED : j->rc);
+        e->active[i] = e->active[--e->n_active];
+    }
+}
+
 static void *engine_main(void *arg) {
     engine *e = arg;
-    bool *ended = calloc((size_t)e->p.n_parallel, sizeof *ended);
     pthread_mutex_lock(&e->mu);
     for (;;) {
         while (!e->stop && !e->n_active && !e->q_head) pthread_cond_wait(&e->wake, &e->mu);
         if (e->stop) break;
         admit(e);
-        /* a client that went away leaves between steps */
-        for (int i = 0; i < e->n_active; i++) ended[i] = e->active[i]->cancel;
-        for (int i = e->n_active - 1; i >= 0; i--) {
-            if (!ended[i]) continue;
-            job_finish(e, e->active[i], LLM_CANCELLED);
-            e->active[i] = e->active[--e->n_active];
-        }
+        reap(e, true); /* a client that went away leaves between steps */
         e->stats.active = e->n_active;
         e->stats.queued = e->n_queued;
         pthread_mutex_unlock(&e->mu);
-        memset(ended, 0, (size_t)e->p.n_parallel * sizeof *ended);
-        step(e, ended);
+        step(e);
         pthread_mutex_lock(&e->mu);
         e->stats.spill_saves = e->sp_saves;
         e->stats.spill_restores = e->sp_restores;
         e->stats.spill_bytes = e->sp_bytes;
-        for (int i = e->n_active - 1; i >= 0; i--) {
-            if (!ended[i]) continue;
-            job_finish(e, e->active[i], e->active[i]->rc);
-            e->active[i] = e->active[--e->n_active];
-        }
+        reap(e, false);
     }
     for (int i = 0; i < e->n_active; i++) {
         snprintf(e->active[i]->err, sizeof e->active[i]->err, "the LLM service is shutting down");
@@ -455,7 +471,6 @@ static void *engine_main(void *arg) {
     e->q_tail = NULL;
     e->n_queued = 0;
     pthread_mutex_unlock(&e->mu);
-    free(ended);
     return NULL;
 }
 
@@ -550,7 +565,7 @@ llm_status engine_generate(engine *e, const int32_t *input, size_t n, const llm_
     while (j.state != JOB_DONE) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += 50 * 1000000L;
+        ts.tv_nsec += 100 * 1000000L; /* how soon a client that left is noticed */
         if (ts.tv_nsec >= 1000000000L) {
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;

@@ -101,7 +101,7 @@ typedef struct {
     uint32_t seed;       /* for sampling when temperature > 0 */
     bool cache_prompt;   /* reuse KV of a previous request sharing a prefix (default true) */
     bool ignore_eos;     /* never stop at an end-of-generation token: exactly n_predict tokens */
-    /* Polled while the request waits or runs (about every 50 ms); returning
+    /* Polled while the request waits or runs (about every 100 ms); returning
      * false abandons it (LLM_CANCELLED). NULL: never abandoned. */
     bool (*alive)(void *ud);
     void *alive_ud;
