@@ -27,9 +27,10 @@
  * outside the lock, between steps.
  *
  * Each step of the loop decodes one batch: one token for every generating
- * request, then prompt chunks of the requests still prefilling, up to
- * n_batch tokens. Logits are valid only until the next llama_decode, so each
- * request samples right after the step that produced its logits.
+ * request and prompt chunks of the requests still prefilling, up to n_batch
+ * tokens, in sequence-id order (step() says why). Logits are valid only
+ * until the next llama_decode, so each request samples right after the step
+ * that produced its logits.
  *
  * Threads: callers enqueue a job (on their own stack) and wait on a
  * condition variable, polling their alive() callback so a client that went
