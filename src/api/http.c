@@ -3,8 +3,8 @@
  * libmicrohttpd calls the access handler several times per request: once
  * with the headers, then once per chunk of body, then once more with no
  * data. We collect the body across those calls and hand the handler one
- * complete request. A body over the limit is refused with 413 as soon as
- * its size is known (Content-Length), or when the chunks pass it. */
+ * complete request. A body over the limit is dropped as it arrives and
+ * refused with 413 once it has (on_request says why not earlier). */
 #include "http.h"
 
 #include <arpa/inet.h>
@@ -25,6 +25,9 @@ struct http_server {
     http_handler h;
     void *ud;
 };
+
+/* Bodies over the limit but under this are drained before the 413 (see on_request). */
+#define DRAIN_MAX (64ULL << 20)
 
 typedef struct {
     strbuf body;
@@ -70,8 +73,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         cs->t0 = clock_mono_ms();
         *con_cls = cs;
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > s->max_body) cs->too_large = true;
-        if (!cs->too_large) return MHD_YES; /* wait for the body */
+        unsigned long long len = cl ? strtoull(cl, NULL, 10) : 0;
+        cs->too_large = len > s->max_body;
+        /* An oversized body is read and dropped, and the 413 goes out after
+         * it: answering early and closing while the client still sends
+         * makes its kernel see a reset, and the client loses the answer.
+         * Only a body too big to be worth reading is refused at once. */
+        if (len <= DRAIN_MAX) return MHD_YES;
     }
     if (*upload_size) {
         if (!cs->too_large && cs->body.n + *upload_size > s->max_body) {
