@@ -114,6 +114,40 @@ static struct llama_context *context_new(struct llama_model *m, int threads, int
     return c;
 }
 
+/* What every command runs on: the model, a context shaped like a node's,
+ * a batch and a greedy sampler. */
+typedef struct {
+    struct llama_model *m;
+    struct llama_context *c;
+    struct llama_batch b;
+    struct llama_sampler *smpl;
+} rig;
+
+static rig rig_open(const char *model, int threads, int ctx, int n_seq) {
+    rig r;
+    r.m = model_load(model);
+    r.c = context_new(r.m, threads, ctx, n_seq);
+    r.b = llama_batch_init(512, 0, 1);
+    r.smpl = llama_sampler_init_greedy();
+    return r;
+}
+
+static void rig_close(rig *r) {
+    llama_sampler_free(r->smpl);
+    llama_batch_free(r->b);
+    llama_free(r->c);
+    llama_model_free(r->m);
+}
+
+static void batch_add(struct llama_batch *b, int32_t tok, int pos, int seq, bool logits) {
+    int k = b->n_tokens++;
+    b->token[k] = tok;
+    b->pos[k] = pos;
+    b->n_seq_id[k] = 1;
+    b->seq_id[k][0] = seq;
+    b->logits[k] = logits;
+}
+
 /* Feeds toks[0..n) at positions pos.. of each of n_seq sequences, in
  * batches of up to 512 tokens, position by position so that every
  * sequence's last token (the one with logits) lands in the final batch. */
@@ -122,12 +156,8 @@ static void feed(struct llama_context *c, struct llama_batch *b, const int32_t *
     while (done < total) {
         b->n_tokens = 0;
         while (done < total && b->n_tokens < cap) {
-            int s = done % n_seq, i = done / n_seq, k = b->n_tokens++;
-            b->token[k] = toks[i];
-            b->pos[k] = pos + i;
-            b->n_seq_id[k] = 1;
-            b->seq_id[k][0] = s;
-            b->logits[k] = i == n - 1;
+            int s = done % n_seq, i = done / n_seq;
+            batch_add(b, toks[i], pos + i, s, i == n - 1);
             done++;
         }
         if (llama_decode(c, *b) != 0) die("llama_decode failed");
@@ -151,24 +181,21 @@ static void warm_up(struct llama_context *c, struct llama_batch *b, const turn *
 static int cmd_turns(const char *model, const char *trace, int threads, int ctx) {
     int n;
     turn *t = load_trace(trace, &n);
-    struct llama_model *m = model_load(model);
     /* BARE_STREAMS=N: the same work in a context of N streams, as a node
      * keeping N conversations has (for measuring what that costs) */
     int streams = getenv("BARE_STREAMS") ? atoi(getenv("BARE_STREAMS")) : 1;
-    struct llama_context *c = context_new(m, threads, ctx, streams > 1 ? streams : 1);
-    struct llama_batch b = llama_batch_init(512, 0, 1);
-    struct llama_sampler *smpl = llama_sampler_init_greedy();
-    warm_up(c, &b, &t[0]);
+    rig r = rig_open(model, threads, ctx, streams > 1 ? streams : 1);
+    warm_up(r.c, &r.b, &t[0]);
     for (int i = 0; i < n; i++) {
-        llama_memory_clear(llama_get_memory(c), true);
-        if (t[i].cached > 0) feed(c, &b, t[i].input, t[i].cached, 0, 1);
+        llama_memory_clear(llama_get_memory(r.c), true);
+        if (t[i].cached > 0) feed(r.c, &r.b, t[i].input, t[i].cached, 0, 1);
         double t0 = now_ms();
-        feed(c, &b, t[i].input + t[i].cached, t[i].n_input - t[i].cached, t[i].cached, 1);
-        sample_all(c, smpl, 1, b.n_tokens);
+        feed(r.c, &r.b, t[i].input + t[i].cached, t[i].n_input - t[i].cached, t[i].cached, 1);
+        sample_all(r.c, r.smpl, 1, r.b.n_tokens);
         double t1 = now_ms();
         for (int k = 0; k < t[i].steps; k++) {
-            feed(c, &b, &t[i].reply[k], 1, t[i].n_input + k, 1);
-            sample_all(c, smpl, 1, 1);
+            feed(r.c, &r.b, &t[i].reply[k], 1, t[i].n_input + k, 1);
+            sample_all(r.c, r.smpl, 1, 1);
         }
         double t2 = now_ms();
         printf("{\"turn\":%d,\"cached\":%d,\"prefill_n\":%d,\"decode_steps\":%d,\"prefill_ms\":%.3f,\"decode_ms\":%.3f,"
@@ -176,21 +203,15 @@ static int cmd_turns(const char *model, const char *trace, int threads, int ctx)
                i + 1, t[i].cached, t[i].n_input - t[i].cached, t[i].steps, t1 - t0, t2 - t1, t2 - t0);
         fflush(stdout);
     }
-    llama_sampler_free(smpl);
-    llama_batch_free(b);
-    llama_free(c);
-    llama_model_free(m);
+    rig_close(&r);
     return 0;
 }
 
 static int cmd_batched(const char *model, const char *trace, int threads, int ctx, int n_seq) {
     int n;
     turn *t = load_trace(trace, &n);
-    struct llama_model *m = model_load(model);
-    struct llama_context *c = context_new(m, threads, ctx, n_seq);
-    struct llama_batch b = llama_batch_init(512, 0, 1);
-    struct llama_sampler *smpl = llama_sampler_init_greedy();
-    warm_up(c, &b, &t[0]);
+    rig r = rig_open(model, threads, ctx, n_seq);
+    warm_up(r.c, &r.b, &t[0]);
     double t0 = now_ms();
     long generated = 0;
     int pos = 0;
@@ -198,21 +219,14 @@ static int cmd_batched(const char *model, const char *trace, int threads, int ct
         /* the node kept t[i].cached tokens; the rest of this turn's input is new */
         int from = t[i].cached < pos ? t[i].cached : pos;
         if (from < pos)
-            for (int s = 0; s < n_seq; s++) llama_memory_seq_rm(llama_get_memory(c), s, from, -1);
-        feed(c, &b, t[i].input + from, t[i].n_input - from, from, n_seq);
-        sample_all(c, smpl, n_seq, b.n_tokens);
+            for (int s = 0; s < n_seq; s++) llama_memory_seq_rm(llama_get_memory(r.c), s, from, -1);
+        feed(r.c, &r.b, t[i].input + from, t[i].n_input - from, from, n_seq);
+        sample_all(r.c, r.smpl, n_seq, r.b.n_tokens);
         for (int k = 0; k < t[i].steps; k++) {
-            b.n_tokens = 0;
-            for (int s = 0; s < n_seq; s++) {
-                int j = b.n_tokens++;
-                b.token[j] = t[i].reply[k];
-                b.pos[j] = t[i].n_input + k;
-                b.n_seq_id[j] = 1;
-                b.seq_id[j][0] = s;
-                b.logits[j] = 1;
-            }
-            if (llama_decode(c, b) != 0) die("llama_decode failed");
-            sample_all(c, smpl, n_seq, n_seq);
+            r.b.n_tokens = 0;
+            for (int s = 0; s < n_seq; s++) batch_add(&r.b, t[i].reply[k], t[i].n_input + k, s, true);
+            if (llama_decode(r.c, r.b) != 0) die("llama_decode failed");
+            sample_all(r.c, r.smpl, n_seq, n_seq);
         }
         pos = t[i].n_input + t[i].steps;
         generated += (long)n_seq * t[i].n_reply;
@@ -220,10 +234,7 @@ static int cmd_batched(const char *model, const char *trace, int threads, int ct
     double ms = now_ms() - t0;
     printf("{\"n\":%d,\"total_ms\":%.1f,\"generated\":%ld,\"tokens_per_s\":%.2f}\n", n_seq, ms, generated,
            generated * 1e3 / ms);
-    llama_sampler_free(smpl);
-    llama_batch_free(b);
-    llama_free(c);
-    llama_model_free(m);
+    rig_close(&r);
     return 0;
 }
 
@@ -236,17 +247,14 @@ typedef struct {
 static int cmd_staggered(const char *model, const char *trace, int threads, int ctx, int n_seq) {
     int n;
     turn *t = load_trace(trace, &n);
-    struct llama_model *m = model_load(model);
-    struct llama_context *c = context_new(m, threads, ctx, n_seq);
-    struct llama_batch b = llama_batch_init(512, 0, 1);
-    struct llama_sampler *smpl = llama_sampler_init_greedy();
-    warm_up(c, &b, &t[0]);
+    rig r = rig_open(model, threads, ctx, n_seq);
+    warm_up(r.c, &r.b, &t[0]);
     seq_state *st = calloc((size_t)n_seq, sizeof *st);
     for (int s = 0; s < n_seq; s++) st[s] = (seq_state){.delay = s * (t[0].steps + 1) / n_seq, .prefill = true};
     double t0 = now_ms();
     long generated = 0;
     for (int left = n_seq; left > 0;) {
-        b.n_tokens = 0;
+        r.b.n_tokens = 0;
         for (int s = 0; s < n_seq; s++) {
             seq_state *q = &st[s];
             q->logits_at = -1;
@@ -258,40 +266,27 @@ static int cmd_staggered(const char *model, const char *trace, int threads, int 
             const turn *T = &t[q->turn];
             if (q->prefill) {
                 int from = T->cached < q->pos ? T->cached : q->pos;
-                if (b.n_tokens + T->n_input - from > 512) continue; /* next step */
-                if (from < q->pos) llama_memory_seq_rm(llama_get_memory(c), s, from, -1);
-                for (int i = from; i < T->n_input; i++) {
-                    int j = b.n_tokens++;
-                    b.token[j] = T->input[i];
-                    b.pos[j] = i;
-                    b.n_seq_id[j] = 1;
-                    b.seq_id[j][0] = s;
-                    b.logits[j] = i == T->n_input - 1;
-                }
-                q->logits_at = b.n_tokens - 1;
+                if (r.b.n_tokens + T->n_input - from > 512) continue; /* next step */
+                if (from < q->pos) llama_memory_seq_rm(llama_get_memory(r.c), s, from, -1);
+                for (int i = from; i < T->n_input; i++) batch_add(&r.b, T->input[i], i, s, i == T->n_input - 1);
+                q->logits_at = r.b.n_tokens - 1;
             } else {
-                int j = b.n_tokens++;
-                b.token[j] = T->reply[q->k];
-                b.pos[j] = T->n_input + q->k;
-                b.n_seq_id[j] = 1;
-                b.seq_id[j][0] = s;
-                b.logits[j] = 1;
-                q->logits_at = j;
+                q->logits_at = r.b.n_tokens;
+                batch_add(&r.b, T->reply[q->k], T->n_input + q->k, s, true);
             }
         }
-        if (b.n_tokens && llama_decode(c, b) != 0) die("llama_decode failed");
+        if (r.b.n_tokens && llama_decode(r.c, r.b) != 0) die("llama_decode failed");
         for (int s = 0; s < n_seq; s++) {
             seq_state *q = &st[s];
             if (q->logits_at < 0) continue;
-            llama_sampler_sample(smpl, c, q->logits_at);
+            llama_sampler_sample(r.smpl, r.c, q->logits_at);
             const turn *T = &t[q->turn];
+            generated++;
             if (q->prefill) {
                 q->prefill = false;
                 q->k = 0;
-                generated++;
             } else {
                 q->k++;
-                generated++;
             }
             if (!q->prefill && q->k >= T->steps) {
                 /* the turn's last token was sampled (and, at a limit, not fed back) */
@@ -309,32 +304,27 @@ static int cmd_staggered(const char *model, const char *trace, int threads, int 
     printf("{\"n\":%d,\"total_ms\":%.1f,\"generated\":%ld,\"tokens_per_s\":%.2f}\n", n_seq, ms, generated,
            generated * 1e3 / ms);
     free(st);
-    llama_sampler_free(smpl);
-    llama_batch_free(b);
-    llama_free(c);
-    llama_model_free(m);
+    rig_close(&r);
     return 0;
 }
 
 static int cmd_spill(const char *model, int threads, int ctx, const char *dir) {
-    struct llama_model *m = model_load(model);
-    struct llama_context *c = context_new(m, threads, ctx, 1);
-    struct llama_batch b = llama_batch_init(512, 0, 1);
-    int nv = llama_vocab_n_tokens(llama_model_get_vocab(m));
+    rig r = rig_open(model, threads, ctx, 1);
+    int nv = llama_vocab_n_tokens(llama_model_get_vocab(r.m));
     char path[512];
     snprintf(path, sizeof path, "%s/spill.bin", dir);
     for (int len = 128; len <= ctx / 2; len *= 2) {
         int32_t *toks = malloc(sizeof *toks * (size_t)len);
         for (int i = 0; i < len; i++) toks[i] = (int32_t)((i * 7919 + 13) % nv);
-        llama_memory_clear(llama_get_memory(c), true);
+        llama_memory_clear(llama_get_memory(r.c), true);
         double t0 = now_ms();
-        feed(c, &b, toks, len, 0, 1);
+        feed(r.c, &r.b, toks, len, 0, 1);
         double prefill = now_ms() - t0;
 
         t0 = now_ms();
-        size_t size = llama_state_seq_get_size(c, 0);
+        size_t size = llama_state_seq_get_size(r.c, 0);
         uint8_t *buf = malloc(size);
-        size_t got = llama_state_seq_get_data(c, buf, size, 0);
+        size_t got = llama_state_seq_get_data(r.c, buf, size, 0);
         int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         if (fd < 0 || write(fd, buf, got) != (ssize_t)got || fsync(fd) != 0) die("cannot write the state file");
         close(fd);
@@ -342,12 +332,12 @@ static int cmd_spill(const char *model, int threads, int ctx, const char *dir) {
 
         double restore[2];
         for (int cold = 0; cold < 2; cold++) {
-            llama_memory_clear(llama_get_memory(c), true);
+            llama_memory_clear(llama_get_memory(r.c), true);
             fd = open(path, O_RDONLY);
             if (cold) posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
             t0 = now_ms();
             if (read(fd, buf, got) != (ssize_t)got) die("cannot read the state file");
-            if (llama_state_seq_set_data(c, buf, got, 0) == 0) die("restore failed");
+            if (llama_state_seq_set_data(r.c, buf, got, 0) == 0) die("restore failed");
             restore[cold] = now_ms() - t0;
             close(fd);
         }
@@ -359,9 +349,7 @@ static int cmd_spill(const char *model, int threads, int ctx, const char *dir) {
         free(toks);
     }
     unlink(path);
-    llama_batch_free(b);
-    llama_free(c);
-    llama_model_free(m);
+    rig_close(&r);
     return 0;
 }
 

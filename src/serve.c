@@ -17,6 +17,7 @@
 #include "llm/llm.h"
 #include "store/store.h"
 #include "util/clock.h"
+#include "util/hash.h"
 #include "util/log.h"
 
 /* The model's keygroup: its sessions live in their own stream, which nodes
@@ -25,9 +26,10 @@
  * share a tokenizer still get separate keygroups). */
 static void keygroup_of(const llm *m, char *out, size_t n) {
     const char *name = llm_model_name(m);
-    uint64_t h = 0xcbf29ce484222325ULL, fp = llm_fingerprint(m);
-    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
-    for (int i = 0; i < 8; i++) h = (h ^ ((fp >> (8 * i)) & 0xff)) * 0x100000001b3ULL;
+    uint64_t fp = llm_fingerprint(m);
+    unsigned char le[8]; /* the fingerprint's bytes, least significant first, on any machine */
+    for (int i = 0; i < 8; i++) le[i] = (unsigned char)(fp >> (8 * i));
+    uint64_t h = hash_fnv1a(hash_fnv1a(HASH_FNV_BASIS, name, strlen(name)), le, sizeof le);
     char clean[33];
     size_t k = 0;
     for (const char *p = name; *p && k < sizeof clean - 1; p++)

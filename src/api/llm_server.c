@@ -13,7 +13,6 @@
 
 #include "../util/clock.h"
 #include "../util/log.h"
-#include "../util/utf8.h"
 #include "errors.h"
 #include "http.h"
 #include "request.h"
@@ -28,12 +27,6 @@ llm_server_params llm_server_default_params(void) {
     return (llm_server_params){.host = "127.0.0.1", .port = 8090, .max_body = 8 << 20, .default_n_predict = 128};
 }
 
-static json_t *ids_json(const int32_t *toks, size_t n) {
-    json_t *a = json_array();
-    for (size_t i = 0; i < n; i++) json_array_append_new(a, json_integer(toks[i]));
-    return a;
-}
-
 /* A JSON array of token ids into out, each checked against the vocabulary. */
 static dc_code ids_parse(const llm *m, json_t *arr, const char *what, tokvec *out, dc_error *err) {
     size_t i;
@@ -45,14 +38,6 @@ static dc_code ids_parse(const llm *m, json_t *arr, const char *what, tokvec *ou
         tokvec_push(out, (int32_t)json_integer_value(v));
     }
     return DC_OK;
-}
-
-static json_t *text_json(const strbuf *b) {
-    strbuf clean = {0};
-    utf8_sanitize(b->s ? b->s : "", b->n, &clean);
-    json_t *s = json_string(clean.s ? clean.s : "");
-    strbuf_free(&clean);
-    return s;
 }
 
 static dc_code do_tokenize(llm_server *s, json_t *body, json_t **out, dc_error *err) {
@@ -69,7 +54,7 @@ static dc_code do_tokenize(llm_server *s, json_t *body, json_t **out, dc_error *
         tokvec_free(&t);
         return dc_fail(err, DC_E_INVALID, "/tokenize: the content cannot be tokenized");
     }
-    *out = json_pack("{s:o}", "tokens", ids_json(t.v, t.n));
+    *out = json_pack("{s:o}", "tokens", api_ids_json(t.v, t.n));
     tokvec_free(&t);
     return DC_OK;
 }
@@ -83,7 +68,7 @@ static dc_code do_detokenize(llm_server *s, json_t *body, json_t **out, dc_error
     strbuf text = {0};
     dc_code rc = ids_parse(s->m, arr, "tokens", &t, err);
     if (!rc && llm_detokenize(s->m, t.v, t.n, &text) != 0) rc = dc_fail(err, DC_E_INTERNAL, "cannot detokenize");
-    if (!rc) *out = json_pack("{s:o}", "content", text_json(&text));
+    if (!rc) *out = json_pack("{s:o}", "content", api_text_json(&text));
     tokvec_free(&t);
     strbuf_free(&text);
     return rc;
@@ -105,7 +90,7 @@ static dc_code do_apply_template(llm_server *s, json_t *body, json_t **out, dc_e
     strbuf text = {0};
     if (!rc && llm_apply_template(s->m, msgs, n, add, &text) != 0)
         rc = dc_fail(err, DC_E_INVALID, "/apply-template: the model's chat template cannot render these messages");
-    if (!rc) *out = json_pack("{s:o}", "prompt", text_json(&text));
+    if (!rc) *out = json_pack("{s:o}", "prompt", api_text_json(&text));
     strbuf_free(&text);
     free(msgs);
     return rc;
@@ -164,13 +149,13 @@ static dc_code do_completion(llm_server *s, const http_req *hr, json_t *body, js
         json_t *timings = json_pack("{s:i, s:i, s:f, s:f, s:i, s:f}", "prompt_n", t.prompt_n, "cache_n", t.cached_n,
                                     "queue_ms", t.queue_ms, "prompt_ms", t.prompt_ms, "predicted_n", t.predicted_n,
                                     "predicted_ms", t.predicted_ms);
-        *out = json_pack("{s:o, s:b, s:s, s:i, s:i, s:i, s:s, s:o}", "content", text_json(&text), "stop", 1,
+        *out = json_pack("{s:o, s:b, s:s, s:i, s:i, s:i, s:s, s:o}", "content", api_text_json(&text), "stop", 1,
                          "stop_type", t.stopped_eog ? "eos" : "limit", "tokens_predicted", t.predicted_n,
                          "tokens_evaluated", t.prompt_n + t.cached_n, "tokens_cached", t.cached_n, "model",
                          llm_model_name(s->m), "timings", timings);
         if (return_tokens) {
             if (t.stopped_eog) tokvec_push(&gen, t.eog_token);
-            json_object_set_new(*out, "tokens", ids_json(gen.v, gen.n));
+            json_object_set_new(*out, "tokens", api_ids_json(gen.v, gen.n));
         }
     }
     strbuf_free(&text);

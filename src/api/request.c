@@ -106,6 +106,20 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
     return DC_OK;
 }
 
+json_t *api_text_json(const strbuf *b) {
+    strbuf clean = {0};
+    utf8_sanitize(b->s ? b->s : "", b->n, &clean);
+    json_t *s = json_string(clean.s ? clean.s : "");
+    strbuf_free(&clean);
+    return s;
+}
+
+json_t *api_ids_json(const int32_t *toks, size_t n) {
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++) json_array_append_new(a, json_integer(toks[i]));
+    return a;
+}
+
 static double per_second(int n, double ms) { return ms > 0 ? 1e3 * n / ms : 0; }
 
 json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *model) {
@@ -118,13 +132,10 @@ json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *
         "predicted_per_token_ms", t->predicted_n ? t->predicted_ms / t->predicted_n : 0.0, "predicted_per_second",
         per_second(t->predicted_n, t->predicted_ms), "tokenize_ms", rep->tokenize_ms, "store_read_ms",
         rep->store_read_ms, "store_commit_ms", rep->store_commit_ms);
-    strbuf content = {0};
-    utf8_sanitize(rep->content.s ? rep->content.s : "", rep->content.n, &content);
-    json_t *o = json_pack("{s:s, s:i, s:i, s:b, s:b, s:b, s:s, s:o}", "content", content.s,
+    json_t *o = json_pack("{s:o, s:i, s:i, s:b, s:b, s:b, s:s, s:o}", "content", api_text_json(&rep->content),
                           "tokens_predicted", t->predicted_n, "tokens_evaluated", t->prompt_n + t->cached_n, "stop", 1,
                           "stopped_eos", t->stopped_eog, "stopped_limit", t->stopped_limit, "model", model, "timings",
                           timings);
-    strbuf_free(&content);
     if (rep->session_id[0]) json_object_set_new(o, "session_id", json_string(rep->session_id));
     json_object_set_new(o, "user_id", json_string(rep->user_id));
     json_object_set_new(o, "mode", json_string(ctx_mode_name(rep->mode)));
@@ -145,16 +156,9 @@ json_t *api_turns_json(const turn_rec *turns, uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {
         json_t *t = json_pack("{s:i}", "turn", (int)turns[i].turn);
         for (int k = 0; k < SEG_COUNT; k++) {
-            if (turns[i].kind == TURN_TOKENS) {
-                json_t *ids = json_array();
-                for (size_t j = 0; j < turns[i].tok[k].n; j++) json_array_append_new(ids, json_integer(turns[i].tok[k].v[j]));
-                json_object_set_new(t, names[k], ids);
-            } else {
-                strbuf clean = {0};
-                utf8_sanitize(turns[i].text[k].s ? turns[i].text[k].s : "", turns[i].text[k].n, &clean);
-                json_object_set_new(t, names[k], json_string(clean.s));
-                strbuf_free(&clean);
-            }
+            json_object_set_new(t, names[k], turns[i].kind == TURN_TOKENS
+                                                 ? api_ids_json(turns[i].tok[k].v, turns[i].tok[k].n)
+                                                 : api_text_json(&turns[i].text[k]));
         }
         json_array_append_new(arr, t);
     }

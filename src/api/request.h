@@ -27,6 +27,11 @@ json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *
  * or text (raw mode). For clients and tests that compare contexts. */
 json_t *api_turns_json(const turn_rec *turns, uint32_t n);
 
+/* Text as a JSON string, invalid UTF-8 replaced (a reply cut mid-character). */
+json_t *api_text_json(const strbuf *b);
+/* Token ids as a JSON array. */
+json_t *api_ids_json(const int32_t *toks, size_t n);
+
 /* The LLM engine's state and counters (llm_stats), for /health. */
 json_t *api_engine_json(llm *m);
 

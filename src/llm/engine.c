@@ -449,8 +449,6 @@ static void *engine_main(void *arg) {
         if (e->stop) break;
         admit(e);
         reap(e, true); /* a client that went away leaves between steps */
-        e->stats.active = e->n_active;
-        e->stats.queued = e->n_queued;
         pthread_mutex_unlock(&e->mu);
         step(e);
         pthread_mutex_lock(&e->mu);

@@ -51,15 +51,6 @@ llm_gen_params llm_default_gen_params(void) {
                             .cache_prompt = true};
 }
 
-uint64_t llm_fnv1a(uint64_t h, const void *data, size_t n) {
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
 int llm_tokenize(const llm *m, const char *text, size_t len, bool parse_special, tokvec *out) {
     unreachable = false;
     if (len == 0) return 0;

@@ -7,6 +7,7 @@
 #ifndef DC_LLM_IMPL_H
 #define DC_LLM_IMPL_H
 
+#include "../util/hash.h"
 #include "llm.h"
 
 typedef struct {
@@ -38,9 +39,5 @@ extern const llm_ops llm_remote_ops;
 /* Records, for llm_unreachable(), that this thread's call failed because
  * the service could not be reached. */
 void llm_set_unreachable(const char *why);
-
-/* 64-bit FNV-1a, the fingerprint's hash. */
-uint64_t llm_fnv1a(uint64_t h, const void *data, size_t n);
-#define LLM_FNV_BASIS 0xcbf29ce484222325ULL
 
 #endif

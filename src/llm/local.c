@@ -91,16 +91,16 @@ static void backend_init(void) {
  * template: two nodes agree on it exactly when stored token ids mean the same
  * thing to both. */
 static uint64_t compute_fingerprint(const local *m) {
-    uint64_t h = LLM_FNV_BASIS;
+    uint64_t h = HASH_FNV_BASIS;
     int32_t n = llama_vocab_n_tokens(m->vocab);
-    h = llm_fnv1a(h, &n, sizeof n);
+    h = hash_fnv1a(h, &n, sizeof n);
     for (int32_t i = 0; i < n; i++) {
         const char *t = llama_vocab_get_text(m->vocab, i);
         int32_t attr = (int32_t)llama_vocab_get_attr(m->vocab, i);
-        h = llm_fnv1a(h, t, strlen(t) + 1);
-        h = llm_fnv1a(h, &attr, sizeof attr);
+        h = hash_fnv1a(h, t, strlen(t) + 1);
+        h = hash_fnv1a(h, &attr, sizeof attr);
     }
-    return llm_fnv1a(h, m->tmpl, strlen(m->tmpl));
+    return hash_fnv1a(h, m->tmpl, strlen(m->tmpl));
 }
 
 /* Renders msgs to text, NUL-terminated, into out. Returns 0 or -1. */

@@ -300,10 +300,10 @@ void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t err
     if (fp) {
         info->fingerprint = strtoull(fp, NULL, 16);
     } else {
-        uint64_t h = llm_fnv1a(LLM_FNV_BASIS, tmpl ? tmpl : "", tmpl ? strlen(tmpl) : 0);
+        uint64_t h = hash_fnv1a(HASH_FNV_BASIS, tmpl ? tmpl : "", tmpl ? strlen(tmpl) : 0);
         double nv = num(props, "n_vocab");
-        h = llm_fnv1a(h, &nv, sizeof nv);
-        info->fingerprint = llm_fnv1a(h, info->name, strlen(info->name));
+        h = hash_fnv1a(h, &nv, sizeof nv);
+        info->fingerprint = hash_fnv1a(h, info->name, strlen(info->name));
     }
     info->n_threads = (int)num(dc, "n_threads");
     info->n_vocab = (int)num(dc, "n_vocab");

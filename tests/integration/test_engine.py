@@ -50,17 +50,22 @@ def raw_post(port, body):
     return s
 
 
-class ReuseTest(unittest.TestCase):
-    """One node, KV kept in memory for 2 conversations at most, none on disk."""
+class OneNode(unittest.TestCase):
+    """A node for the whole class, started with ONE_THREAD + engine."""
+    engine = []
 
     @classmethod
     def setUpClass(cls):
-        cls.node = Node(BIN, MODEL, extra=ONE_THREAD + ["--parallel", "1", "--kv-cache-sessions", "2",
-                                                        "--kv-spill-mib", "0"]).start()
+        cls.node = Node(BIN, MODEL, extra=ONE_THREAD + cls.engine).start()
 
     @classmethod
     def tearDownClass(cls):
         cls.node.cleanup()
+
+
+class ReuseTest(OneNode):
+    """One node, KV kept in memory for 2 conversations at most, none on disk."""
+    engine = ["--parallel", "1", "--kv-cache-sessions", "2", "--kv-spill-mib", "0"]
 
     def turn(self, sid, turn, prompt, **kw):
         fields = dict(prompt=prompt, user_id="u", turn=turn, **kw)
@@ -103,18 +108,15 @@ class ReuseTest(unittest.TestCase):
         self.assertTrue(r["stopped_limit"])
 
 
-class SpillTest(unittest.TestCase):
+class SpillTest(OneNode):
     """One sequence in memory; a conversation pushed out goes to disk and
     comes back from there."""
+    engine = ["--parallel", "1", "--kv-cache-sessions", "1"]
 
     @classmethod
     def setUpClass(cls):
-        cls.node = Node(BIN, MODEL, extra=ONE_THREAD + ["--parallel", "1", "--kv-cache-sessions", "1"]).start()
+        super().setUpClass()
         cls.spill_dir = os.path.join(cls.node.data_dir, "store", "kv-spill")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.node.cleanup()
 
     def test_evicted_conversation_is_restored_from_disk(self):
         before = engine(self.node)
@@ -153,17 +155,9 @@ class SpillTest(unittest.TestCase):
         n.cleanup()
 
 
-class ConcurrencyTest(unittest.TestCase):
+class ConcurrencyTest(OneNode):
     """--parallel 2 --queue 1: two generate, one waits, the next is refused."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.node = Node(BIN, MODEL, extra=ONE_THREAD + ["--parallel", "2", "--queue", "1",
-                                                        "--kv-cache-sessions", "4"]).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.node.cleanup()
+    engine = ["--parallel", "2", "--queue", "1", "--kv-cache-sessions", "4"]
 
     def long_turn(self, results, i, **kw):
         st, r = self.node.complete(prompt="Write a long story about a lighthouse.", user_id="u%d" % i, turn=1,
