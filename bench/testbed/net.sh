@@ -1,33 +1,48 @@
 #!/usr/bin/env bash
 # net.sh - the testbed's hosts: network namespaces on one machine (root).
 #
-#   bench/testbed/net.sh up [EDGES]     core, EDGES edge hosts (default 2), a client
-#   bench/testbed/net.sh shape HOST RATE   tc tbf both ways on HOST's link (e.g. 2mbit; "off")
-#   bench/testbed/net.sh bytes HOST        "tx_bytes rx_bytes" of HOST's interface
-#   bench/testbed/net.sh selfcheck         reachability, and a shaped link's measured rate
-#   bench/testbed/net.sh down              stops every process in them, removes them
+#   bench/testbed/net.sh up [EDGES]          core, EDGES edge hosts (default 2), a client
+#   bench/testbed/net.sh shape HOST RATE     tc tbf both ways on HOST's first link (e.g. 2mbit; "off")
+#   bench/testbed/net.sh bytes HOST [IFACE]  "tx_bytes rx_bytes" of HOST's interface (default eth0)
+#   bench/testbed/net.sh counters            "HOST IFACE tx_bytes rx_bytes" for every interface
+#   bench/testbed/net.sh selfcheck           reachability, and a shaped link's measured rate
+#   bench/testbed/net.sh down                stops every process in them, removes them
 #
-# Hosts are namespaces dctb-<name> (core, edge1, edge2, ..., client), each
-# with one veth "eth0" at 10.77.0.<n>/24, plugged into a bridge that lives in
-# its own namespace (dctb-sw): nothing in the root namespace is addressed or
-# changed. Bandwidth is tc tbf on both ends of a host's veth; one-way delay
-# comes from relay.py (this kernel has no netem), started by the experiments
-# on the connections they delay. Bytes are the interfaces' own counters.
+# Hosts are namespaces dctb-<name>. Two networks, as at a real edge site:
+#   backhaul 10.77.0.0/24  core 10.77.0.1, edgeN 10.77.0.(10+N)    (eth0)
+#   access   10.78.0.0/24  edgeN 10.78.0.(10+N) (eth1), client 10.78.0.100 (eth0)
+# so the store's traffic and the clients' traffic cross different links and
+# each link's own counters measure one of them: an edge's eth0 carries only
+# replication, its eth1 only client requests. Each network is a bridge in its
+# own namespace (dctb-sw); nothing in the root namespace is addressed or
+# changed. Bandwidth is tc tbf on both ends of a veth; one-way delay comes
+# from relay.py (this kernel has no netem), started by testbed.py on the
+# connections it delays. Bytes are the interfaces' own counters.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PREFIX=dctb
 SW=$PREFIX-sw
 
-addr_of() { # HOST -> its address
-  case "$1" in
-    core) echo 10.77.0.1 ;;
-    client) echo 10.77.0.100 ;;
-    edge*) echo "10.77.0.$((10 + ${1#edge}))" ;;
+addr_of() { # HOST [backhaul|access] -> its address on that network
+  case "$1/${2:-}" in
+    core/*) echo 10.77.0.1 ;;
+    client/*) echo 10.78.0.100 ;;
+    edge*/access) echo "10.78.0.$((10 + ${1#edge}))" ;;
+    edge*/*) echo "10.77.0.$((10 + ${1#edge}))" ;;
     *) echo "net.sh: unknown host $1" >&2; return 1 ;;
   esac
 }
 
 hosts() { ip netns list | awk '{print $1}' | grep "^$PREFIX-" | grep -v "^$SW$" | sed "s/^$PREFIX-//" || true; }
+
+# plug HOST IFACE BRIDGE ADDR: a veth from HOST's IFACE to a port of BRIDGE
+plug() {
+  local port=p-$1-$2
+  ip link add "$2" netns $PREFIX-$1 type veth peer name "$port" netns $SW
+  ip -n $SW link set "$port" master "$3" up
+  ip -n $PREFIX-$1 addr add "$4/24" dev "$2"
+  ip -n $PREFIX-$1 link set "$2" up
+}
 
 up() {
   local edges=${1:-2}
@@ -38,25 +53,31 @@ up() {
   fi
   trap down EXIT # a half-built testbed is removed
   ip netns add $SW
-  ip -n $SW link add br0 type bridge
-  ip -n $SW link set br0 up
-  local h
+  local h br
+  for br in br0 br1; do
+    ip -n $SW link add $br type bridge
+    ip -n $SW link set $br up
+  done
   for h in core client $(seq -f 'edge%g' 1 "$edges"); do
     ip netns add $PREFIX-$h
     ip -n $PREFIX-$h link set lo up
-    ip link add eth0 netns $PREFIX-$h type veth peer name "p-$h" netns $SW
-    ip -n $SW link set "p-$h" master br0 up
-    ip -n $PREFIX-$h addr add "$(addr_of $h)/24" dev eth0
-    ip -n $PREFIX-$h link set eth0 up
+    case $h in
+      core) plug core eth0 br0 "$(addr_of core)" ;;
+      client) plug client eth0 br1 "$(addr_of client)" ;;
+      edge*)
+        plug $h eth0 br0 "$(addr_of $h backhaul)"
+        plug $h eth1 br1 "$(addr_of $h access)"
+        ;;
+    esac
   done
   trap - EXIT
-  echo "testbed up: core $(addr_of core), client $(addr_of client), $(for i in $(seq 1 "$edges"); do printf 'edge%d %s ' "$i" "$(addr_of edge$i)"; done)"
+  echo "testbed up: core $(addr_of core), client $(addr_of client), $(for i in $(seq 1 "$edges"); do printf 'edge%d %s/%s ' "$i" "$(addr_of edge$i backhaul)" "$(addr_of edge$i access)"; done)"
 }
 
 shape() { # HOST RATE|off: HOST's uplink (its eth0) and downlink (the bridge port)
   local h=$1 rate=$2
   local d
-  for d in "$PREFIX-$h eth0" "$SW p-$h"; do
+  for d in "$PREFIX-$h eth0" "$SW p-$h-eth0"; do
     set -- $d
     tc -n "$1" qdisc del dev "$2" root 2>/dev/null || true
     if [ "$rate" != off ]; then
@@ -67,8 +88,16 @@ shape() { # HOST RATE|off: HOST's uplink (its eth0) and downlink (the bridge por
 }
 
 bytes() {
-  ip netns exec "$PREFIX-$1" cat /sys/class/net/eth0/statistics/tx_bytes /sys/class/net/eth0/statistics/rx_bytes |
-    paste -sd' '
+  local d=/sys/class/net/${2:-eth0}/statistics
+  ip netns exec "$PREFIX-$1" cat $d/tx_bytes $d/rx_bytes | paste -sd' '
+}
+
+counters() { # one line per host interface: HOST IFACE TX_BYTES RX_BYTES
+  local h
+  for h in $(hosts); do
+    ip netns exec "$PREFIX-$h" sh -c 'for d in /sys/class/net/eth*; do
+      echo "${d##*/} $(cat $d/statistics/tx_bytes) $(cat $d/statistics/rx_bytes)"; done' | sed "s/^/$h /"
+  done
 }
 
 down() {
@@ -83,39 +112,46 @@ down() {
   done
 }
 
-# Every host reaches every other one; a link shaped to 2 Mbit/s measures
-# 2 Mbit/s (within 25%) for a bulk TCP transfer from the client to the core.
+# Every host reaches every other host on a network they share, and only
+# those (the client cannot reach the core); a link shaped to 2 Mbit/s
+# measures 2 Mbit/s (within 25%) for a bulk TCP transfer from the client to
+# an edge host.
 selfcheck() {
-  local a b
+  local a b want
   for a in $(hosts); do
     for b in $(hosts); do
       [ "$a" = "$b" ] && continue
+      want=0
+      case "$a/$b" in client/core | core/client) want=1 ;; esac
       ip netns exec "$PREFIX-$a" python3 -c "
 import socket, sys
-s = socket.socket(); s.settimeout(2)
+want_fail = $want
+s = socket.socket(); s.settimeout(1)
 try:
-    s.connect(('$(addr_of "$b")', 9)); sys.exit(0)
+    s.connect(('$(addr_of "$b" "$([ "$a" = client ] && echo access || echo backhaul)")', 9)); ok = True
 except ConnectionRefusedError:
-    sys.exit(0)   # the host answered (RST): reachable
+    ok = True   # the host answered (RST): reachable
 except OSError as e:
-    print('net.sh: $a cannot reach $b:', e); sys.exit(1)
+    ok = False
+if ok == bool(want_fail):
+    print('net.sh: $a', 'reaches' if ok else 'cannot reach', '$b'); sys.exit(1)
 "
     done
   done
-  echo "reachability: every pair of $(hosts | wc -l) hosts ok"
+  echo "reachability: $(hosts | wc -l) hosts, each reaching exactly the hosts of its networks"
   shape client 2mbit
   local port=5999 rc=0
   # the receiver measures: the sender's count includes its socket buffers
   ip netns exec $PREFIX-client python3 -c "
 import socket, time
 time.sleep(0.3)
-s = socket.create_connection(('$(addr_of core)', $port))
+s = socket.create_connection(('$(addr_of edge1 access)', $port))
 data = b'x' * 16384; t0 = time.monotonic()
 while time.monotonic() - t0 < 4: s.sendall(data)
 s.close()
 " &
   local src=$!
-  ip netns exec $PREFIX-core python3 -c "
+  ip netns exec $PREFIX-edge1 python3 -c "
 import socket, sys, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('0.0.0.0', $port)); s.listen(1); c, _ = s.accept()
@@ -139,7 +175,8 @@ sys.exit(0 if ok else 1)
 case "${1:-}" in
   up) up "${2:-2}" ;;
   shape) shape "$2" "$3" ;;
-  bytes) bytes "$2" ;;
+  bytes) bytes "$2" "${3:-eth0}" ;;
+  counters) counters ;;
   selfcheck) selfcheck ;;
   down) down ;;
   *) sed -n '2,9p' "$0" >&2; exit 2 ;;

@@ -20,8 +20,11 @@ static void usage(FILE *f) {
             "usage: discedge scenario FILE.yaml --node NAME=URL [--node NAME=URL ...]\n"
             "         [--mode tokenized|raw|client-side] [--csv FILE] [--n-predict N]\n"
             "         [--temperature T] [--seed S] [--user-id ID] [--quiet]\n"
-            "         [--no-cache] [--ignore-eos]\n"
+            "         [--no-cache] [--ignore-eos] [--turns N] [--after-turn CMD]\n"
             "Runs the scenario's turns in order; a `locations` list switches node.\n"
+            "--turns N stops after N turns. --after-turn runs CMD through the shell\n"
+            "after every turn, with DC_TURN set to its number, before the next one\n"
+            "starts (the testbed samples its link counters this way).\n"
             "The first --node is the default for scenarios without locations;\n"
             "--node URL alone names it after its position (node1, node2, ...).\n");
 }
@@ -55,11 +58,13 @@ int scenario_main(int argc, char **argv) {
                                    {"temperature", required_argument, 0, 't'}, {"seed", required_argument, 0, 's'},
                                    {"user-id", required_argument, 0, 'u'},   {"quiet", no_argument, 0, 'q'},
                                    {"no-cache", no_argument, 0, 'C'},        {"ignore-eos", no_argument, 0, 'E'},
+                                   {"turns", required_argument, 0, 'T'},     {"after-turn", required_argument, 0, 'A'},
                                    {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     node_map nodes[16];
     int n_nodes = 0, quiet = 0, no_cache = 0, ignore_eos = 0;
-    const char *mode = "tokenized", *csv_path = NULL, *user = NULL;
+    const char *mode = "tokenized", *csv_path = NULL, *user = NULL, *after_turn = NULL;
     client_session sess;
+    long max_turns = -1;
     int n_predict = 0;
     double temperature = -1;
     long seed = -1;
@@ -93,6 +98,8 @@ int scenario_main(int argc, char **argv) {
         case 'q': quiet = 1; break;
         case 'C': no_cache = 1; break;
         case 'E': ignore_eos = 1; break;
+        case 'T': max_turns = atol(optarg); break;
+        case 'A': after_turn = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -110,7 +117,11 @@ int scenario_main(int argc, char **argv) {
     } else if (scenario_load(argv[optind], &sc, err, sizeof err) != 0) {
         fprintf(stderr, "scenario: %s\n", err);
         rc = 2;
+    } else if (max_turns == 0 || max_turns < -1) {
+        fprintf(stderr, "scenario: --turns must be at least 1\n");
+        rc = 2;
     }
+    size_t n_run = max_turns > 0 && (size_t)max_turns < sc.n_turns ? (size_t)max_turns : sc.n_turns;
     for (size_t i = 0; i < sc.n_turns; i++)
         if (sc.turns[i].node && !lookup(nodes, n_nodes, sc.turns[i].node)) {
             fprintf(stderr, "scenario: turn %zu runs on node %s; map it with --node %s=URL\n", i + 1, sc.turns[i].node,
@@ -133,11 +144,11 @@ int scenario_main(int argc, char **argv) {
     sess.no_cache = no_cache;
     sess.ignore_eos = ignore_eos;
     if (!quiet) {
-        printf("%s (%s mode, %zu turns)\n", sc.name, mode, sc.n_turns);
+        printf("%s (%s mode, %zu turns)\n", sc.name, mode, n_run);
         printf("%4s  %-10s %-10s %6s %10s %8s %9s %8s  %s\n", "turn", "node", "answered", "status", "latency_ms",
                "wait_ms", "req_bytes", "ctx_tok", "reply");
     }
-    for (size_t i = 0; i < sc.n_turns; i++) {
+    for (size_t i = 0; i < n_run; i++) {
         const char *name = sc.turns[i].node ? sc.turns[i].node : nodes[0].name;
         const char *url = lookup(nodes, n_nodes, name);
         client_turn t;
@@ -155,11 +166,23 @@ int scenario_main(int argc, char **argv) {
             fputc('\n', csv);
         }
         fflush(stdout);
+        if (csv) fflush(csv);
         client_turn_free(&t);
         if (!ok) {
             fprintf(stderr, "scenario: turn %zu failed on %s\n", i + 1, name);
             rc = 1;
             break;
+        }
+        if (after_turn) {
+            char num[24];
+            snprintf(num, sizeof num, "%zu", i + 1);
+            setenv("DC_TURN", num, 1);
+            int st = system(after_turn);
+            if (st != 0) {
+                fprintf(stderr, "scenario: --after-turn command failed (status %d) after turn %zu\n", st, i + 1);
+                rc = 1;
+                break;
+            }
         }
     }
     if (!quiet && !rc) printf("session %s, user %s: %u turns\n", sess.session_id[0] ? sess.session_id : "-",
