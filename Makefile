@@ -1,7 +1,7 @@
 # DisCEdge - the two commands of the README, and the rest.
 #   make demo    set-up, build, run the 9-turn scenario on a fresh node
 #   make test    set-up, build, the whole suite; then again under ASan+UBSan
-#   make bench   the benchmark of bench/ (writes bench/out/, see bench/RESULTS.md)
+#   make bench   the edge-testbed evaluation (bench/run; writes bench/out/, bench/figures/)
 JOBS ?= 2
 
 .PHONY: all setup build build-asan demo test test-plain test-asan bench clean
@@ -31,7 +31,7 @@ test-asan: build-asan
 test: test-plain test-asan
 
 bench: build
-	bench/run.sh
+	bench/run
 
 clean:
 	rm -rf build build-asan

@@ -270,7 +270,7 @@ def cmd_run(a):
         p = tb.scenario(a.scenario_args, "client.log", counters)
         rc = p.wait()
         write_links(counters, os.path.join(a.out, "links.tsv"))
-    with open(os.path.join(a.out, "client.log")) as f:
+    with open(os.path.join(a.out, "client.log"), errors="replace") as f:
         sys.stdout.write(f.read())
     print("testbed: profile %s, %d edge hosts; outputs in %s" % (a.profile, a.edges, a.out))
     return rc
@@ -297,7 +297,7 @@ def cmd_smoke(a):
         p = tb.scenario([scen, "--turns", "4", "--n-predict", "16", "--ignore-eos", "--temperature", "0",
                          "--seed", "123", "--quiet", "--csv", csv_path], "client.log", counters)
         rc = p.wait()
-    with open(os.path.join(out, "client.log")) as f:
+    with open(os.path.join(out, "client.log"), errors="replace") as f:
         log = f.read()
     check(rc == 0, "4-turn roaming conversation on the wan profile completes (client exit %d)\n%s" % (rc, log))
     check(not subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("dctb-"),

@@ -40,6 +40,11 @@ static void preview(const char *s, char *out, size_t width) {
     size_t k = 0;
     while (*s == ' ' || *s == '\n') s++;
     for (; *s && k + 1 < width; s++) out[k++] = (*s == '\n' || *s == '\t' || *s == '\r') ? ' ' : *s;
+    /* cut before a character, not inside one: drop a partial UTF-8 sequence */
+    if (((unsigned char)*s & 0xC0) == 0x80) {
+        while (k > 0 && ((unsigned char)out[k - 1] & 0xC0) == 0x80) k--;
+        if (k > 0) k--; /* its lead byte */
+    }
     out[k] = '\0';
 }
 
