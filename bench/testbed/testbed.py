@@ -22,7 +22,6 @@ Profiles (one-way delay from relay.py, bandwidth from tc tbf):
 The delays sit on the TCP connections that cross those links: each leaf's
 connection to the core, and the client's connection to each edge node."""
 import argparse
-import collections
 import csv
 import os
 import shutil
@@ -46,13 +45,6 @@ PROFILES = {
     "wan": {"wan_ms": 20, "client_ms": 0, "client_rate": "off"},
     "mobile": {"wan_ms": 20, "client_ms": 40, "client_rate": "2mbit"},
 }
-# What each link's counters measure (net.sh's two networks).
-LINKS = {
-    "core/eth0": "core <-> edges (replication)",
-    "client/eth0": "client <-> edges (requests, replies)",
-}
-
-
 def edge_addr(e, net):
     return "10.%d.0.%d" % (77 if net == "backhaul" else 78, 10 + e)
 
@@ -200,7 +192,7 @@ class Testbed:
             self.start_node(e)
 
     # -- the client -------------------------------------------------------
-    def node_args_for_client(self):
+    def client_nodes(self):
         out = []
         for e in range(1, self.edges + 1):
             out += ["--node", "edge-%d=http://127.0.0.1:%d" % (e, 18080 + e)]
@@ -217,7 +209,7 @@ class Testbed:
             self.sample(counters, 0)
             extra = ["--after-turn", 'sleep %s; "%s" counters | sed "s/^/$DC_TURN /" >> "%s"'
                      % (SETTLE_S, NET, os.path.abspath(counters))]
-        return self.spawn("client", [BIN, "scenario"] + args + self.node_args_for_client() + extra, log)
+        return self.spawn("client", [BIN, "scenario"] + args + self.client_nodes() + extra, log)
 
     def sample(self, path, turn):
         out = subprocess.run([NET, "counters"], check=True, capture_output=True, text=True).stdout
@@ -237,7 +229,7 @@ def per_turn_bytes(counters_path):
     """counters.tsv -> {turn: {"HOST/IFACE": (tx, rx)}}: bytes each interface
     sent and received during each turn (from the sample after the previous
     turn to the one after this turn)."""
-    samples = collections.OrderedDict()
+    samples = {}
     with open(counters_path) as f:
         for line in f:
             turn, host, iface, tx, rx = line.split()

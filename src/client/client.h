@@ -48,7 +48,7 @@ typedef struct {
     int tokens_predicted;
     char node[65];
     /* the node's own timings for the turn */
-    double tokenize_ms, prompt_ms, predicted_ms, store_ms;
+    double tokenize_ms, prompt_ms, predicted_ms, store_read_ms, store_commit_ms;
     double wait_ms;         /* the node waited this long for the previous turn to replicate */
     int retries;
 } client_turn;

@@ -107,6 +107,27 @@ class Scenario(unittest.TestCase):
         rc, _, err = run(os.path.join(SCEN, "robotics-9turn.yaml"), "--node", "http://127.0.0.1:1")
         self.assertEqual(rc, 1)
         self.assertIn("turn 1 failed", err)
+        rc, _, err = run(os.path.join(SCEN, "robotics-9turn.yaml"), "--node", self.url(self.a), "--turns", "0")
+        self.assertEqual(rc, 2)
+        self.assertIn("--turns must be at least 1", err)
+
+    def test_turns_and_after_turn_hook(self):
+        # the testbed samples its link counters through --after-turn: the
+        # hook runs after each turn, in order, with DC_TURN, before the next
+        out, log = os.path.join(self.dir, "hook.csv"), os.path.join(self.dir, "hook.log")
+        rc, stdout, stderr = run(os.path.join(SCEN, "robotics-9turn.yaml"), "--node", self.url(self.a),
+                                 "--n-predict", "8", "--turns", "3", "--csv", out,
+                                 "--after-turn", 'echo "$DC_TURN $(wc -l < %s)" >> %s' % (out, log))
+        self.assertEqual(rc, 0, stderr)
+        with open(log) as f:  # CSV: a header and one row per finished turn
+            self.assertEqual(f.read().split("\n"), ["1 2", "2 3", "3 4", ""])
+        self.assertIn("3 turns", stdout)
+        # a failing hook stops the run after that turn, with a clear error
+        rc, _, err = run(os.path.join(SCEN, "robotics-9turn.yaml"), "--node", self.url(self.a),
+                         "--n-predict", "8", "--after-turn", "exit 3")
+        self.assertEqual(rc, 1)
+        self.assertIn("--after-turn command failed", err)
+        self.assertIn("after turn 1", err)
 
 
 if __name__ == "__main__":
