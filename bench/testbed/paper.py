@@ -64,7 +64,15 @@ class Runner:
     def __init__(self, out, n_predict):
         self.out, self.n_predict = out, n_predict
         os.makedirs(out, exist_ok=True)
-        self.runs = open(os.path.join(out, "runs.tsv"), "a")
+        path = os.path.join(out, "runs.tsv")
+        new = not os.path.exists(path)
+        self.runs = open(path, "a")
+        if new:
+            self.runs.write("model\texperiment\tmode\trep\texit\twall_s\n")
+
+    def log_run(self, tb, exp, mode, rep, rc, wall):
+        self.runs.write("%s\t%s\t%s\t%d\t%d\t%.1f\n" % (os.path.basename(tb.model), exp, mode, rep, rc, wall))
+        self.runs.flush()
 
     def params(self, n_predict=None):
         return ["--temperature", "0", "--seed", "123", "--n-predict", str(n_predict or self.n_predict),
@@ -83,8 +91,7 @@ class Runner:
         t0 = time.monotonic()
         rc = tb.scenario([scenario, "--mode", mode, "--csv", csv_path] + self.params(), "client.log", counters).wait()
         wall = time.monotonic() - t0
-        self.runs.write("%s\t%s\t%s\t%d\t%.1f\t%d\n" % (tag, mode, rep, rc, wall, 0))
-        self.runs.flush()
+        self.log_run(tb, tag, mode, rep, rc, wall)
         if rc != 0:
             raise TestbedError("%s %s rep %d: the client failed (exit %d); see %s/client.log" % (tag, mode, rep, rc, tb.out))
         write_links(counters, os.path.join(d, name + ".links.tsv"))
@@ -117,8 +124,7 @@ class Runner:
         with open(os.path.join(d, "run.tsv"), "w") as f:
             f.write("users\tn_predict\twall_s\tclients_failed\n%d\t%d\t%.1f\t%d\n"
                     % (n, n_predict, wall, sum(1 for r in rcs if r)))
-        self.runs.write("users\t%d\t1\t%d\t%.1f\t%d\n" % (n, max(rcs), wall, n_predict))
-        self.runs.flush()
+        self.log_run(tb, "users", "%d users" % n, 1, max(rcs), wall)
         print("  users    %-11s       : %5.1f s, %d clients failed" % (n, wall, sum(1 for r in rcs if r)), flush=True)
 
 

@@ -159,24 +159,25 @@ class Testbed:
     def start_node(self, e):
         d = os.path.join(self.out, "edge%d" % e)
         log = "edge%d/node.log" % e
-        with open(os.path.join(self.out, log), "ab") as f:  # a mark, so that wait_log sees this start only
+        path = os.path.join(self.out, log)
+        with open(path, "ab") as f:
             f.write(b"--- testbed: node start\n")
+        start = os.path.getsize(path)  # look for "listening on" after here only: a restart appends
         node = self.spawn("edge%d" % e, [BIN, "serve", "--model", self.model, "--host", edge_addr(e, "access"),
                                          "--port", "8080", "--node-id", "edge-%d" % e, "--threads", str(self.threads),
                                          "--data-dir", os.path.join(d, "data"), "--store", "nats://127.0.0.1:4222",
                                          "--store-core-domain", "core", "--store-replicas", "3"] + self.node_args, log)
         self.nodes[e] = node
-        start = os.path.getsize(os.path.join(self.out, log))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            with open(os.path.join(self.out, log), "rb") as f:
-                f.seek(start - 1)
+            with open(path, "rb") as f:
+                f.seek(start)
                 if b"listening on" in f.read():
                     return
             if node.poll() is not None:
                 break
             time.sleep(0.05)
-        raise TestbedError("edge-%d did not start (exit %s); see %s" % (e, node.poll(), os.path.join(self.out, log)))
+        raise TestbedError("edge-%d did not start (exit %s); see %s" % (e, node.poll(), path))
 
     def restart_nodes(self):
         """Every node stopped (SIGTERM, by PID) and started again: a cold
@@ -212,12 +213,13 @@ class Testbed:
         return self.spawn("client", [BIN, "scenario"] + args + self.client_nodes() + extra, log)
 
     def sample(self, path, turn):
-        out = subprocess.run([NET, "counters"], check=True, capture_output=True, text=True).stdout
+        """Appends every link's counters to PATH as the per-turn hook does."""
         with open(path, "a") as f:
-            for line in out.splitlines():
-                f.write("%s %s\n" % (turn, line))
+            for link, (tx, rx) in self.counters().items():
+                f.write("%d %s %d %d\n" % (turn, link.replace("/", " "), tx, rx))
 
     def counters(self):
+        """{"HOST/IFACE": (tx_bytes, rx_bytes)} for every interface now."""
         out = subprocess.run([NET, "counters"], check=True, capture_output=True, text=True).stdout
         return {"%s/%s" % tuple(ln.split()[:2]): tuple(map(int, ln.split()[2:4])) for ln in out.splitlines()}
 
