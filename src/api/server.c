@@ -9,6 +9,7 @@
 #include "../util/log.h"
 #include "errors.h"
 #include "http.h"
+#include "openai.h"
 #include "request.h"
 
 struct api_server {
@@ -33,14 +34,20 @@ static void log_request(const char *method, const char *url, int status, double 
              sid && *sid ? sid : "-", turn, mode ? mode : "-");
 }
 
-static enum MHD_Result handle_completion(api_server *s, const http_req *hr, int *status) {
+/* POST /completion (llama.cpp's format) and /v1/chat/completions (OpenAI's):
+ * two wire formats over the one ctx_complete. */
+static enum MHD_Result handle_completion(api_server *s, const http_req *hr, bool openai, int *status) {
     struct MHD_Connection *conn = hr->conn;
     api_defaults d = {.default_n_predict = s->p.default_n_predict};
     ctx_request req;
+    api_chat chat = {0};
     json_t *root = NULL;
     dc_error err = {0};
     ctx_reply rep = {0};
-    dc_code rc = api_completion_parse(hr->body, hr->body_n, &d, &req, &root, &err);
+    dc_code rc = openai ? api_chat_parse(hr->body, hr->body_n, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Session-Id"),
+                                         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Turn"), &d, &req, &chat,
+                                         &root, &err)
+                        : api_completion_parse(hr->body, hr->body_n, &d, &req, &root, &err);
     if (!rc) {
         req.gen.alive = http_conn_alive;
         req.gen.alive_ud = conn;
@@ -53,6 +60,9 @@ static enum MHD_Result handle_completion(api_server *s, const http_req *hr, int 
     } else if (rc) {
         *status = api_error_status(rc);
         ok = http_send_error(conn, &err);
+    } else if (openai) {
+        *status = 200;
+        ok = send_json(conn, 200, api_chat_json(&rep, &chat, llm_model_name(s->m), s->p.node_id));
     } else {
         *status = 200;
         json_t *o = api_completion_json(&rep, s->p.node_id, llm_model_name(s->m));
@@ -62,8 +72,9 @@ static enum MHD_Result handle_completion(api_server *s, const http_req *hr, int 
         json_object_set_new(json_object_get(o, "timings"), "total_ms", json_real(clock_mono_ms() - hr->t0));
         ok = send_json(conn, 200, o);
     }
-    log_request("POST", "/completion", *status, hr->t0, rep.session_id, rep.turn, rc ? NULL : ctx_mode_name(rep.mode));
+    log_request("POST", hr->url, *status, hr->t0, rep.session_id, rep.turn, rc ? NULL : ctx_mode_name(rep.mode));
     ctx_reply_free(&rep);
+    api_chat_free(&chat);
     json_decref(root);
     return ok;
 }
@@ -109,14 +120,18 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
     int status = 0;
     dc_error err = {0};
     enum MHD_Result ok;
-    if (!strcmp(url, "/completion") || !strcmp(url, "/completions")) {
+    bool openai = !strcmp(url, "/v1/chat/completions");
+    if (openai || !strcmp(url, "/completion") || !strcmp(url, "/completions")) {
         if (strcmp(method, "POST") != 0) {
             dc_fail(&err, DC_E_METHOD, "%s is not allowed on %s: use POST", method, url);
             status = 405;
             ok = http_send_error(hr->conn, &err);
         } else {
-            return handle_completion(s, hr, &status);
+            return handle_completion(s, hr, openai, &status);
         }
+    } else if (!strcmp(url, "/v1/models")) {
+        status = 200;
+        ok = send_json(hr->conn, 200, api_models_json(llm_model_name(s->m)));
     } else if (!strncmp(url, "/v1/sessions/", 13) && url[13] && !strchr(url + 13, '/')) {
         ok = handle_session(s, hr->conn, method, url + 13, &status);
     } else if (!strcmp(url, "/health")) {

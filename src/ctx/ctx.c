@@ -183,8 +183,10 @@ static dc_code complete_client_side(ctx *c, const ctx_request *req, ctx_reply *r
     tokvec input = {0}, out = {0};
     double t0 = clock_mono_ms();
     dc_code rc = DC_OK;
-    if (llm_tokenize(c->m, req->prompt, strlen(req->prompt), true, &input) != 0)
-        rc = llm_error(err, DC_E_INVALID, "the prompt cannot be tokenized");
+    if (req->messages ? llm_chat_render(c->m, req->messages, req->n_messages, true, &input) != 0
+                      : llm_tokenize(c->m, req->prompt, strlen(req->prompt), true, &input) != 0)
+        rc = llm_error(err, DC_E_INVALID, req->messages ? "the messages cannot be rendered with the model's chat template"
+                                                        : "the prompt cannot be tokenized");
     rep->tokenize_ms = clock_mono_ms() - t0;
     if (!rc && input.n == 0) rc = dc_fail(err, DC_E_INVALID, "prompt is empty");
     if (!rc && input.n + (size_t)req->gen.n_predict > (size_t)llm_n_ctx(c->m))
@@ -358,7 +360,9 @@ done:
 dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *err) {
     memset(rep, 0, sizeof *rep);
     rep->mode = req->mode;
-    if (!req->prompt) return dc_fail(err, DC_E_INVALID, "prompt is required");
+    if (req->messages && (req->mode != MODE_CLIENT_SIDE || req->prompt || req->n_messages == 0))
+        return dc_fail(err, DC_E_INVALID, "messages replace the prompt in client-side mode only, and cannot be empty");
+    if (!req->prompt && !req->messages) return dc_fail(err, DC_E_INVALID, "prompt is required");
     if (req->gen.n_predict < 1) return dc_fail(err, DC_E_INVALID, "n_predict must be >= 1");
     if (req->user_id) {
         if (!id_is_valid(req->user_id)) return dc_fail(err, DC_E_INVALID, "user_id must be 1-64 characters of [A-Za-z0-9._-]");

@@ -37,6 +37,9 @@ void ctx_free(ctx *c);
 typedef struct {
     session_mode mode;
     const char *prompt;     /* tokenized/raw: the new user message; client-side: the formatted history */
+    const llm_msg *messages; /* client-side only, instead of prompt: the whole conversation, rendered with
+                                the model's template (contents never parsed as markup) */
+    size_t n_messages;
     const char *system;     /* optional system message, first turn only */
     const char *session_id; /* NULL: a new session is created */
     const char *user_id;    /* NULL: one is assigned */

@@ -1,5 +1,6 @@
-/* test_api.c - JSON error mapping and /completion request parsing: every
- * malformed input becomes the right 4xx, never a crash. */
+/* test_api.c - JSON error mapping, /completion and /v1/chat/completions
+ * request parsing: every malformed input becomes the right 4xx, never a
+ * crash. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +9,7 @@
 #include <cmocka.h>
 
 #include "api/errors.h"
+#include "api/openai.h"
 #include "api/request.h"
 #include "util/ids.h"
 #include "util/utf8.h"
@@ -153,10 +155,110 @@ static void utf8(void **state) {
     strbuf_free(&b);
 }
 
+static dc_code chat(const char *body, const char *hdr_sid, const char *hdr_turn, ctx_request *req, api_chat *c,
+                    json_t **root, dc_error *e) {
+    api_defaults d = {.default_n_predict = 64};
+    return api_chat_parse(body, strlen(body), hdr_sid, hdr_turn, &d, req, c, root, e);
+}
+
+static void chat_stateless_and_session(void **state) {
+    (void)state;
+    ctx_request req;
+    api_chat c;
+    json_t *root;
+    dc_error e = {0};
+    /* no session: the whole conversation, rendered by the model's template */
+    assert_int_equal(chat("{\"model\":\"m\",\"max_tokens\":9,\"messages\":[{\"role\":\"developer\",\"content\":\"s\"},"
+                          "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]},"
+                          "{\"role\":\"assistant\",\"content\":\"yo\"},{\"role\":\"user\",\"content\":\"q\"}]}",
+                          NULL, NULL, &req, &c, &root, &e),
+                     DC_OK);
+    assert_int_equal(req.mode, MODE_CLIENT_SIDE);
+    assert_false(c.session);
+    assert_null(req.prompt);
+    assert_int_equal(req.n_messages, 4);
+    assert_string_equal(req.messages[0].role, "system"); /* developer is the system message */
+    assert_string_equal(req.messages[1].content, "hi");
+    assert_int_equal(req.gen.n_predict, 9);
+    api_chat_free(&c);
+    json_decref(root);
+    /* store:true starts a session: the system message and the user message */
+    assert_int_equal(chat("{\"store\":true,\"max_completion_tokens\":5,\"max_tokens\":7,\"messages\":["
+                          "{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"u\"}]}",
+                          NULL, NULL, &req, &c, &root, &e),
+                     DC_OK);
+    assert_int_equal(req.mode, MODE_TOKENIZED);
+    assert_true(c.session);
+    assert_string_equal(req.system, "s");
+    assert_string_equal(req.prompt, "u");
+    assert_string_equal(req.user_id, "anonymous");
+    assert_int_equal(req.gen.n_predict, 5); /* max_completion_tokens wins */
+    api_chat_free(&c);
+    json_decref(root);
+    /* a session named by the headers; the body's fields win over them */
+    assert_int_equal(chat("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}]}", "abc", "7", &req, &c, &root, &e),
+                     DC_OK);
+    assert_string_equal(req.session_id, "abc");
+    assert_int_equal(req.turn, 7);
+    api_chat_free(&c);
+    json_decref(root);
+    assert_int_equal(chat("{\"session_id\":\"xyz\",\"turn\":2,\"user\":\"ann\",\"messages\":[{\"role\":\"user\","
+                          "\"content\":\"u\"}]}",
+                          "abc", "7", &req, &c, &root, &e),
+                     DC_OK);
+    assert_string_equal(req.session_id, "xyz");
+    assert_int_equal(req.turn, 2);
+    assert_string_equal(req.user_id, "ann");
+    api_chat_free(&c);
+    json_decref(root);
+}
+
+static void chat_bad_requests(void **state) {
+    (void)state;
+    static const struct {
+        const char *body, *turn_hdr, *why;
+    } bad[] = {
+        {"[]", NULL, "body must be a JSON object"},
+        {"{}", NULL, "messages is required"},
+        {"{\"messages\":[]}", NULL, "messages is required"},
+        {"{\"messages\":[{\"role\":\"bot\",\"content\":\"x\"}]}", NULL, "is not system"},
+        {"{\"messages\":[{\"role\":\"user\"}]}", NULL, "content must be a string"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":7}]}", NULL, "content must be a string"},
+        {"{\"messages\":[\"user\"]}", NULL, "must be an object"},
+        {"{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "stream:true"},
+        {"{\"stop\":\"\\n\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "stop sequences"},
+        {"{\"n\":2,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "n must be between 1 and 1"},
+        {"{\"max_tokens\":0,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "max_tokens"},
+        {"{\"turn\":2,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "turn needs a session"},
+        {"{\"store\":1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "store must be a boolean"},
+        {"{\"store\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"assistant\","
+         "\"content\":\"y\"},{\"role\":\"user\",\"content\":\"z\"}]}",
+         NULL, "only the new user message"},
+        {"{\"store\":true,\"messages\":[{\"role\":\"system\",\"content\":\"x\"}]}", NULL, "only the new user message"},
+        {"{\"session_id\":\"s\",\"turn\":2,\"messages\":[{\"role\":\"system\",\"content\":\"x\"},"
+         "{\"role\":\"user\",\"content\":\"z\"}]}",
+         NULL, "can only start a session"},
+        {"{\"session_id\":\"s\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "two", "X-Turn"},
+        {"{\"session_id\":\"s\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "0", "X-Turn"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ctx_request req;
+        api_chat c;
+        json_t *root = NULL;
+        dc_error e = {0};
+        dc_code rc = chat(bad[i].body, NULL, bad[i].turn_hdr, &req, &c, &root, &e);
+        if (rc != DC_E_INVALID && rc != DC_E_JSON) fail_msg("case %zu (%s): code %d", i, bad[i].body, rc);
+        if (!strstr(e.message, bad[i].why)) fail_msg("case %zu: \"%s\" lacks \"%s\"", i, e.message, bad[i].why);
+        api_chat_free(&c);
+        json_decref(root);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(error_statuses), cmocka_unit_test(error_body_shape), cmocka_unit_test(paper_client_request),
         cmocka_unit_test(bad_requests),   cmocka_unit_test(ids),              cmocka_unit_test(utf8),
+        cmocka_unit_test(chat_stateless_and_session), cmocka_unit_test(chat_bad_requests),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
