@@ -231,9 +231,10 @@ class Report:
             tok, cs = Runs(d, "tokenized"), Runs(d, "client-side")
             if not (tok and cs):
                 continue
+            up_a, up_b = tok.per_turn(req_kb), cs.per_turn(req_kb)
+            lat_a, lat_b = tok.per_turn(latency_s), cs.per_turn(latency_s)
             for t in tok.turns():
-                a, b = tok.per_turn(req_kb)[t], cs.per_turn(req_kb)[t]
-                la, lb = tok.per_turn(latency_s)[t], cs.per_turn(latency_s)[t]
+                a, b, la, lb = up_a[t], up_b[t], lat_a[t], lat_b[t]
                 rows.append([mt, t, "%.2f" % statistics.median(a), "%.2f" % statistics.median(b),
                              "%.1f" % (statistics.median(b) * 8 / 2000 * 1000), "%.2f" % statistics.median(la),
                              "%.2f" % statistics.median(lb), "%+.1f%%" % pct(statistics.median(la), statistics.median(lb))])
@@ -284,7 +285,7 @@ class Report:
 
 
 def handover_ms(row):
-    return float(row["wait_ms"]) + float(row.get("store_read_ms") or 0)
+    return float(row["wait_ms"]) + float(row["store_read_ms"])
 
 
 def q(xs, p):

@@ -3,7 +3,6 @@
 #
 #   bench/testbed/net.sh up [EDGES]          core, EDGES edge hosts (default 2), a client
 #   bench/testbed/net.sh shape HOST RATE     tc tbf both ways on HOST's first link (e.g. 2mbit; "off")
-#   bench/testbed/net.sh bytes HOST [IFACE]  "tx_bytes rx_bytes" of HOST's interface (default eth0)
 #   bench/testbed/net.sh counters            "HOST IFACE tx_bytes rx_bytes" for every interface
 #   bench/testbed/net.sh selfcheck           reachability, and a shaped link's measured rate
 #   bench/testbed/net.sh down                stops every process in them, removes them
@@ -85,11 +84,6 @@ shape() { # HOST RATE|off: HOST's uplink (its eth0) and downlink (the bridge por
       tc -n "$1" qdisc add dev "$2" root tbf rate "$rate" burst 32kbit latency 400ms
     fi
   done
-}
-
-bytes() {
-  local d=/sys/class/net/${2:-eth0}/statistics
-  ip netns exec "$PREFIX-$1" cat $d/tx_bytes $d/rx_bytes | paste -sd' '
 }
 
 counters() { # one line per host interface: HOST IFACE TX_BYTES RX_BYTES
@@ -175,9 +169,8 @@ sys.exit(0 if ok else 1)
 case "${1:-}" in
   up) up "${2:-2}" ;;
   shape) shape "$2" "$3" ;;
-  bytes) bytes "$2" "${3:-eth0}" ;;
   counters) counters ;;
   selfcheck) selfcheck ;;
   down) down ;;
-  *) sed -n '2,9p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,8p' "$0" >&2; exit 2 ;;
 esac

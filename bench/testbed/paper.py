@@ -37,8 +37,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import testbed  # noqa: E402
-from testbed import ROOT, Testbed, TestbedError, read_turns, write_links  # noqa: E402
+from testbed import ROOT, SETTLE_S, Testbed, TestbedError, read_turns, write_links  # noqa: E402
 
 MODELS = {
     "smollm2": os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -115,7 +114,7 @@ class Runner:
             time.sleep(0.25)
         rcs = [p.wait() for p in procs]
         wall = time.monotonic() - t0
-        time.sleep(testbed.SETTLE_S)
+        time.sleep(SETTLE_S)
         after = tb.counters()
         with open(os.path.join(d, "links.tsv"), "w") as f:
             f.write("link\ttx_bytes\trx_bytes\n")

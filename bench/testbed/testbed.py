@@ -75,11 +75,13 @@ class Testbed:
             return subprocess.Popen(["ip", "netns", "exec", "dctb-" + host] + argv, stdout=f,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
-    def wait_log(self, proc, log, pattern, secs=60):
+    def wait_log(self, proc, log, pattern, secs=60, start=0):
+        """Waits until OUT/log has pattern after byte start, while proc lives."""
         path = os.path.join(self.out, log)
         deadline = time.monotonic() + secs
         while time.monotonic() < deadline:
             with open(path, "rb") as f:
+                f.seek(start)
                 if pattern.encode() in f.read():
                     return
             if proc.poll() is not None:
@@ -168,16 +170,7 @@ class Testbed:
                                          "--data-dir", os.path.join(d, "data"), "--store", "nats://127.0.0.1:4222",
                                          "--store-core-domain", "core", "--store-replicas", "3"] + self.node_args, log)
         self.nodes[e] = node
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with open(path, "rb") as f:
-                f.seek(start)
-                if b"listening on" in f.read():
-                    return
-            if node.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise TestbedError("edge-%d did not start (exit %s); see %s" % (e, node.poll(), path))
+        self.wait_log(node, log, "listening on", 120, start)
 
     def restart_nodes(self):
         """Every node stopped (SIGTERM, by PID) and started again: a cold

@@ -190,13 +190,12 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
     } else if (known_post && !post) {
         rc = dc_fail(&err, DC_E_METHOD, "use POST on %s", hr->url);
     } else if (known_post) {
-        json_error_t je;
-        body = json_loadb(hr->body, hr->body_n, JSON_REJECT_DUPLICATES, &je);
-        if (!body || !json_is_object(body)) rc = dc_fail(&err, DC_E_JSON, "the body must be a JSON object");
-        else if (!strcmp(hr->url, "/tokenize")) rc = do_tokenize(s, body, &out, &err);
-        else if (!strcmp(hr->url, "/detokenize")) rc = do_detokenize(s, body, &out, &err);
-        else if (!strcmp(hr->url, "/apply-template")) rc = do_apply_template(s, body, &out, &err);
-        else rc = do_completion(s, hr, body, &out, &err);
+        rc = api_json_object(hr->body, hr->body_n, &body, &err);
+        if (!rc)
+            rc = !strcmp(hr->url, "/tokenize")         ? do_tokenize(s, body, &out, &err)
+                 : !strcmp(hr->url, "/detokenize")     ? do_detokenize(s, body, &out, &err)
+                 : !strcmp(hr->url, "/apply-template") ? do_apply_template(s, body, &out, &err)
+                                                       : do_completion(s, hr, body, &out, &err);
     } else {
         rc = dc_fail(&err, DC_E_NOT_FOUND, "no route %s %s", hr->method, hr->url);
     }
