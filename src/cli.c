@@ -1,6 +1,7 @@
 /* cli.c - see cli.h. */
 #include "cli.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,4 +83,98 @@ void cli_block_stop(sigset_t *stop) {
     sigaddset(stop, SIGTERM);
     pthread_sigmask(SIG_BLOCK, stop, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    size_t n = strlen(s);
+    while (n && isspace((unsigned char)s[n - 1])) s[--n] = '\0';
+    if (n >= 2 && (s[0] == '"' || s[0] == '\'') && s[n - 1] == s[0]) { /* a quoted value */
+        s[n - 1] = '\0';
+        s++;
+    }
+    return s;
+}
+
+static void add_owned(cli_args *a, char *s) {
+    a->owned = dc_xrealloc(a->owned, (size_t)(a->n_owned + 1) * sizeof *a->owned);
+    a->owned[a->n_owned++] = s;
+}
+
+/* Reads path's settings into a's owned strings ("--name=value", "--flag"). */
+static int read_config(const char *cmd, const struct option *opts, const char *path, cli_args *a) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "%s: cannot read the configuration file %s\n", cmd, path);
+        return -1;
+    }
+    char line[4096];
+    int lineno = 0, rc = 0;
+    while (!rc && fgets(line, sizeof line, f)) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash) *hash = '\0';
+        char *name = trim(line);
+        if (!*name) continue;
+        char *value = name + strcspn(name, " \t=");
+        if (*value) {
+            *value++ = '\0';
+            value = trim(value);
+            if (*value == '=') value = trim(value + 1);
+        }
+        const struct option *o = opts;
+        while (o->name && strcmp(o->name, name) != 0) o++;
+        if (!o->name || !strcmp(name, "config") || !strcmp(name, "help")) {
+            fprintf(stderr, "%s: %s:%d: unknown setting \"%s\" (settings are the long options of --help)\n", cmd,
+                    path, lineno, name);
+            rc = -1;
+        } else if (o->has_arg == no_argument) {
+            if (*value && strcmp(value, "true") && strcmp(value, "false")) {
+                fprintf(stderr, "%s: %s:%d: %s is a flag: true, false, or no value\n", cmd, path, lineno, name);
+                rc = -1;
+            } else if (strcmp(value, "false") != 0) {
+                strbuf b = {0};
+                strbuf_printf(&b, "--%s", name);
+                add_owned(a, b.s);
+            }
+        } else if (!*value) {
+            fprintf(stderr, "%s: %s:%d: %s needs a value\n", cmd, path, lineno, name);
+            rc = -1;
+        } else {
+            strbuf b = {0};
+            strbuf_printf(&b, "--%s=%s", name, value);
+            add_owned(a, b.s);
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+int cli_config_expand(const char *cmd, const struct option *opts, int argc, char **argv, cli_args *out) {
+    *out = (cli_args){0};
+    const char *path = NULL;
+    int at = -1, span = 0;
+    for (int i = 1; i < argc && !path; i++) {
+        if (!strcmp(argv[i], "--")) break;
+        if (!strncmp(argv[i], "--config=", 9)) path = argv[i] + 9, at = i, span = 1;
+        else if (!strcmp(argv[i], "--config") && i + 1 < argc) path = argv[i + 1], at = i, span = 2;
+    }
+    if (path && read_config(cmd, opts, path, out) != 0) {
+        cli_args_free(out);
+        return -1;
+    }
+    out->argv = dc_xrealloc(NULL, (size_t)(argc + out->n_owned + 1) * sizeof *out->argv);
+    out->argv[out->argc++] = argv[0];
+    for (int i = 0; i < out->n_owned; i++) out->argv[out->argc++] = out->owned[i];
+    for (int i = 1; i < argc; i++)
+        if (i < at || i >= at + span) out->argv[out->argc++] = argv[i];
+    out->argv[out->argc] = NULL;
+    return 0;
+}
+
+void cli_args_free(cli_args *a) {
+    for (int i = 0; i < a->n_owned; i++) free(a->owned[i]);
+    free(a->owned);
+    free(a->argv);
+    *a = (cli_args){0};
 }

@@ -1,9 +1,11 @@
 /* serve.c - `discedge serve`: one edge node. Loads the model, opens the
  * store, starts the HTTP API, then waits for SIGINT/SIGTERM, sweeping
- * expired sessions once a minute meanwhile. */
+ * expired sessions once a minute meanwhile and reloading the API keys on
+ * SIGHUP. */
 #include "serve.h"
 
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api/auth.h"
 #include "api/server.h"
 #include "cli.h"
 #include "ctx/ctx.h"
@@ -38,14 +41,29 @@ static void keygroup_of(const llm *m, char *out, size_t n) {
     snprintf(out, n, "%s_%016llx", clean, (unsigned long long)h);
 }
 
+static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, const char *keys_path);
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: discedge serve (--model PATH | --llm URL) [options]\n"
+            "       discedge serve --config FILE [options]\n"
             "\n"
-            "Runs one DisCEdge edge node: an HTTP API (POST /completion, GET|DELETE\n"
-            "/v1/sessions/{id}, GET /health) that keeps each session's context as\n"
-            "tokens in the embedded store.\n"
+            "Runs one DisCEdge edge node. Clients talk to it over HTTP and their\n"
+            "conversations are kept on the server, as tokens, in a store that every node\n"
+            "of a deployment shares; a client can move to another node mid-conversation.\n"
             "\n"
+            "Start one on this machine and chat with it:\n"
+            "  discedge serve --model models/SmolLM2-135M-Instruct.Q4_1.gguf --port 8080\n"
+            "  then open http://127.0.0.1:8080/ in a browser, or use any OpenAI SDK with\n"
+            "  base_url http://127.0.0.1:8080/v1 (README.md has curl examples).\n"
+            "\n"
+            "Endpoints: POST /v1/chat/completions, POST /v1/responses, GET /v1/models\n"
+            "(OpenAI's), POST /completion (llama.cpp's), GET|DELETE /v1/sessions/{id},\n"
+            "GET /health, GET /metrics (Prometheus), GET / (a chat page).\n"
+            "\n"
+            "  --config FILE         read settings from FILE: one \"name = value\" per line,\n"
+            "                        named as the long options here (deploy/discedge.conf);\n"
+            "                        options on the command line win over the file\n"
             "  --model PATH          GGUF model to serve in this process\n"
             "  --llm URL             or: use the LLM service at http://HOST:PORT instead, a\n"
             "                        `discedge llm-serve` or llama-server\n"
@@ -68,12 +86,16 @@ static void usage(FILE *f) {
             "  --stale-retries N     re-reads when the stored turn is behind (default 3)\n"
             "  --stale-retry-ms MS   pause between re-reads (default 10)\n"
             "  --max-body BYTES      request body limit (default 1048576)\n"
+            "  --api-keys FILE       require API keys: FILE has one \"KEY USER_ID\" per line;\n"
+            "                        requests need \"Authorization: Bearer KEY\" and the key's\n"
+            "                        user owns the sessions it creates (kill -HUP reloads it)\n"
             "\n");
     cli_engine_usage(f);
 }
 
 int serve_main(int argc, char **argv) {
-    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_LLM };
+    enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_LLM,
+           O_KEYS };
     static const struct option own[] = {{"model", required_argument, 0, 'm'},
                                         {"llm", required_argument, 0, O_LLM},
                                         {"host", required_argument, 0, 'H'},
@@ -89,6 +111,7 @@ int serve_main(int argc, char **argv) {
                                         {"stale-retries", required_argument, 0, O_RETRIES},
                                         {"stale-retry-ms", required_argument, 0, O_RETRY_MS},
                                         {"max-body", required_argument, 0, O_MAXBODY},
+                                        {"api-keys", required_argument, 0, O_KEYS},
                                         {"help", no_argument, 0, 'h'},
                                         {0, 0, 0, 0}};
     llm_params lp = llm_default_params();
@@ -99,6 +122,14 @@ int serve_main(int argc, char **argv) {
     gethostname(host, sizeof host - 1);
     cp.node_id = ap.node_id = host;
     struct option *opts = cli_options(own);
+    const char *keys_path = NULL;
+    cli_args args;
+    if (cli_config_expand("serve", opts, argc, argv, &args) != 0) {
+        free(opts);
+        return 2;
+    }
+    argc = args.argc;
+    argv = args.argv;
     int c, bad = 0;
     optind = 1;
     while (!bad && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -122,18 +153,36 @@ int serve_main(int argc, char **argv) {
         case O_RETRY_MS: cp.stale_retry_ms = atoi(optarg); break;
         case O_MAXBODY: ap.max_body = (size_t)atoll(optarg); break;
         case O_LLM: lp.url = optarg; break;
-        case 'h': usage(stdout); free(opts); return 0;
+        case O_KEYS: keys_path = optarg; break;
+        case 'h': usage(stdout); free(opts); cli_args_free(&args); return 0;
         default: bad = 1; break;
         }
     }
     free(opts);
-    if (bad || optind != argc || !(lp.model_path || lp.url)) {
-        usage(stderr);
+    bool done = bad || optind != argc || !(lp.model_path || lp.url);
+    if (done) usage(stderr);
+    else if (ap.port < 0 || ap.port > 65535 || ap.default_n_predict < 1 || cp.stale_retries < 0 ||
+             cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 ||
+             sp.replicas > 5)
+        done = fprintf(stderr, "serve: a numeric option is out of range (see --help)\n") > 0;
+    if (done) {
+        cli_args_free(&args);
         return 2;
     }
-    if (ap.port < 0 || ap.port > 65535 || ap.default_n_predict < 1 ||
-        cp.stale_retries < 0 || cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 || sp.replicas > 5) {
-        fprintf(stderr, "serve: a numeric option is out of range (see --help)\n");
+    /* the strings optarg pointed at (the file's settings) live in args */
+    int rc = serve_run(&lp, &sp, &cp, &ap, keys_path);
+    cli_args_free(&args);
+    return rc;
+}
+
+static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, const char *keys_path) {
+    llm_params lp = *lpp;
+    store_params sp = *spp;
+    ctx_params cp = *cpp;
+    api_params ap = *app;
+    char err[256];
+    if (keys_path && !(ap.keys = auth_load(keys_path, err, sizeof err))) {
+        fprintf(stderr, "serve: --api-keys: %s\n", err);
         return 2;
     }
 
@@ -141,13 +190,14 @@ int serve_main(int argc, char **argv) {
      * the mask and the signals reach only sigtimedwait below. */
     sigset_t stop;
     cli_block_stop(&stop);
+    sigaddset(&stop, SIGHUP); /* reloads the keys (below) */
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
 
     char spill_dir[1024];
     if (!lp.spill_dir) {
         snprintf(spill_dir, sizeof spill_dir, "%s/kv-spill", sp.data_dir);
         lp.spill_dir = spill_dir;
     }
-    char err[256];
     int rc = 1;
     store *s = NULL;
     ctx *cx = NULL;
@@ -186,6 +236,13 @@ int serve_main(int argc, char **argv) {
     for (;;) {
         int sig = sigtimedwait(&stop, NULL, &sweep);
         if (sig == SIGINT || sig == SIGTERM) break;
+        if (sig == SIGHUP) {
+            if (!ap.keys) continue;
+            int n = auth_reload(ap.keys, err, sizeof err);
+            if (n < 0) log_error("API keys not reloaded, the previous ones stay: %s", err);
+            else log_info("API keys reloaded: %d keys", n);
+            continue;
+        }
         long n = store_expire(s, clock_wall_ms());
         if (n > 0) log_info("removed %ld expired sessions", n);
         else if (n < 0) log_warn("session expiry sweep failed: %s", store_last_error());
@@ -197,5 +254,6 @@ out:
     ctx_free(cx);
     store_close(s);
     llm_free(m);
+    auth_free(ap.keys);
     return rc;
 }

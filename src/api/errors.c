@@ -10,6 +10,7 @@ static const struct {
     [DC_E_JSON] = {400, "invalid_json"},
     [DC_E_CTX_LENGTH] = {400, "context_length_exceeded"},
     [DC_E_MODE_MISMATCH] = {400, "mode_mismatch"},
+    [DC_E_UNAUTHORIZED] = {401, "invalid_api_key"},
     [DC_E_FORBIDDEN] = {403, "forbidden"},
     [DC_E_NOT_FOUND] = {404, "not_found"},
     [DC_E_METHOD] = {405, "method_not_allowed"},

@@ -35,12 +35,43 @@ typedef struct {
     double t0;
 } conn_state;
 
+/* Every answer may be read by a page of any origin: the page at / chats
+ * with several nodes (it runs on one, talks to another), and the API
+ * carries no cookies, so a foreign page gains nothing a plain client
+ * could not do. Access is what API keys (Authorization) control. */
+void http_add_cors(struct MHD_Response *r) {
+    MHD_add_response_header(r, "Access-Control-Allow-Origin", "*");
+    MHD_add_response_header(r, "Access-Control-Expose-Headers", "Retry-After");
+}
+
+static enum MHD_Result send_preflight(struct MHD_Connection *conn) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+    http_add_cors(r);
+    MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+    MHD_add_response_header(r, "Access-Control-Allow-Headers", "Content-Type, Authorization, X-Session-Id, X-Turn");
+    MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    enum MHD_Result ok = MHD_queue_response(conn, 204, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+enum MHD_Result http_send_static(struct MHD_Connection *conn, int status, const char *type, const void *body,
+                                 size_t n) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(n, (void *)body, MHD_RESPMEM_PERSISTENT);
+    MHD_add_response_header(r, "Content-Type", type);
+    http_add_cors(r);
+    enum MHD_Result ok = MHD_queue_response(conn, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
 enum MHD_Result http_send_json(struct MHD_Connection *conn, int status, json_t *body, const char *const *headers) {
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!text) text = strdup("{\"error\":{\"code\":500,\"type\":\"server_error\",\"message\":\"cannot encode response\"}}");
     struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
     MHD_add_response_header(r, "Content-Type", "application/json");
+    http_add_cors(r);
     for (; headers && headers[0]; headers += 2) MHD_add_response_header(r, headers[0], headers[1]);
     enum MHD_Result ok = MHD_queue_response(conn, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -96,6 +127,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         log_info("%s %s 413 %.1fms", method, url, clock_mono_ms() - cs->t0);
         return http_send_error(conn, &err);
     }
+    if (!strcmp(method, "OPTIONS")) return send_preflight(conn); /* CORS (http_add_cors) */
     http_req req = {.conn = conn, .method = method, .url = url, .body = cs->body.s ? cs->body.s : "",
                     .body_n = cs->body.n, .t0 = cs->t0};
     return s->h(s->ud, &req);

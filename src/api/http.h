@@ -35,6 +35,11 @@ void http_stop(http_server *s);
 /* Sends body (consumed) with extra headers given as NULL-terminated
  * name/value pairs. */
 enum MHD_Result http_send_json(struct MHD_Connection *conn, int status, json_t *body, const char *const *headers);
+/* Sends n bytes of body that outlive the server (the page at /). */
+enum MHD_Result http_send_static(struct MHD_Connection *conn, int status, const char *type, const void *body,
+                                 size_t n);
+/* The CORS headers every answer carries (http.c says why). */
+void http_add_cors(struct MHD_Response *r);
 /* Sends e as {"error":{code,type,message}} with its status (api/errors.c);
  * 429 carries Retry-After. */
 enum MHD_Result http_send_error(struct MHD_Connection *conn, const dc_error *e);

@@ -5,12 +5,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "../util/ids.h"
+#include "errors.h"
+#include "sse.h"
 
-/* A message's content: a string, or an array of {"type":"text","text":...}
- * parts, which must then be a single part (joining them would need a copy
- * that outlives the JSON; no SDK sends more for plain text). */
-static dc_code content_of(json_t *m, size_t i, const char **out, dc_error *err) {
+/* A message's content: a string, or an array of one text part ({"type":
+ * "text"|"input_text"|"output_text", "text": ...}); joining several would
+ * need a copy that outlives the JSON, and no SDK sends more for plain text. */
+static dc_code content_of(json_t *m, const char *where, size_t i, const char **out, dc_error *err) {
     json_t *c = json_object_get(m, "content");
     if (json_is_string(c)) {
         *out = json_string_value(c);
@@ -18,52 +19,120 @@ static dc_code content_of(json_t *m, size_t i, const char **out, dc_error *err) 
     }
     if (json_is_array(c) && json_array_size(c) == 1) {
         json_t *part = json_array_get(c, 0);
-        json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
-        if (json_is_string(type) && !strcmp(json_string_value(type), "text") && json_is_string(text)) {
+        const char *type = json_string_value(json_object_get(part, "type"));
+        json_t *text = json_object_get(part, "text");
+        if (type && (!strcmp(type, "text") || !strcmp(type, "input_text") || !strcmp(type, "output_text")) &&
+            json_is_string(text)) {
             *out = json_string_value(text);
             return DC_OK;
         }
     }
-    return dc_fail(err, DC_E_INVALID, "messages[%zu].content must be a string (or one text part)", i);
+    return dc_fail(err, DC_E_INVALID, "%s[%zu].content must be a string (or one text part)", where, i);
 }
 
-static dc_code messages_of(json_t *r, api_chat *chat, dc_error *err) {
-    json_t *a = json_object_get(r, "messages");
+/* Appends the messages of array a (from field `where`) to chat->msgs. */
+static dc_code messages_of(json_t *a, const char *where, api_chat *chat, dc_error *err) {
     if (!json_is_array(a) || json_array_size(a) == 0)
-        return dc_fail(err, DC_E_INVALID, "messages is required: a non-empty array of {role, content}");
-    if (json_array_size(a) > 4096) return dc_fail(err, DC_E_INVALID, "at most 4096 messages");
-    chat->n = json_array_size(a);
-    if (!(chat->msgs = calloc(chat->n, sizeof *chat->msgs))) return dc_fail(err, DC_E_INTERNAL, "out of memory");
-    for (size_t i = 0; i < chat->n; i++) {
-        json_t *m = json_array_get(a, i), *role = json_object_get(m, "role");
-        if (!json_is_object(m) || !json_is_string(role))
-            return dc_fail(err, DC_E_INVALID, "messages[%zu] must be an object with a string role", i);
+        return dc_fail(err, DC_E_INVALID, "%s is required: a non-empty array of {role, content}", where);
+    if (json_array_size(a) > 4096) return dc_fail(err, DC_E_INVALID, "at most 4096 messages in %s", where);
+    llm_msg *m = realloc(chat->msgs, (chat->n + json_array_size(a)) * sizeof *m);
+    if (!m) return dc_fail(err, DC_E_INTERNAL, "out of memory");
+    chat->msgs = m;
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        json_t *o = json_array_get(a, i), *role = json_object_get(o, "role");
+        const char *type = json_string_value(json_object_get(o, "type"));
+        if (!json_is_object(o) || !json_is_string(role) || (type && strcmp(type, "message") != 0))
+            return dc_fail(err, DC_E_INVALID, "%s[%zu] must be a message: an object with a string role", where, i);
         const char *ro = json_string_value(role);
         /* "developer" is what newer OpenAI models call the system message */
         if (!strcmp(ro, "developer")) ro = "system";
         if (strcmp(ro, "system") && strcmp(ro, "user") && strcmp(ro, "assistant"))
-            return dc_fail(err, DC_E_INVALID, "messages[%zu].role \"%.20s\" is not system, developer, user or assistant",
-                           i, ro);
-        chat->msgs[i].role = ro;
-        dc_code rc = content_of(m, i, &chat->msgs[i].content, err);
+            return dc_fail(err, DC_E_INVALID, "%s[%zu].role \"%.20s\" is not system, developer, user or assistant",
+                           where, i, ro);
+        llm_msg *msg = &chat->msgs[chat->n];
+        msg->role = ro;
+        dc_code rc = content_of(o, where, i, &msg->content, err);
         if (rc) return rc;
+        chat->n++;
     }
+    return DC_OK;
+}
+
+static dc_code add_message(api_chat *chat, const char *role, const char *content, dc_error *err) {
+    llm_msg *m = realloc(chat->msgs, (chat->n + 1) * sizeof *m);
+    if (!m) return dc_fail(err, DC_E_INTERNAL, "out of memory");
+    chat->msgs = m;
+    chat->msgs[chat->n++] = (llm_msg){.role = role, .content = content};
     return DC_OK;
 }
 
 /* With a session the node keeps the history: the request carries only the
  * new user message, after a system message on a session's first turn. */
-static dc_code session_turn_of(const api_chat *chat, ctx_request *req, dc_error *err) {
+static dc_code session_turn_of(const api_chat *chat, ctx_request *req, bool first, dc_error *err) {
     size_t n = chat->n;
     const llm_msg *last = &chat->msgs[n - 1];
     if (strcmp(last->role, "user") != 0 || n > 2 || (n == 2 && strcmp(chat->msgs[0].role, "system") != 0))
         return dc_fail(err, DC_E_INVALID,
                        "with a session, send only the new user message (and a system message on its first turn): "
                        "the node keeps the history");
-    if (n == 2 && req->session_id)
-        return dc_fail(err, DC_E_INVALID, "a system message can only start a session (send it without session_id)");
+    if (n == 2 && !first)
+        return dc_fail(err, DC_E_INVALID, "a system message (or instructions) can only start a session");
     req->prompt = last->content;
     if (n == 2) req->system = chat->msgs[0].content;
+    return DC_OK;
+}
+
+static dc_code get_bool(json_t *r, const char *key, bool dflt, bool *out, dc_error *err) {
+    json_t *v = json_object_get(r, key);
+    if (v && !json_is_null(v) && !json_is_boolean(v)) return dc_fail(err, DC_E_INVALID, "%s must be a boolean", key);
+    *out = v && !json_is_null(v) ? json_is_true(v) : dflt;
+    return DC_OK;
+}
+
+/* The fields both APIs share: stream, user, sampling, and the reply cap
+ * (whose name each API has its own of). */
+static dc_code common_of(json_t *r, const api_defaults *d, const char *const *cap_names, ctx_request *req,
+                         api_chat *chat, dc_error *err) {
+    const char *model = NULL;
+    dc_code rc;
+    if ((rc = api_get_string(r, "model", &model, err))) return rc;
+    if ((rc = get_bool(r, "stream", false, &chat->stream, err))) return rc;
+    json_t *so = json_object_get(r, "stream_options");
+    if (so && !json_is_null(so) && !json_is_object(so)) return dc_fail(err, DC_E_INVALID, "stream_options must be an object");
+    if (so && (rc = get_bool(so, "include_usage", false, &chat->include_usage, err))) return rc;
+    /* what this node does not do is refused, not ignored */
+    json_t *v = json_object_get(r, "stop");
+    if (v && !json_is_null(v)) return dc_fail(err, DC_E_INVALID, "stop sequences are not supported by this node");
+    v = json_object_get(r, "tools");
+    if (json_array_size(v) > 0) return dc_fail(err, DC_E_INVALID, "tools are not supported by this node");
+    long long x;
+    bool given;
+    if ((rc = api_get_integer(r, "n", 1, 1, &x, &given, err))) return rc;
+    if ((rc = api_get_string(r, "user", &req->user_id, err))) return rc;
+    req->gen = llm_default_gen_params();
+    req->gen.n_predict = d->default_n_predict;
+    for (given = false; *cap_names && !given; cap_names++) {
+        if ((rc = api_get_integer(r, *cap_names, 1, 1 << 20, &x, &given, err))) return rc;
+        if (given) req->gen.n_predict = (int)x;
+    }
+    chat->created = (long long)time(NULL);
+    return api_sampling_parse(r, &req->gen, err);
+}
+
+static void name_reply(api_chat *chat, const ctx_request *req) {
+    char rnd[33];
+    if (id_random_hex(rnd) != 0) strcpy(rnd, "0");
+    if (!chat->responses) snprintf(chat->id, sizeof chat->id, "chatcmpl-%s", rnd);
+    else if (chat->session) snprintf(chat->id, sizeof chat->id, "resp_%s_%u", chat->sid, req->turn);
+    else snprintf(chat->id, sizeof chat->id, "resp_%s", rnd); /* names no turn: cannot be continued */
+}
+
+/* A new session's id is chosen here, not by ctx_complete, so that a
+ * stream's first chunk can already name it. */
+static dc_code new_session(api_chat *chat, ctx_request *req, dc_error *err) {
+    if (id_random_hex(chat->sid) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
+    req->session_id = chat->sid;
+    req->turn = 1;
     return DC_OK;
 }
 
@@ -74,21 +143,13 @@ dc_code api_chat_parse(const char *body, size_t len, const char *hdr_session, co
     dc_code rc = api_json_object(body, len, root, err);
     if (rc) return rc;
     json_t *r = *root;
-    if ((rc = messages_of(r, chat, err))) return rc;
-    const char *model = NULL;
-    if ((rc = api_get_string(r, "model", &model, err))) return rc;
-
-    /* what this node does not do (yet) is refused, not ignored */
-    json_t *v = json_object_get(r, "stream");
-    if (v && !json_is_null(v) && !json_is_boolean(v)) return dc_fail(err, DC_E_INVALID, "stream must be a boolean");
-    if (json_is_true(v)) return dc_fail(err, DC_E_INVALID, "stream:true is not supported by this node yet");
-    v = json_object_get(r, "stop");
-    if (v && !json_is_null(v)) return dc_fail(err, DC_E_INVALID, "stop sequences are not supported by this node yet");
-    long long x;
-    bool given;
-    if ((rc = api_get_integer(r, "n", 1, 1, &x, &given, err))) return rc;
+    if ((rc = messages_of(json_object_get(r, "messages"), "messages", chat, err))) return rc;
+    static const char *const caps[] = {"max_completion_tokens", "max_tokens", NULL}; /* new name, old name */
+    if ((rc = common_of(r, d, caps, req, chat, err))) return rc;
 
     /* the session: body fields first, then the headers */
+    long long x;
+    bool given, store;
     if ((rc = api_get_string(r, "session_id", &req->session_id, err))) return rc;
     if (!req->session_id && hdr_session && *hdr_session) req->session_id = hdr_session;
     if ((rc = api_get_integer(r, "turn", 1, UINT32_MAX - 1, &x, &given, err))) return rc;
@@ -101,30 +162,97 @@ dc_code api_chat_parse(const char *body, size_t len, const char *hdr_session, co
             return dc_fail(err, DC_E_INVALID, "the X-Turn header must be an integer >= 1");
         req->turn = (uint32_t)t;
     }
-    v = json_object_get(r, "store");
-    if (v && !json_is_null(v) && !json_is_boolean(v)) return dc_fail(err, DC_E_INVALID, "store must be a boolean");
-    chat->session = req->session_id || json_is_true(v);
+    if ((rc = get_bool(r, "store", false, &store, err))) return rc;
+    chat->session = req->session_id || store;
     if (!chat->session && req->turn) return dc_fail(err, DC_E_INVALID, "turn needs a session (session_id or store:true)");
-    if ((rc = api_get_string(r, "user", &req->user_id, err))) return rc;
-    /* Without a user, sessions belong to "anonymous": the session id (128
-     * random bits) is then what lets a client continue one. */
+    /* Without a user (and without API keys), sessions belong to "anonymous":
+     * the session id (128 random bits) is then what lets a client continue one. */
     if (chat->session && !req->user_id) req->user_id = "anonymous";
     if (chat->session) {
         req->mode = MODE_TOKENIZED;
-        if ((rc = session_turn_of(chat, req, err))) return rc;
+        if (!req->session_id) {
+            if (req->turn > 1) return dc_fail(err, DC_E_INVALID, "turn %u needs the session_id of turn 1", req->turn);
+            if ((rc = new_session(chat, req, err))) return rc;
+        } else {
+            snprintf(chat->sid, sizeof chat->sid, "%s", req->session_id);
+        }
+        if ((rc = session_turn_of(chat, req, req->turn <= 1, err))) return rc;
     } else {
         req->mode = MODE_CLIENT_SIDE;
         req->messages = chat->msgs;
         req->n_messages = chat->n;
     }
+    name_reply(chat, req);
+    return DC_OK;
+}
 
-    req->gen = llm_default_gen_params();
-    req->gen.n_predict = d->default_n_predict;
-    /* max_completion_tokens is the current name, max_tokens the older one */
-    if ((rc = api_get_integer(r, "max_completion_tokens", 1, 1 << 20, &x, &given, err))) return rc;
-    if (!given && (rc = api_get_integer(r, "max_tokens", 1, 1 << 20, &x, &given, err))) return rc;
-    if (given) req->gen.n_predict = (int)x;
-    return api_sampling_parse(r, &req->gen, err);
+bool api_response_id_parse(const char *id, char sid[ID_MAX + 1], uint32_t *turn) {
+    if (strncmp(id, "resp_", 5) != 0) return false;
+    const char *s = id + 5, *us = strrchr(s, '_');
+    if (!us || us == s || (size_t)(us - s) > ID_MAX) return false;
+    char *end;
+    unsigned long t = strtoul(us + 1, &end, 10);
+    if (!us[1] || *end || t < 1 || t >= UINT32_MAX - 1 || us[1] == '0') return false;
+    memcpy(sid, s, (size_t)(us - s));
+    sid[us - s] = '\0';
+    *turn = (uint32_t)t;
+    return id_is_valid(sid);
+}
+
+dc_code api_responses_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, api_chat *chat,
+                            json_t **root, dc_error *err) {
+    memset(req, 0, sizeof *req);
+    memset(chat, 0, sizeof *chat);
+    chat->responses = true;
+    dc_code rc = api_json_object(body, len, root, err);
+    if (rc) return rc;
+    json_t *r = *root;
+    static const char *const caps[] = {"max_output_tokens", NULL};
+    if ((rc = common_of(r, d, caps, req, chat, err))) return rc;
+    const char *instructions = NULL, *prev = NULL;
+    bool store;
+    if ((rc = api_get_string(r, "instructions", &instructions, err))) return rc;
+    if ((rc = api_get_string(r, "previous_response_id", &prev, err))) return rc;
+    if ((rc = get_bool(r, "store", true, &store, err))) return rc; /* true by default, as OpenAI's */
+    if (instructions && (rc = add_message(chat, "system", instructions, err))) return rc;
+    json_t *input = json_object_get(r, "input");
+    if (json_is_string(input)) rc = add_message(chat, "user", json_string_value(input), err);
+    else if (json_is_array(input)) rc = messages_of(input, "input", chat, err);
+    else rc = dc_fail(err, DC_E_INVALID, "input is required: a string, or an array of messages");
+    if (rc) return rc;
+
+    chat->session = store || prev;
+    if (!req->user_id && chat->session) req->user_id = "anonymous";
+    if (prev) {
+        if (!api_response_id_parse(prev, chat->prev_sid, &chat->prev_turn))
+            return dc_fail(err, DC_E_NOT_FOUND, "no stored response %.80s", prev);
+        if (!store)
+            return dc_fail(err, DC_E_INVALID, "continuing a response stores the new one: leave store at true");
+        if (instructions)
+            return dc_fail(err, DC_E_INVALID, "instructions start a conversation; they cannot change in its middle");
+        /* the session's next turn; complete.c forks when it has gone on since */
+        memcpy(chat->sid, chat->prev_sid, sizeof chat->sid);
+        req->session_id = chat->sid;
+        req->turn = chat->prev_turn + 1;
+    } else if (store && (rc = new_session(chat, req, err))) {
+        return rc;
+    }
+    if (chat->session) {
+        req->mode = MODE_TOKENIZED;
+        if ((rc = session_turn_of(chat, req, !prev, err))) return rc;
+    } else {
+        req->mode = MODE_CLIENT_SIDE;
+        req->messages = chat->msgs;
+        req->n_messages = chat->n;
+    }
+    name_reply(chat, req);
+    return DC_OK;
+}
+
+void api_chat_fork(api_chat *chat, ctx_request *req, const char *sid) {
+    snprintf(chat->sid, sizeof chat->sid, "%s", sid);
+    req->session_id = chat->sid;
+    name_reply(chat, req);
 }
 
 void api_chat_free(api_chat *chat) {
@@ -132,25 +260,143 @@ void api_chat_free(api_chat *chat) {
     chat->msgs = NULL;
 }
 
-json_t *api_chat_json(const ctx_reply *rep, const api_chat *chat, const char *model, const char *node) {
-    char id[ID_MAX + 1], cid[ID_MAX + 16];
-    if (id_random_hex(id) != 0) strcpy(id, "0");
-    snprintf(cid, sizeof cid, "chatcmpl-%s", id);
+/* --- replies ----------------------------------------------------------- */
+
+static json_t *usage_json(const api_chat *chat, const ctx_reply *rep) {
     const llm_timings *t = &rep->llm;
+    if (chat->responses)
+        return json_pack("{s:i, s:{s:i}, s:i, s:{s:i}, s:i}", "input_tokens", rep->context_tokens,
+                         "input_tokens_details", "cached_tokens", t->cached_n, "output_tokens", t->predicted_n,
+                         "output_tokens_details", "reasoning_tokens", 0, "total_tokens",
+                         rep->context_tokens + t->predicted_n);
+    return json_pack("{s:i, s:i, s:i, s:{s:i}}", "prompt_tokens", rep->context_tokens, "completion_tokens",
+                     t->predicted_n, "total_tokens", rep->context_tokens + t->predicted_n, "prompt_tokens_details",
+                     "cached_tokens", t->cached_n);
+}
+
+/* What DisCEdge adds to OpenAI's objects: where the conversation lives. */
+static void add_session(json_t *o, const api_chat *chat, const ctx_reply *rep) {
+    json_object_set_new(o, "node", json_string(chat->node));
+    if (!chat->session) return;
+    json_object_set_new(o, "session_id", json_string(chat->sid));
+    if (rep) json_object_set_new(o, "turn", json_integer(rep->turn));
+    if (rep) json_object_set_new(o, "user", json_string(rep->user_id));
+}
+
+static json_t *text_part(const strbuf *text) {
+    return json_pack("{s:s, s:o, s:[]}", "type", "output_text", "text", api_text_json(text), "annotations");
+}
+
+/* The message item of a response: "msg_" and the response's own suffix. */
+static json_t *message_item(const api_chat *chat, const char *status, json_t *content) {
+    return json_pack("{s:s, s:s+, s:s, s:s, s:o}", "type", "message", "id", "msg_", chat->id + 5, "status", status,
+                     "role", "assistant", "content", content);
+}
+
+static json_t *response_json(const api_chat *chat, const ctx_reply *rep) {
+    bool done = rep != NULL, cut = rep && rep->llm.stopped_limit;
+    json_t *output = json_array();
+    if (done) json_array_append_new(output, message_item(chat, "completed", json_pack("[o]", text_part(&rep->content))));
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:s, s:o, s:o, s:n, s:o, s:{}, s:b, s:s, s:[], s:{s:{s:s}}, s:b}",
+                          "id", chat->id, "object", "response", "created_at", (json_int_t)chat->created, "status",
+                          !done ? "in_progress" : cut ? "incomplete" : "completed", "model", chat->model, "output",
+                          output, "usage", done ? usage_json(chat, rep) : json_null(), "error",
+                          "incomplete_details", cut ? json_pack("{s:s}", "reason", "max_output_tokens") : json_null(),
+                          "metadata", "parallel_tool_calls", 0, "tool_choice", "auto", "tools", "text", "format",
+                          "type", "text", "store", chat->session);
+    char prev[ID_MAX + 48];
+    snprintf(prev, sizeof prev, "resp_%s_%u", chat->prev_sid, chat->prev_turn);
+    json_object_set_new(o, "previous_response_id", chat->prev_turn ? json_string(prev) : json_null());
+    add_session(o, chat, rep);
+    return o;
+}
+
+json_t *api_chat_json(const ctx_reply *rep, const api_chat *chat) {
+    if (chat->responses) return response_json(chat, rep);
     json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content", api_text_json(&rep->content));
     json_t *choice = json_pack("{s:i, s:o, s:s, s:n}", "index", 0, "message", msg, "finish_reason",
-                               t->stopped_limit ? "length" : "stop", "logprobs");
-    json_t *usage = json_pack("{s:i, s:i, s:i, s:{s:i}}", "prompt_tokens", rep->context_tokens, "completion_tokens",
-                              t->predicted_n, "total_tokens", rep->context_tokens + t->predicted_n,
-                              "prompt_tokens_details", "cached_tokens", t->cached_n);
-    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:o, s:s}", "id", cid, "object", "chat.completion", "created",
-                          (json_int_t)time(NULL), "model", model, "choices", choice, "usage", usage, "node", node);
-    if (chat->session) {
-        json_object_set_new(o, "session_id", json_string(rep->session_id));
-        json_object_set_new(o, "turn", json_integer(rep->turn));
-        json_object_set_new(o, "user", json_string(rep->user_id));
-    }
+                               rep->llm.stopped_limit ? "length" : "stop", "logprobs");
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:o}", "id", chat->id, "object", "chat.completion", "created",
+                          (json_int_t)chat->created, "model", chat->model, "choices", choice, "usage",
+                          usage_json(chat, rep));
+    add_session(o, chat, rep);
     return o;
+}
+
+/* --- streams ----------------------------------------------------------- */
+
+static json_t *chunk(const api_chat *chat, json_t *delta, const char *finish) {
+    json_t *choices = json_array();
+    if (delta)
+        json_array_append_new(choices, json_pack("{s:i, s:o, s:o, s:n}", "index", 0, "delta", delta, "finish_reason",
+                                                 finish ? json_string(finish) : json_null(), "logprobs"));
+    return json_pack("{s:s, s:s, s:I, s:s, s:o}", "id", chat->id, "object", "chat.completion.chunk", "created",
+                     (json_int_t)chat->created, "model", chat->model, "choices", choices);
+}
+
+/* A Responses event: its type, its place in the stream, and fields. */
+static void event(api_chat *chat, strbuf *out, const char *type, json_t *fields) {
+    json_object_set_new(fields, "type", json_string(type));
+    json_object_set_new(fields, "sequence_number", json_integer(chat->seq++));
+    sse_event(out, type, fields);
+}
+
+static json_t *at_text(const api_chat *chat, json_t *fields) {
+    json_object_set_new(fields, "item_id", json_pack("s+", "msg_", chat->id + 5));
+    json_object_set_new(fields, "output_index", json_integer(0));
+    json_object_set_new(fields, "content_index", json_integer(0));
+    return fields;
+}
+
+void api_chat_stream_open(api_chat *chat, strbuf *out) {
+    if (!chat->responses) {
+        json_t *c = chunk(chat, json_pack("{s:s, s:s}", "role", "assistant", "content", ""), NULL);
+        add_session(c, chat, NULL);
+        sse_event(out, NULL, c);
+        return;
+    }
+    strbuf empty = {0};
+    event(chat, out, "response.created", json_pack("{s:o}", "response", response_json(chat, NULL)));
+    event(chat, out, "response.output_item.added",
+          json_pack("{s:i, s:o}", "output_index", 0, "item", message_item(chat, "in_progress", json_array())));
+    event(chat, out, "response.content_part.added", at_text(chat, json_pack("{s:o}", "part", text_part(&empty))));
+}
+
+void api_chat_stream_delta(api_chat *chat, const char *text, size_t n, strbuf *out) {
+    strbuf b = {.s = (char *)text, .n = n};
+    if (!chat->responses)
+        sse_event(out, NULL, chunk(chat, json_pack("{s:o}", "content", api_text_json(&b)), NULL));
+    else
+        event(chat, out, "response.output_text.delta",
+              at_text(chat, json_pack("{s:o, s:[]}", "delta", api_text_json(&b), "logprobs")));
+}
+
+void api_chat_stream_close(api_chat *chat, const ctx_reply *rep, strbuf *out) {
+    if (!chat->responses) {
+        json_t *c = chunk(chat, json_object(), rep->llm.stopped_limit ? "length" : "stop");
+        add_session(c, chat, rep);
+        sse_event(out, NULL, c);
+        if (chat->include_usage) {
+            json_t *u = chunk(chat, NULL, NULL);
+            json_object_set_new(u, "usage", usage_json(chat, rep));
+            sse_event(out, NULL, u);
+        }
+        strbuf_puts(out, "data: [DONE]\n\n");
+        return;
+    }
+    event(chat, out, "response.output_text.done",
+          at_text(chat, json_pack("{s:o, s:[]}", "text", api_text_json(&rep->content), "logprobs")));
+    event(chat, out, "response.content_part.done", at_text(chat, json_pack("{s:o}", "part", text_part(&rep->content))));
+    event(chat, out, "response.output_item.done",
+          json_pack("{s:i, s:o}", "output_index", 0, "item",
+                    message_item(chat, "completed", json_pack("[o]", text_part(&rep->content)))));
+    event(chat, out, "response.completed", json_pack("{s:o}", "response", response_json(chat, rep)));
+}
+
+void api_chat_stream_fail(api_chat *chat, const dc_error *e, strbuf *out) {
+    /* {"error": {...}}: what the SDKs raise as APIError mid-stream */
+    if (chat->responses) event(chat, out, "error", api_error_json(e));
+    else sse_event(out, NULL, api_error_json(e));
 }
 
 json_t *api_models_json(const char *model) {

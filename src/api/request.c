@@ -6,6 +6,7 @@
 #include <sys/random.h>
 
 #include "../util/utf8.h"
+#include "sse.h"
 
 dc_code api_get_string(json_t *root, const char *key, const char **out, dc_error *err) {
     json_t *v = json_object_get(root, key);
@@ -49,8 +50,8 @@ dc_code api_json_object(const char *body, size_t len, json_t **root, dc_error *e
     return DC_OK;
 }
 
-dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, json_t **root,
-                             dc_error *err) {
+dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, bool *stream,
+                             json_t **root, dc_error *err) {
     memset(req, 0, sizeof *req);
     dc_code rc = api_json_object(body, len, root, err);
     if (rc) return rc;
@@ -70,10 +71,9 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
     if (consistency && !strcmp(consistency, "available")) req->consistency = CONSISTENCY_AVAILABLE;
     else if (consistency && strcmp(consistency, "strong") != 0)
         return dc_fail(err, DC_E_INVALID, "unknown consistency \"%.40s\": use strong or available", consistency);
-    json_t *stream = json_object_get(r, "stream");
-    if (stream && !json_is_null(stream) && !json_is_boolean(stream))
-        return dc_fail(err, DC_E_INVALID, "stream must be a boolean");
-    if (json_is_true(stream)) return dc_fail(err, DC_E_INVALID, "stream:true is not supported by this node yet; send stream:false");
+    json_t *sv = json_object_get(r, "stream");
+    if (sv && !json_is_null(sv) && !json_is_boolean(sv)) return dc_fail(err, DC_E_INVALID, "stream must be a boolean");
+    *stream = json_is_true(sv);
 
     long long x;
     bool given;
@@ -160,6 +160,17 @@ json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *
     if (rep->replayed) json_object_set_new(o, "replayed", json_true());
     json_object_set_new(o, "node", json_string(node));
     return o;
+}
+
+void api_completion_stream_delta(const char *text, size_t n, strbuf *out) {
+    strbuf b = {.s = (char *)text, .n = n};
+    sse_event(out, NULL, json_pack("{s:o, s:b}", "content", api_text_json(&b), "stop", 0));
+}
+
+void api_completion_stream_close(const ctx_reply *rep, const char *node, const char *model, strbuf *out) {
+    json_t *o = api_completion_json(rep, node, model);
+    json_object_set_new(o, "content", json_string("")); /* the text went out in the chunks */
+    sse_event(out, NULL, o);
 }
 
 json_t *api_turns_json(const turn_rec *turns, uint32_t n) {

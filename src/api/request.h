@@ -29,11 +29,16 @@ dc_code api_get_integer(json_t *root, const char *key, long long lo, long long h
 /* temperature, top_p, top_k and seed (a random seed when none is given). */
 dc_code api_sampling_parse(json_t *root, llm_gen_params *gen, dc_error *err);
 
-dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, json_t **root,
-                             dc_error *err);
+/* *stream: the client asked for stream:true. */
+dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, bool *stream,
+                             json_t **root, dc_error *err);
 
 /* The /completion response: llama.cpp's fields plus the session fields. */
 json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *model);
+/* The same streamed, as llama-server does: {"content": piece, "stop": false}
+ * chunks, then the whole response (content "", stop true). No [DONE]. */
+void api_completion_stream_delta(const char *text, size_t n, strbuf *out);
+void api_completion_stream_close(const ctx_reply *rep, const char *node, const char *model, strbuf *out);
 
 /* Stored turns as JSON: per turn its segments, token ids (tokenized mode)
  * or text (raw mode). For clients and tests that compare contexts. */

@@ -1,16 +1,23 @@
 /* server.h - the node's HTTP API (libmicrohttpd), routes to the context manager.
  *
- *   POST   /completion         llama.cpp's /completion plus the session fields
- *   GET    /v1/sessions/{id}   session metadata (?user_id= must be the owner)
- *   DELETE /v1/sessions/{id}   remove a session  (?user_id= must be the owner)
- *   GET    /health             node, model, and the engine's state (active, queued, KV hits)
- */
+ *   POST   /completion            llama.cpp's /completion plus the session fields  (complete.h)
+ *   POST   /v1/chat/completions   OpenAI chat, stateless or a server-side session    (complete.h)
+ *   POST   /v1/responses          OpenAI Responses, chained by previous_response_id (complete.h)
+ *   GET    /v1/models             the model this node serves
+ *   GET    /v1/sessions/{id}      session metadata (the owner only: the key's user, or ?user_id=)
+ *   DELETE /v1/sessions/{id}      remove a session (the owner only)
+ *   GET    /health                node, model, and the engine's state      (open)
+ *   GET    /metrics               Prometheus text (observe.h)              (open)
+ *   GET    /                      a page that chats with the nodes (web/)  (open)
+ *
+ * With API keys (auth.h) every other route needs "Authorization: Bearer". */
 #ifndef DC_API_SERVER_H
 #define DC_API_SERVER_H
 
 #include <stddef.h>
 
 #include "../ctx/ctx.h"
+#include "auth.h"
 
 typedef struct api_server api_server;
 
@@ -20,6 +27,7 @@ typedef struct {
     size_t max_body;       /* larger request bodies get 413 */
     const char *node_id;
     int default_n_predict;
+    auth *keys;            /* NULL: no keys, every route open; borrowed (reloaded by its owner) */
 } api_params;
 
 api_params api_default_params(void);

@@ -310,6 +310,11 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
         rc = req->mode == MODE_TOKENIZED ? build_tokenized(c, req, turns, n_turns, &rec, &input, rep, err)
                                          : build_raw(c, req, turns, n_turns, &rec, &input, rep, err);
     if (!rc) rc = generate(c, &input, req, &rec.tok[SEG_REPLY], rep, err);
+    /* A client gone by now would never see the reply: commit nothing (a
+     * streaming client that disconnected mid-reply must not find the turn
+     * stored). One gone after this point retries with its request_id. */
+    if (!rc && outcome == LOAD_PROCEED && req->gen.alive && !req->gen.alive(req->gen.alive_ud))
+        rc = dc_fail(err, DC_E_CANCELLED, "the client left before the turn was committed");
     if (!rc && outcome == LOAD_PROCEED) {
         rec.turn = turn;
         rec.fingerprint = llm_fingerprint(c->m);
@@ -388,13 +393,15 @@ dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *e
 
     /* One retry when the commit finds this node's view of the session out
      * of date (the reply was generated from a context that is not current,
-     * so it is thrown away and the turn runs again on a fresh read). */
+     * so it is thrown away and the turn runs again on a fresh read). Not
+     * when the reply is streamed: the client has already seen it, so the
+     * turn fails as stale and the client sends it again. */
     keylock_entry *lock = keylock_acquire(c->locks, rep->session_id);
     dc_code rc;
     for (int attempt = 0;; attempt++) {
         bool stale_view = false;
         rc = complete_turn(c, req, turn, rep, &stale_view, err);
-        if (!stale_view || attempt == 1) break;
+        if (!stale_view || attempt == 1 || req->gen.on_token) break;
         log_info("session %s: view out of date at commit; running turn %u again", rep->session_id, turn);
         strbuf_clear(&rep->content);
         rep->tokenize_ms = rep->store_read_ms = rep->store_commit_ms = 0;
@@ -446,5 +453,46 @@ dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_erro
         else if (st != STORE_OK) rc = store_error(err, st);
     }
     keylock_release(c->locks, lock);
+    return rc;
+}
+
+dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *new_sid,
+                         dc_error *err) {
+    if (!id_is_valid(sid) || !id_is_valid(new_sid))
+        return dc_fail(err, DC_E_INVALID, "session id must be 1-64 characters of [A-Za-z0-9._-]");
+    if (upto < 1) return dc_fail(err, DC_E_INVALID, "a fork copies at least one turn");
+    session_meta src;
+    turn_rec *turns;
+    dc_code rc = owned_session(c, sid, user_id, &src, &turns, err);
+    if (!rc && src.turn < upto) {
+        /* the turn the client has seen is on its way here: wait for it once */
+        store_turns_free(turns, src.turn);
+        turns = NULL;
+        store_wait(c->s, sid, upto, c->p.sync_timeout_ms);
+        rc = owned_session(c, sid, user_id, &src, &turns, err);
+        if (!rc && src.turn < upto)
+            rc = dc_fail(err, DC_E_STALE, "session %s is at turn %u here, not yet at turn %u", sid, src.turn, upto);
+    }
+    if (!rc && src.mode != MODE_TOKENIZED)
+        rc = dc_fail(err, DC_E_MODE_MISMATCH, "only tokenized sessions can be forked (session %s is %s)", sid,
+                     ctx_mode_name(src.mode));
+    if (!rc) rc = check_compatible(c, sid, &(ctx_request){.mode = MODE_TOKENIZED}, &src, err);
+    /* The copy is a new session written turn by turn through the same
+     * compare-and-set as any turn: a second fork racing for new_sid loses
+     * at its first commit. A copy cut short by a failure is never returned
+     * to the client, and expires with the TTL. */
+    session_meta m = src;
+    m.turn = 0;
+    m.n_tokens = 0;
+    m.created_ms = m.last_ms = clock_wall_ms();
+    m.request_id[0] = '\0';
+    for (uint32_t i = 0; !rc && i < upto; i++) {
+        m.turn = i + 1;
+        m.n_tokens += (uint32_t)turn_rec_tokens(&turns[i]);
+        store_status st = store_turn_commit(c->s, new_sid, &m, &turns[i]);
+        if (st == STORE_CONFLICT) rc = dc_fail(err, DC_E_CONFLICT, "session %s already exists", new_sid);
+        else if (st != STORE_OK) rc = store_error(err, st);
+    }
+    if (turns) store_turns_free(turns, src.turn);
     return rc;
 }

@@ -74,6 +74,12 @@ dc_code ctx_session_get(ctx *c, const char *sid, const char *user_id, session_me
 dc_code ctx_session_turns(ctx *c, const char *sid, const char *user_id, session_meta *out, turn_rec **turns,
                           dc_error *err);
 dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_error *err);
+/* Copies turns 1..upto of sid (its owner's, tokenized) into the new session
+ * new_sid, for the same user: a conversation continued from an older turn
+ * goes on in the copy and leaves the original as it was. Waits for turn
+ * upto to replicate here, as a turn would. */
+dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *new_sid,
+                         dc_error *err);
 
 const char *ctx_mode_name(session_mode m);
 /* Parses "tokenized", "raw", "client-side"; returns 0 if unknown. */

@@ -420,6 +420,7 @@ static void step(engine *e) {
             continue;
         }
         tokvec_push(j->out, tok);
+        if (j->gp.on_token) j->gp.on_token(j->gp.on_token_ud, tok);
         j->t->predicted_n++;
         if (j->t->predicted_n >= j->gp.n_predict || sl->toks.n + 1 >= (size_t)e->p.n_ctx_seq) {
             j->t->stopped_limit = true;

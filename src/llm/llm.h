@@ -105,6 +105,12 @@ typedef struct {
      * false abandons it (LLM_CANCELLED). NULL: never abandoned. */
     bool (*alive)(void *ud);
     void *alive_ud;
+    /* Streaming: called with each generated token as it is sampled, on the
+     * engine's thread (local; so it must not block), or with all of them once
+     * the reply is complete (remote). The end-of-generation token is not
+     * passed. NULL: not streamed. */
+    void (*on_token)(void *ud, int32_t tok);
+    void *on_token_ud;
 } llm_gen_params;
 
 llm_gen_params llm_default_gen_params(void);

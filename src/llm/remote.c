@@ -220,6 +220,8 @@ static llm_status remote_generate(void *impl, const int32_t *input, size_t n, co
             t->stopped_eog = stop && !strcmp(stop, "eos");
             t->stopped_limit = !t->stopped_eog;
             if (t->stopped_eog && out->n > n0) t->eog_token = out->v[--out->n];
+            /* the reply came whole (stream:false above): a stream gets it at once */
+            for (size_t i = n0; p->on_token && i < out->n; i++) p->on_token(p->on_token_ud, out->v[i]);
             json_t *tm = json_object_get(resp, "timings");
             t->prompt_n = (int)num(tm, "prompt_n");
             t->cached_n = (int)num(tm, "cache_n");

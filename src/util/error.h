@@ -13,6 +13,7 @@ typedef enum {
     DC_E_JSON,          /* 400 invalid_json: the body does not parse */
     DC_E_CTX_LENGTH,    /* 400 context_length_exceeded */
     DC_E_MODE_MISMATCH, /* 400 mode_mismatch: session created in another mode */
+    DC_E_UNAUTHORIZED,  /* 401 invalid_api_key: no valid Authorization: Bearer key */
     DC_E_FORBIDDEN,     /* 403 forbidden: the session belongs to another user */
     DC_E_NOT_FOUND,     /* 404 not_found */
     DC_E_METHOD,        /* 405 method_not_allowed */

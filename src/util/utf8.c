@@ -37,5 +37,16 @@ void utf8_sanitize(const char *s, size_t n, strbuf *out) {
             i++;
         }
     }
-    if (!out->s) strbuf_append(out, "", 0);
+    strbuf_append(out, "", 0); /* terminated also when nothing was appended */
+}
+
+size_t utf8_complete_prefix(const char *s, size_t n) {
+    /* look back at most 3 bytes for the lead byte of the last character */
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        unsigned char c = (unsigned char)s[n - back];
+        if ((c & 0xC0) == 0x80) continue; /* a continuation byte: keep looking */
+        size_t need = c >= 0xF5 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 1;
+        return need > back ? n - back : n;
+    }
+    return n;
 }

@@ -10,4 +10,9 @@
 /* Appends s to out with every invalid sequence replaced by U+FFFD. */
 void utf8_sanitize(const char *s, size_t n, strbuf *out);
 
+/* The length of s without a multi-byte character begun at its end and not
+ * yet complete: what a stream can send now, the rest waiting for the next
+ * token. Invalid bytes are not held back (sanitize replaces them). */
+size_t utf8_complete_prefix(const char *s, size_t n);
+
 #endif
