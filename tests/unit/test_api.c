@@ -1,6 +1,7 @@
-/* test_api.c - JSON error mapping, /completion and /v1/chat/completions
- * request parsing: every malformed input becomes the right 4xx, never a
- * crash. */
+/* test_api.c - JSON error mapping, the parsing of /completion,
+ * /v1/chat/completions and /v1/responses requests (every malformed input
+ * becomes the right 4xx, never a crash), response ids, streamed text
+ * boundaries, API keys, the metrics' text format and --config files. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,10 +9,17 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "api/auth.h"
 #include "api/errors.h"
 #include "api/openai.h"
 #include "api/request.h"
+#include "cli.h"
 #include "util/ids.h"
+#include "util/metrics.h"
 #include "util/utf8.h"
 
 static void error_statuses(void **state) {
@@ -255,11 +263,277 @@ static void chat_bad_requests(void **state) {
     }
 }
 
+static void utf8_stream_boundaries(void **state) {
+    (void)state;
+    assert_int_equal(utf8_complete_prefix("abc", 3), 3);
+    assert_int_equal(utf8_complete_prefix("", 0), 0);
+    assert_int_equal(utf8_complete_prefix("a\xc3", 2), 1);             /* 2-byte char, 1 byte in */
+    assert_int_equal(utf8_complete_prefix("a\xc3\xa9", 3), 3);         /* complete */
+    assert_int_equal(utf8_complete_prefix("a\xe2\x82", 3), 1);         /* 3-byte char, 2 bytes in */
+    assert_int_equal(utf8_complete_prefix("\xf0\x9f\x98", 3), 0);     /* 4-byte char, 3 bytes in */
+    assert_int_equal(utf8_complete_prefix("\xf0\x9f\x98\x80", 4), 4);
+    assert_int_equal(utf8_complete_prefix("a\x80", 2), 2);              /* a stray continuation: not held */
+    assert_int_equal(utf8_complete_prefix("a\xff", 2), 2);              /* invalid lead: not held */
+    strbuf b = {0};
+    utf8_sanitize("", 0, &b); /* an empty reply is "", terminated */
+    assert_non_null(b.s);
+    assert_string_equal(b.s, "");
+    strbuf_free(&b);
+}
+
+static void response_ids(void **state) {
+    (void)state;
+    char sid[ID_MAX + 1];
+    uint32_t turn;
+    assert_true(api_response_id_parse("resp_abc_3", sid, &turn));
+    assert_string_equal(sid, "abc");
+    assert_int_equal(turn, 3);
+    assert_true(api_response_id_parse("resp_a_b_12", sid, &turn)); /* the session id may hold '_' */
+    assert_string_equal(sid, "a_b");
+    assert_int_equal(turn, 12);
+    static const char *bad[] = {"", "resp_", "resp_abc", "resp_abc_", "resp_abc_0", "resp_abc_01", "resp__3",
+                                "resp_abc_3x", "chatcmpl-abc_3", "resp_a b_3", "resp_0123456789abcdef0123456789abcdef"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (api_response_id_parse(bad[i], sid, &turn)) fail_msg("\"%s\" parsed", bad[i]);
+    char longid[100] = "resp_";
+    memset(longid + 5, 'a', 65);
+    strcpy(longid + 70, "_1");
+    assert_false(api_response_id_parse(longid, sid, &turn)); /* a session id over 64 characters */
+}
+
+static dc_code responses(const char *body, ctx_request *req, api_chat *c, json_t **root, dc_error *e) {
+    api_defaults d = {.default_n_predict = 64};
+    return api_responses_parse(body, strlen(body), &d, req, c, root, e);
+}
+
+static void responses_requests(void **state) {
+    (void)state;
+    ctx_request req;
+    api_chat c;
+    json_t *root;
+    dc_error e = {0};
+    /* stored by default: a new session, instructions as its system message */
+    assert_int_equal(responses("{\"input\":\"hi\",\"instructions\":\"be brief\",\"max_output_tokens\":7}", &req, &c,
+                               &root, &e),
+                     DC_OK);
+    assert_true(c.session);
+    assert_int_equal(req.mode, MODE_TOKENIZED);
+    assert_string_equal(req.prompt, "hi");
+    assert_string_equal(req.system, "be brief");
+    assert_int_equal(req.turn, 1);
+    assert_int_equal(strlen(req.session_id), 32); /* chosen before generation */
+    assert_int_equal(req.gen.n_predict, 7);
+    char want[80];
+    snprintf(want, sizeof want, "resp_%s_1", req.session_id);
+    assert_string_equal(c.id, want);
+    api_chat_free(&c);
+    json_decref(root);
+    /* continued: the next turn of the previous response's session */
+    assert_int_equal(responses("{\"input\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":\"q\"}]}],"
+                               "\"previous_response_id\":\"resp_s1_4\",\"user\":\"ann\"}",
+                               &req, &c, &root, &e),
+                     DC_OK);
+    assert_string_equal(req.session_id, "s1");
+    assert_int_equal(req.turn, 5);
+    assert_string_equal(req.prompt, "q");
+    assert_string_equal(req.user_id, "ann");
+    assert_string_equal(c.id, "resp_s1_5");
+    api_chat_fork(&c, &req, "s2"); /* moved to a fork: the same turn, another session */
+    assert_string_equal(req.session_id, "s2");
+    assert_string_equal(c.id, "resp_s2_5");
+    api_chat_free(&c);
+    json_decref(root);
+    /* store:false: stateless, the whole input rendered */
+    assert_int_equal(responses("{\"store\":false,\"input\":[{\"role\":\"user\",\"content\":\"a\"},"
+                               "{\"role\":\"assistant\",\"content\":\"b\"},{\"type\":\"message\",\"role\":\"user\","
+                               "\"content\":\"c\"}]}",
+                               &req, &c, &root, &e),
+                     DC_OK);
+    assert_false(c.session);
+    assert_int_equal(req.mode, MODE_CLIENT_SIDE);
+    assert_int_equal(req.n_messages, 3);
+    assert_null(strchr(c.id + 5, '_')); /* an id that names no turn */
+    api_chat_free(&c);
+    json_decref(root);
+
+    static const struct {
+        const char *body;
+        dc_code code;
+        const char *why;
+    } bad[] = {
+        {"{}", DC_E_INVALID, "input is required"},
+        {"{\"input\":7}", DC_E_INVALID, "input is required"},
+        {"{\"input\":[]}", DC_E_INVALID, "input is required"},
+        {"{\"input\":[{\"type\":\"function_call\",\"role\":\"user\"}]}", DC_E_INVALID, "must be a message"},
+        {"{\"input\":\"x\",\"previous_response_id\":\"resp_nope\"}", DC_E_NOT_FOUND, "no stored response"},
+        {"{\"input\":\"x\",\"previous_response_id\":\"resp_s_1\",\"store\":false}", DC_E_INVALID, "store"},
+        {"{\"input\":\"x\",\"previous_response_id\":\"resp_s_1\",\"instructions\":\"y\"}", DC_E_INVALID,
+         "instructions"},
+        {"{\"input\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"user\",\"content\":\"b\"}]}", DC_E_INVALID,
+         "only the new user message"},
+        {"{\"input\":\"x\",\"max_output_tokens\":0}", DC_E_INVALID, "max_output_tokens"},
+        {"{\"input\":\"x\",\"tools\":[{\"type\":\"web_search\"}]}", DC_E_INVALID, "tools"},
+        {"{\"input\":\"x\",\"stream\":1}", DC_E_INVALID, "stream must be a boolean"},
+        {"{\"input\":\"x\",\"stream_options\":[]}", DC_E_INVALID, "stream_options"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        root = NULL;
+        dc_code rc = responses(bad[i].body, &req, &c, &root, &e);
+        if (rc != bad[i].code) fail_msg("case %zu (%s): code %d", i, bad[i].body, rc);
+        if (!strstr(e.message, bad[i].why)) fail_msg("case %zu: \"%s\" lacks \"%s\"", i, e.message, bad[i].why);
+        api_chat_free(&c);
+        json_decref(root);
+    }
+}
+
+static void chat_stream_options(void **state) {
+    (void)state;
+    ctx_request req;
+    api_chat c;
+    json_t *root;
+    dc_error e = {0};
+    assert_int_equal(chat("{\"stream\":true,\"stream_options\":{\"include_usage\":true},\"store\":true,"
+                          "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+                          NULL, NULL, &req, &c, &root, &e),
+                     DC_OK);
+    assert_true(c.stream);
+    assert_true(c.include_usage);
+    assert_string_equal(req.session_id, c.sid); /* named before the stream starts */
+    assert_int_equal(req.turn, 1);
+    assert_memory_equal(c.id, "chatcmpl-", 9);
+    api_chat_free(&c);
+    json_decref(root);
+}
+
+static void metrics_text(void **state) {
+    (void)state;
+    metrics *m = metrics_new();
+    static const double b[] = {0.5, 1};
+    metrics_define(m, "t_requests_total", METRIC_COUNTER, "Requests.", NULL, 0);
+    metrics_define(m, "t_seconds", METRIC_HISTOGRAM, "Time.", b, 2);
+    metrics_define(m, "t_unused", METRIC_GAUGE, "Never set.", NULL, 0);
+    metrics_add(m, "t_requests_total", "route=\"/a\",status=\"200\"", 1);
+    metrics_add(m, "t_requests_total", "route=\"/a\",status=\"200\"", 2);
+    metrics_add(m, "t_requests_total", NULL, 1);
+    metrics_observe(m, "t_seconds", "mode=\"x\"", 0.25);
+    metrics_observe(m, "t_seconds", "mode=\"x\"", 0.75);
+    metrics_observe(m, "t_seconds", "mode=\"x\"", 3);
+    metrics_observe(m, "t_requests_total", NULL, 1); /* the wrong kind: ignored */
+    metrics_add(m, "t_nothing", NULL, 1);            /* an unknown name: ignored */
+    strbuf out = {0};
+    metrics_render(m, &out);
+    assert_string_equal(out.s, "# HELP t_requests_total Requests.\n# TYPE t_requests_total counter\n"
+                               "t_requests_total{route=\"/a\",status=\"200\"} 3\n"
+                               "t_requests_total 1\n"
+                               "# HELP t_seconds Time.\n# TYPE t_seconds histogram\n"
+                               "t_seconds_bucket{mode=\"x\",le=\"0.5\"} 1\n"
+                               "t_seconds_bucket{mode=\"x\",le=\"1\"} 2\n"
+                               "t_seconds_bucket{mode=\"x\",le=\"+Inf\"} 3\n"
+                               "t_seconds_sum{mode=\"x\"} 4\n"
+                               "t_seconds_count{mode=\"x\"} 3\n");
+    strbuf_free(&out);
+    metrics_free(m);
+}
+
+static char *temp_file(const char *text) {
+    static char path[64];
+    strcpy(path, "/tmp/dc-test-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+static void api_keys(void **state) {
+    (void)state;
+    char err[256], user[ID_MAX + 1];
+    dc_error e = {0};
+    char *path = temp_file("# keys\n0123456789abcdef-ann ann\n\n  0123456789abcdef-bob   bob   # trailing\n");
+    auth *a = auth_load(path, err, sizeof err);
+    assert_non_null(a);
+    assert_int_equal(auth_check(a, "Bearer 0123456789abcdef-bob", user, &e), DC_OK);
+    assert_string_equal(user, "bob");
+    assert_int_equal(auth_check(a, "bearer 0123456789abcdef-ann ", user, &e), DC_OK);
+    assert_string_equal(user, "ann");
+    static const char *refused[] = {"0123456789abcdef-ann", "Bearer", "Bearer ", "Bearer 0123456789abcdef-an",
+                                    "Bearer 0123456789abcdef-annn", "Basic 0123456789abcdef-ann", "Bearer ann"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+        if (auth_check(a, refused[i], user, &e) != DC_E_UNAUTHORIZED) fail_msg("\"%s\" accepted", refused[i]);
+    assert_int_equal(auth_check(a, NULL, user, &e), DC_E_UNAUTHORIZED);
+    /* a reload that fails keeps the keys */
+    FILE *f = fopen(path, "w");
+    fputs("short ann\n", f);
+    fclose(f);
+    assert_int_equal(auth_reload(a, err, sizeof err), -1);
+    assert_non_null(strstr(err, ":1:"));
+    assert_null(strstr(err, "short")); /* the line (a key) is not quoted */
+    assert_int_equal(auth_check(a, "Bearer 0123456789abcdef-bob", user, &e), DC_OK);
+    f = fopen(path, "w");
+    fputs("0123456789abcdef-cat cat\n", f);
+    fclose(f);
+    assert_int_equal(auth_reload(a, err, sizeof err), 1);
+    assert_int_equal(auth_check(a, "Bearer 0123456789abcdef-bob", user, &e), DC_E_UNAUTHORIZED);
+    assert_int_equal(auth_check(a, "Bearer 0123456789abcdef-cat", user, &e), DC_OK);
+    auth_free(a);
+    static const char *bad[] = {"", "# none\n", "0123456789abcdef-x x\n0123456789abcdef-x y\n",
+                                "0123456789abcdef-x bad/user\n", "0123456789abcdef-x a b\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        f = fopen(path, "w");
+        fputs(bad[i], f);
+        fclose(f);
+        if ((a = auth_load(path, err, sizeof err))) fail_msg("file %zu loaded", i);
+    }
+    unlink(path);
+    assert_null(auth_load("/nonexistent/keys", err, sizeof err));
+}
+
+static void config_files(void **state) {
+    (void)state;
+    static const struct option opts[] = {{"port", required_argument, 0, 'p'},
+                                         {"node-id", required_argument, 0, 'n'},
+                                         {"verbose", no_argument, 0, 'v'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {0, 0, 0, 0}};
+    char *path = temp_file("# a node\nport = 9000\n node-id \"edge 1\"  # its name\nverbose\nquiet = false\n");
+    char *argv[] = {"serve", "--config", path, "--port", "9001", NULL};
+    cli_args a;
+    assert_int_equal(cli_config_expand("t", opts, 5, argv, &a), 0);
+    assert_int_equal(a.argc, 6);
+    assert_string_equal(a.argv[0], "serve");
+    assert_string_equal(a.argv[1], "--port=9000");
+    assert_string_equal(a.argv[2], "--node-id=edge 1");
+    assert_string_equal(a.argv[3], "--verbose");
+    assert_string_equal(a.argv[4], "--port"); /* the command line comes after the file: it wins */
+    assert_string_equal(a.argv[5], "9001");
+    assert_null(a.argv[6]);
+    cli_args_free(&a);
+    char *plain[] = {"serve", "--port", "1", NULL};
+    assert_int_equal(cli_config_expand("t", opts, 3, plain, &a), 0);
+    assert_int_equal(a.argc, 3);
+    cli_args_free(&a);
+    static const char *bad[] = {"nope = 1\n", "port\n", "verbose = maybe\n", "config = x\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        FILE *f = fopen(path, "w");
+        fputs(bad[i], f);
+        fclose(f);
+        char *args[] = {"serve", "--config=x", NULL};
+        args[1] = malloc(strlen(path) + 10);
+        sprintf(args[1], "--config=%s", path);
+        if (cli_config_expand("t", opts, 2, args, &a) != -1) fail_msg("config %zu accepted", i);
+        free(args[1]);
+    }
+    unlink(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(error_statuses), cmocka_unit_test(error_body_shape), cmocka_unit_test(paper_client_request),
         cmocka_unit_test(bad_requests),   cmocka_unit_test(ids),              cmocka_unit_test(utf8),
         cmocka_unit_test(chat_stateless_and_session), cmocka_unit_test(chat_bad_requests),
+        cmocka_unit_test(utf8_stream_boundaries), cmocka_unit_test(response_ids),
+        cmocka_unit_test(responses_requests), cmocka_unit_test(chat_stream_options),
+        cmocka_unit_test(metrics_text), cmocka_unit_test(api_keys), cmocka_unit_test(config_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
