@@ -246,6 +246,10 @@ class CommandLine(unittest.TestCase):
         self.assertEqual(out.returncode, 0)
         for opt in ("--model", "--config", "--api-keys", "--store", "/v1/chat/completions", "/metrics"):
             self.assertIn(opt, out.stdout)
+        # the deployment example's settings are all known ones
+        example = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "discedge.conf")
+        out = subprocess.run([BIN, "serve", "--config", example, "--help"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
 
     def test_config_file(self):
         d = tempfile.mkdtemp(prefix="dc-conf-")
