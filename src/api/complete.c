@@ -123,12 +123,13 @@ enum MHD_Result api_complete(const api_env *env, const http_req *hr, call_kind k
     if (!rc && k->stream) return sse_run(hr->conn, env->c, env->m, &k->req, &call_stream, k);
 
     enum MHD_Result ok;
-    if (!rc) {
+    bool ran = !rc; /* the request reached the context manager: rep says what it did */
+    if (ran) {
         k->req.gen.alive = http_conn_alive;
         k->req.gen.alive_ud = hr->conn;
         rc = ctx_complete(env->c, &k->req, &rep, &err);
     }
-    call_finish(k, rc, &rep, &err);
+    call_finish(k, rc, ran ? &rep : NULL, &err);
     if (rc == DC_E_CANCELLED) {
         ok = MHD_NO; /* nobody to answer: close the connection */
     } else if (rc) {
