@@ -13,6 +13,7 @@
 #include "observe.h"
 #include "openai.h"
 #include "request.h"
+#include "sse.h"
 #include "web.h"
 
 struct api_server {
@@ -160,7 +161,8 @@ int api_server_port(const api_server *s) { return http_port(s->h); }
 
 void api_server_stop(api_server *s) {
     if (!s) return;
-    http_stop(s->h);
+    http_stop(s->h); /* closes every connection: streams in flight are cancelled */
+    sse_drain();
     observe_free(s->env.obs);
     free(s);
 }

@@ -47,6 +47,18 @@ typedef struct {
     bool opened, ended;
 } sse;
 
+/* Generating threads still running, process-wide: they are detached, and
+ * the server must not free the context manager under them (sse_drain). */
+static pthread_mutex_t running_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t running_cv = PTHREAD_COND_INITIALIZER;
+static int running;
+
+void sse_drain(void) {
+    pthread_mutex_lock(&running_mu);
+    while (running > 0) pthread_cond_wait(&running_cv, &running_mu);
+    pthread_mutex_unlock(&running_mu);
+}
+
 static void sse_unref(sse *s) {
     pthread_mutex_lock(&s->mu);
     bool last = --s->refs == 0;
@@ -91,6 +103,9 @@ static void *sse_generate(void *arg) {
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     sse_unref(s);
+    pthread_mutex_lock(&running_mu);
+    if (--running == 0) pthread_cond_broadcast(&running_cv);
+    pthread_mutex_unlock(&running_mu);
     return NULL;
 }
 
@@ -191,7 +206,10 @@ enum MHD_Result sse_run(struct MHD_Connection *conn, ctx *c, llm *m, const ctx_r
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_mutex_lock(&running_mu);
     int started = pthread_create(&t, &attr, sse_generate, s);
+    running += started == 0;
+    pthread_mutex_unlock(&running_mu);
     pthread_attr_destroy(&attr);
     if (started != 0) {
         s->refs = 1;

@@ -38,6 +38,11 @@ typedef struct {
 enum MHD_Result sse_run(struct MHD_Connection *conn, ctx *c, llm *m, const ctx_request *req, const sse_format *f,
                         void *ud);
 
+/* Waits until every generation started by sse_run has returned. The server
+ * calls it once its connections are closed (which cancels them), before
+ * the context manager goes. */
+void sse_drain(void);
+
 /* Appends one event: "event: NAME\n" (when name is not NULL) and
  * "data: JSON\n\n". Consumes data. */
 void sse_event(strbuf *out, const char *name, json_t *data);
