@@ -18,21 +18,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dcnode import Node  # noqa: E402
+from engine import messages as prompts  # noqa: E402  (the scenario's user messages)
 
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 BIN = os.path.join(ROOT, "build", "discedge")
-
-
-def prompts():
-    out, on = [], False
-    with open(os.path.join(ROOT, "scenarios", "robotics-9turn.yaml")) as f:
-        for line in f:
-            if line.startswith("messages:"):
-                on = True
-            elif on and line.strip().startswith("- "):
-                out.append(json.loads(line.strip()[2:]))
-    return out
 
 
 def turn(port, body):

@@ -136,6 +136,22 @@ static dc_code new_session(api_chat *chat, ctx_request *req, dc_error *err) {
     return DC_OK;
 }
 
+/* Both APIs' last step: a session's turn takes the new message (tokenized
+ * mode); without one the whole conversation is the input (client-side). */
+static dc_code place_messages(api_chat *chat, ctx_request *req, bool first, dc_error *err) {
+    if (chat->session) {
+        req->mode = MODE_TOKENIZED;
+        dc_code rc = session_turn_of(chat, req, first, err);
+        if (rc) return rc;
+    } else {
+        req->mode = MODE_CLIENT_SIDE;
+        req->messages = chat->msgs;
+        req->n_messages = chat->n;
+    }
+    name_reply(chat, req);
+    return DC_OK;
+}
+
 dc_code api_chat_parse(const char *body, size_t len, const char *hdr_session, const char *hdr_turn,
                        const api_defaults *d, ctx_request *req, api_chat *chat, json_t **root, dc_error *err) {
     memset(req, 0, sizeof *req);
@@ -168,22 +184,13 @@ dc_code api_chat_parse(const char *body, size_t len, const char *hdr_session, co
     /* Without a user (and without API keys), sessions belong to "anonymous":
      * the session id (128 random bits) is then what lets a client continue one. */
     if (chat->session && !req->user_id) req->user_id = "anonymous";
-    if (chat->session) {
-        req->mode = MODE_TOKENIZED;
-        if (!req->session_id) {
-            if (req->turn > 1) return dc_fail(err, DC_E_INVALID, "turn %u needs the session_id of turn 1", req->turn);
-            if ((rc = new_session(chat, req, err))) return rc;
-        } else {
-            snprintf(chat->sid, sizeof chat->sid, "%s", req->session_id);
-        }
-        if ((rc = session_turn_of(chat, req, req->turn <= 1, err))) return rc;
-    } else {
-        req->mode = MODE_CLIENT_SIDE;
-        req->messages = chat->msgs;
-        req->n_messages = chat->n;
+    if (chat->session && !req->session_id) {
+        if (req->turn > 1) return dc_fail(err, DC_E_INVALID, "turn %u needs the session_id of turn 1", req->turn);
+        if ((rc = new_session(chat, req, err))) return rc;
+    } else if (chat->session) {
+        snprintf(chat->sid, sizeof chat->sid, "%s", req->session_id);
     }
-    name_reply(chat, req);
-    return DC_OK;
+    return place_messages(chat, req, req->turn <= 1, err);
 }
 
 bool api_response_id_parse(const char *id, char sid[ID_MAX + 1], uint32_t *turn) {
@@ -237,16 +244,7 @@ dc_code api_responses_parse(const char *body, size_t len, const api_defaults *d,
     } else if (store && (rc = new_session(chat, req, err))) {
         return rc;
     }
-    if (chat->session) {
-        req->mode = MODE_TOKENIZED;
-        if ((rc = session_turn_of(chat, req, !prev, err))) return rc;
-    } else {
-        req->mode = MODE_CLIENT_SIDE;
-        req->messages = chat->msgs;
-        req->n_messages = chat->n;
-    }
-    name_reply(chat, req);
-    return DC_OK;
+    return place_messages(chat, req, !prev, err);
 }
 
 void api_chat_fork(api_chat *chat, ctx_request *req, const char *sid) {
