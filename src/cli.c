@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/lines.h"
 #include "util/log.h"
 #include "util/vec.h"
 
@@ -108,14 +109,9 @@ static int read_config(const char *cmd, const struct option *opts, const char *p
         fprintf(stderr, "%s: cannot read the configuration file %s\n", cmd, path);
         return -1;
     }
-    char line[4096];
+    char buf[4096], *name;
     int lineno = 0, rc = 0;
-    while (!rc && fgets(line, sizeof line, f)) {
-        lineno++;
-        char *hash = strchr(line, '#');
-        if (hash) *hash = '\0';
-        char *name = trim(line);
-        if (!*name) continue;
+    while (!rc && (name = lines_next(f, buf, sizeof buf, &lineno))) {
         char *value = name + strcspn(name, " \t=");
         if (*value) {
             *value++ = '\0';

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../util/lines.h"
 #include "../util/vec.h"
 
 #define KEY_MIN 16
@@ -40,15 +41,11 @@ static int read_keys(const char *path, auth_key **keys, size_t *n, char *err, si
     }
     auth_key *k = NULL;
     size_t cnt = 0;
-    char line[1024];
+    char buf[1024], *line;
     int lineno = 0, rc = 0;
-    while (!rc && fgets(line, sizeof line, f)) {
-        lineno++;
-        char *hash = strchr(line, '#');
-        if (hash) *hash = '\0';
+    while (!rc && (line = lines_next(f, buf, sizeof buf, &lineno))) {
         char key[KEY_MAX + 2], user[ID_MAX + 2], extra[2];
         int got = sscanf(line, "%257s %65s %1s", key, user, extra);
-        if (got <= 0) continue; /* blank or comment */
         if (got != 2 || strlen(key) < KEY_MIN || strlen(key) > KEY_MAX || !id_is_valid(user)) {
             /* the line itself is not quoted: it holds a key */
             snprintf(err, errlen, "%s:%d: expected \"KEY USER_ID\" (a key of %d-%d characters, a user id of "

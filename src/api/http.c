@@ -55,11 +55,16 @@ static enum MHD_Result send_preflight(struct MHD_Connection *conn) {
     return ok;
 }
 
-enum MHD_Result http_send_static(struct MHD_Connection *conn, int status, const char *type, const void *body,
-                                 size_t n) {
-    struct MHD_Response *r = MHD_create_response_from_buffer(n, (void *)body, MHD_RESPMEM_PERSISTENT);
+enum MHD_Result http_send(struct MHD_Connection *conn, int status, const char *type, void *body, size_t n,
+                          enum MHD_ResponseMemoryMode mode, const char *const *headers) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(n, body, mode);
+    if (!r) {
+        if (mode == MHD_RESPMEM_MUST_FREE) free(body);
+        return MHD_NO;
+    }
     MHD_add_response_header(r, "Content-Type", type);
     http_add_cors(r);
+    for (; headers && headers[0]; headers += 2) MHD_add_response_header(r, headers[0], headers[1]);
     enum MHD_Result ok = MHD_queue_response(conn, (unsigned)status, r);
     MHD_destroy_response(r);
     return ok;
@@ -69,13 +74,8 @@ enum MHD_Result http_send_json(struct MHD_Connection *conn, int status, json_t *
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!text) text = strdup("{\"error\":{\"code\":500,\"type\":\"server_error\",\"message\":\"cannot encode response\"}}");
-    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-    MHD_add_response_header(r, "Content-Type", "application/json");
-    http_add_cors(r);
-    for (; headers && headers[0]; headers += 2) MHD_add_response_header(r, headers[0], headers[1]);
-    enum MHD_Result ok = MHD_queue_response(conn, (unsigned)status, r);
-    MHD_destroy_response(r);
-    return ok;
+    if (!text) return MHD_NO;
+    return http_send(conn, status, "application/json", text, strlen(text), MHD_RESPMEM_MUST_FREE, headers);
 }
 
 enum MHD_Result http_send_error(struct MHD_Connection *conn, const dc_error *e) {

@@ -32,12 +32,14 @@ http_server *http_start(const char *host, int port, size_t max_body, http_handle
 int http_port(const http_server *s);
 void http_stop(http_server *s);
 
-/* Sends body (consumed) with extra headers given as NULL-terminated
- * name/value pairs. */
+/* Sends body (consumed) as JSON; headers as for http_send. */
 enum MHD_Result http_send_json(struct MHD_Connection *conn, int status, json_t *body, const char *const *headers);
-/* Sends n bytes of body that outlive the server (the page at /). */
-enum MHD_Result http_send_static(struct MHD_Connection *conn, int status, const char *type, const void *body,
-                                 size_t n);
+/* Sends n bytes of body as Content-Type type, with the CORS headers and
+ * extra headers given as NULL-terminated name/value pairs. mode is
+ * libmicrohttpd's: MHD_RESPMEM_MUST_FREE takes body (malloc'd), PERSISTENT
+ * borrows one that outlives the server (the page at /). */
+enum MHD_Result http_send(struct MHD_Connection *conn, int status, const char *type, void *body, size_t n,
+                          enum MHD_ResponseMemoryMode mode, const char *const *headers);
 /* The CORS headers every answer carries (http.c says why). */
 void http_add_cors(struct MHD_Response *r);
 /* Sends e as {"error":{code,type,message}} with its status (api/errors.c);

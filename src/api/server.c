@@ -73,57 +73,54 @@ static const struct {
              {"/v1/chat/completions", CALL_CHAT},
              {"/v1/responses", CALL_RESPONSES}};
 
+/* The generating route at url, or NULL. */
+static const char *call_route(const char *url, call_kind *kind) {
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++)
+        if (!strcmp(url, calls[i].path)) {
+            *kind = calls[i].kind;
+            return calls[i].path;
+        }
+    return NULL;
+}
+
 static enum MHD_Result on_request(void *ud, const http_req *hr) {
     api_server *s = ud;
     const char *url = hr->url, *method = hr->method, *route = url;
     struct MHD_Connection *conn = hr->conn;
-    int status = 0;
     dc_error err = {0};
     bool get = !strcmp(method, "GET");
-    enum MHD_Result ok;
 
-    /* What anyone may read: the page, the node's health, its metrics
-     * (counts and timings; no session ids, keys or content). */
-    if (get && !strcmp(url, "/")) {
-        ok = http_send_static(conn, 200, "text/html; charset=utf-8", web_index_html, web_index_html_len);
-        observe_request(s->env.obs, method, "/", 200, clock_mono_ms() - hr->t0, NULL);
-        return ok;
-    }
-    if (get && !strcmp(url, "/health")) {
-        ok = http_send_json(conn, 200, health_json(s), NULL);
-        observe_request(s->env.obs, method, "/health", 200, clock_mono_ms() - hr->t0, NULL);
-        return ok;
-    }
     if (get && !strcmp(url, "/metrics")) {
+        /* counted before it is rendered, so that a scrape sees itself */
+        observe_request(s->env.obs, method, route, 200, clock_mono_ms() - hr->t0, NULL);
         strbuf text = {0};
-        observe_request(s->env.obs, method, "/metrics", 200, clock_mono_ms() - hr->t0, NULL);
         observe_render(s->env.obs, s->env.m, &text);
-        struct MHD_Response *r = MHD_create_response_from_buffer(text.n, text.s, MHD_RESPMEM_MUST_FREE);
-        MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-        http_add_cors(r);
-        ok = MHD_queue_response(conn, 200, r);
-        MHD_destroy_response(r);
-        return ok;
+        return http_send(conn, 200, "text/plain; version=0.0.4; charset=utf-8", text.s, text.n, MHD_RESPMEM_MUST_FREE,
+                         NULL);
     }
-
+    /* What anyone may read: the page, the node's health, and (above) its
+     * metrics: counts and timings, no session ids, keys or content. */
+    bool open = get && (!strcmp(url, "/") || !strcmp(url, "/health"));
     char user[ID_MAX + 1] = "";
-    if (s->p.keys && auth_check(s->p.keys, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"), user,
-                                &err)) {
-        ok = http_send_error(conn, &err);
-        observe_request(s->env.obs, method, "unauthorized", 401, clock_mono_ms() - hr->t0, NULL);
-        return ok;
-    }
-    const char *who = user[0] ? user : NULL;
-    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
-        if (strcmp(url, calls[i].path) != 0) continue;
-        if (!strcmp(method, "POST")) return api_complete(&s->env, hr, calls[i].kind, calls[i].path, who);
+    bool denied = !open && s->p.keys &&
+                  auth_check(s->p.keys, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"), user, &err);
+    const char *who = user[0] ? user : NULL; /* the key's user; NULL without keys */
+    call_kind kind;
+    const char *call = call_route(url, &kind);
+    int status = 200;
+    enum MHD_Result ok = MHD_NO;
+    if (denied) {
+        route = "unauthorized";
+    } else if (call && !strcmp(method, "POST")) {
+        return api_complete(&s->env, hr, kind, call, who); /* it logs and counts the turn */
+    } else if (call) {
         dc_fail(&err, DC_E_METHOD, "%s is not allowed on %s: use POST", method, url);
-        status = 405;
-        ok = http_send_error(conn, &err);
-        goto out;
-    }
-    if (get && !strcmp(url, "/v1/models")) {
-        status = 200;
+    } else if (get && !strcmp(url, "/")) {
+        ok = http_send(conn, 200, "text/html; charset=utf-8", (void *)web_index_html, web_index_html_len,
+                       MHD_RESPMEM_PERSISTENT, NULL);
+    } else if (get && !strcmp(url, "/health")) {
+        ok = http_send_json(conn, 200, health_json(s), NULL);
+    } else if (get && !strcmp(url, "/v1/models")) {
         ok = http_send_json(conn, 200, api_models_json(llm_model_name(s->env.m)), NULL);
     } else if (!strncmp(url, "/v1/sessions/", 13) && url[13] && !strchr(url + 13, '/')) {
         route = "/v1/sessions/{id}";
@@ -131,10 +128,11 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
     } else {
         route = "other"; /* a label per unknown path would let clients grow the metrics without bound */
         dc_fail(&err, DC_E_NOT_FOUND, "no route %s %s", method, url);
-        status = 404;
+    }
+    if (err.code) {
+        status = api_error_status(err.code);
         ok = http_send_error(conn, &err);
     }
-out:
     observe_request(s->env.obs, method, route, status, clock_mono_ms() - hr->t0, NULL);
     return ok;
 }

@@ -96,6 +96,31 @@ class Node:
         return self.request("POST", "/completion", fields)
 
 
+class NodePair:
+    """Two node processes, edge-1 and edge-2, over one embedded store folder
+    (LMDB is safe across processes): a real hand-over between nodes on one
+    host, without NATS. stop() stops both (raising as Node.cleanup does when
+    one exited badly) and removes the folder."""
+
+    def __init__(self, binary, model, prefix="dc-pair-", extra=()):
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        self.a = Node(binary, model, data_dir=self.dir, node_id="edge-1", extra=extra).start()
+        try:
+            self.b = Node(binary, model, data_dir=self.dir, node_id="edge-2", extra=extra).start()
+        except BaseException:
+            self.a.stop()
+            raise
+
+    def stop(self):
+        try:
+            self.a.cleanup()
+        finally:
+            try:
+                self.b.cleanup()
+            finally:
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class LlmServer(Node):
     """`discedge llm-serve`: the engine alone, for nodes started with --llm."""
 

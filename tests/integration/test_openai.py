@@ -8,16 +8,14 @@ test_ops.py. Runs with the project's venv (scripts/setup.sh).
 usage: third_party/venv/bin/python test_openai.py DISCEDGE_BINARY MODEL.gguf"""
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import unittest
 import urllib.request
 
 import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import Node  # noqa: E402
+from dcnode import NodePair  # noqa: E402
 
 BIN = MODEL = None
 
@@ -30,19 +28,15 @@ def client(node):
 class OpenAISDK(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        # two node processes over one embedded store folder (LMDB is safe
-        # across processes): a session moves between nodes as in test_scenario
-        cls.dir = tempfile.mkdtemp(prefix="dc-openai-")
-        cls.a = Node(BIN, MODEL, data_dir=cls.dir, node_id="edge-1").start()
-        cls.b = Node(BIN, MODEL, data_dir=cls.dir, node_id="edge-2").start()
+        # a session moves between two nodes, as in test_scenario
+        cls.pair = NodePair(BIN, MODEL, prefix="dc-openai-")
+        cls.a, cls.b = cls.pair.a, cls.pair.b
         cls.ca, cls.cb = client(cls.a), client(cls.b)
         cls.model = cls.ca.models.list().data[0].id
 
     @classmethod
     def tearDownClass(cls):
-        cls.a.cleanup()
-        cls.b.cleanup()
-        subprocess.run(["rm", "-rf", cls.dir])
+        cls.pair.stop()
 
     def test_models(self):
         models = self.ca.models.list().data

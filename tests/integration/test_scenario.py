@@ -6,11 +6,10 @@ import csv
 import os
 import subprocess
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import Node  # noqa: E402
+from dcnode import NodePair  # noqa: E402
 
 BIN = MODEL = SCEN = None
 
@@ -23,17 +22,13 @@ def run(*args):
 class Scenario(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        # Two node processes over one embedded store folder: LMDB is safe across
-        # processes, so this is a real hand-over between nodes on one host.
-        cls.dir = tempfile.mkdtemp(prefix="dc-scen-")
-        cls.a = Node(BIN, MODEL, data_dir=cls.dir, node_id="edge-1").start()
-        cls.b = Node(BIN, MODEL, data_dir=cls.dir, node_id="edge-2").start()
+        # a real hand-over between two nodes on one host (dcnode.NodePair)
+        cls.pair = NodePair(BIN, MODEL, prefix="dc-scen-")
+        cls.a, cls.b, cls.dir = cls.pair.a, cls.pair.b, cls.pair.dir
 
     @classmethod
     def tearDownClass(cls):
-        cls.a.cleanup()
-        cls.b.cleanup()
-        subprocess.run(["rm", "-rf", cls.dir])
+        cls.pair.stop()
 
     @staticmethod
     def url(node):

@@ -21,7 +21,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from dcnode import Node  # noqa: E402
+from dcnode import NodePair  # noqa: E402
 
 BIN = MODEL = None
 
@@ -63,18 +63,12 @@ def run_chat(a, b, shot, key=None):
 class WebPage(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        # two node processes over one embedded store folder, as test_openai.py
-        cls.dir = tempfile.mkdtemp(prefix="dc-web-")
-        cls.a = Node(BIN, MODEL, data_dir=cls.dir, node_id="edge-1").start()
-        cls.b = Node(BIN, MODEL, data_dir=cls.dir, node_id="edge-2").start()
+        cls.pair = NodePair(BIN, MODEL, prefix="dc-web-")
+        cls.a, cls.b, cls.dir = cls.pair.a, cls.pair.b, cls.pair.dir
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.a.cleanup()
-        finally:
-            cls.b.cleanup()
-        shutil.rmtree(cls.dir, ignore_errors=True)
+        cls.pair.stop()
 
     def test_page_is_served(self):
         status, headers, body = get(self.a.port, "/")
@@ -106,31 +100,24 @@ class WebPage(unittest.TestCase):
         key = "web-test-key-0123456789"
         with open(os.path.join(d, "keys"), "w") as f:
             f.write("%s web-user\n" % key)
-        extra = ["--api-keys", os.path.join(d, "keys")]
-        nodes = []
+        pair = None
         try:
-            nodes.append(Node(BIN, MODEL, data_dir=d, node_id="edge-1", extra=extra).start())
-            nodes.append(Node(BIN, MODEL, data_dir=d, node_id="edge-2", extra=extra).start())
-            self.assertEqual(get(nodes[0].port, "/")[0], 200)  # the page itself needs no key
-            result = run_chat(nodes[0], nodes[1], os.path.join(d, "web_ui_key.png"), key=key)
+            pair = NodePair(BIN, MODEL, prefix="dc-web-keys-", extra=["--api-keys", os.path.join(d, "keys")])
+            self.assertEqual(get(pair.a.port, "/")[0], 200)  # the page itself needs no key
+            result = run_chat(pair.a, pair.b, os.path.join(d, "web_ui_key.png"), key=key)
             self.assertEqual([t["node"] for t in result["turns"]], ["edge-1", "edge-2"])
-            status, _, body = get(nodes[0].port, "/v1/sessions/%s?include=turns" % result["session_id"],
+            status, _, body = get(pair.a.port, "/v1/sessions/%s?include=turns" % result["session_id"],
                                   {"Authorization": "Bearer " + key})
             self.assertEqual(status, 200, body)
             stored = json.loads(body)
             self.assertEqual(stored["user_id"], "web-user")
             self.assertEqual([t["turn"] for t in stored["turns"]], [1, 2])
         finally:
-            failed = []
-            for n in nodes:
-                try:
-                    n.cleanup()
-                except AssertionError as e:
-                    failed.append(str(e))
-            shutil.rmtree(d, ignore_errors=True)
-            if failed:
-                raise AssertionError("\n".join(failed))
-
+            try:
+                if pair:
+                    pair.stop()
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
 
 if __name__ == "__main__":
     BIN, MODEL = sys.argv[1], sys.argv[2]
