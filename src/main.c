@@ -1,4 +1,4 @@
-/* main.c - the discedge command: serve (an edge node), chat, scenario. */
+/* main.c - the discedge command: serve (an edge node), chat, scenario, keygen. */
 #include <stdio.h>
 #include <string.h>
 
@@ -6,6 +6,25 @@
 #include "client/scenario.h"
 #include "llm_serve.h"
 #include "serve.h"
+#include "store/seal.h"
+
+/* discedge keygen FILE: a new deployment key for serve --store-key. */
+static int keygen_main(int argc, char **argv) {
+    if (argc != 2 || argv[1][0] == '-') {
+        fprintf(argc == 2 && !strcmp(argv[1], "--help") ? stdout : stderr,
+                "usage: discedge keygen FILE\n"
+                "Writes a new random 32-byte key, as hex, to FILE (mode 0600; an existing\n"
+                "FILE is never overwritten). Give the same FILE to every node of a deployment\n"
+                "with --store-key: they then seal every stored record with it.\n");
+        return argc == 2 && !strcmp(argv[1], "--help") ? 0 : 2;
+    }
+    char err[256];
+    if (seal_keygen(argv[1], err, sizeof err) != 0) {
+        fprintf(stderr, "keygen: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -14,7 +33,8 @@ static void usage(FILE *f) {
             "  serve     run an edge node: HTTP API, context manager, LLM, store\n"
             "  llm-serve run only the LLM engine, for nodes started with --llm URL\n"
             "  chat      chat with a node from the terminal\n"
-            "  scenario  run a scenario file against one or more nodes\n");
+            "  scenario  run a scenario file against one or more nodes\n"
+            "  keygen    write a new key for serve --store-key\n");
 }
 
 int main(int argc, char **argv) {
@@ -27,6 +47,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "llm-serve")) return llm_serve_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "chat")) return chat_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "scenario")) return scenario_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "keygen")) return keygen_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

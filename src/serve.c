@@ -18,6 +18,7 @@
 #include "cli.h"
 #include "ctx/ctx.h"
 #include "llm/llm.h"
+#include "store/seal.h"
 #include "store/store.h"
 #include "util/clock.h"
 #include "util/hash.h"
@@ -41,7 +42,8 @@ static void keygroup_of(const llm *m, char *out, size_t n) {
     snprintf(out, n, "%s_%016llx", clean, (unsigned long long)h);
 }
 
-static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, const char *keys_path);
+static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, const char *keys_path,
+                     const char *store_key);
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -86,16 +88,26 @@ static void usage(FILE *f) {
             "  --stale-retries N     re-reads when the stored turn is behind (default 3)\n"
             "  --stale-retry-ms MS   pause between re-reads (default 10)\n"
             "  --max-body BYTES      request body limit (default 1048576)\n"
+            "  --max-n-predict N     longest reply a request may ask for (default 4096)\n"
+            "  --max-streams-per-key N  generations at once per API key's user (or per\n"
+            "                        user_id without keys); more get 429 (default 4; 0: off)\n"
+            "  --max-sessions-per-user N  live sessions a user may create through this\n"
+            "                        node; more get 429 (default 1000; 0: off)\n"
             "  --api-keys FILE       require API keys: FILE has one \"KEY USER_ID\" per line;\n"
             "                        requests need \"Authorization: Bearer KEY\" and the key's\n"
             "                        user owns the sessions it creates (kill -HUP reloads it)\n"
+            "  --store-key FILE      encrypt and authenticate every stored record with the\n"
+            "                        deployment key in FILE (`discedge keygen FILE`); every\n"
+            "                        node sharing a store needs the same key\n"
+            "  --log-content         also log each turn's prompt and reply (never logged\n"
+            "                        otherwise); for debugging, not for shared logs\n"
             "\n");
     cli_engine_usage(f);
 }
 
 int serve_main(int argc, char **argv) {
     enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_LLM,
-           O_KEYS };
+           O_KEYS, O_STORE_KEY, O_LOG_CONTENT, O_MAX_NPRED, O_MAX_STREAMS, O_MAX_SESSIONS };
     static const struct option own[] = {{"model", required_argument, 0, 'm'},
                                         {"llm", required_argument, 0, O_LLM},
                                         {"host", required_argument, 0, 'H'},
@@ -112,6 +124,11 @@ int serve_main(int argc, char **argv) {
                                         {"stale-retry-ms", required_argument, 0, O_RETRY_MS},
                                         {"max-body", required_argument, 0, O_MAXBODY},
                                         {"api-keys", required_argument, 0, O_KEYS},
+                                        {"store-key", required_argument, 0, O_STORE_KEY},
+                                        {"log-content", no_argument, 0, O_LOG_CONTENT},
+                                        {"max-n-predict", required_argument, 0, O_MAX_NPRED},
+                                        {"max-streams-per-key", required_argument, 0, O_MAX_STREAMS},
+                                        {"max-sessions-per-user", required_argument, 0, O_MAX_SESSIONS},
                                         {"help", no_argument, 0, 'h'},
                                         {0, 0, 0, 0}};
     llm_params lp = llm_default_params();
@@ -122,7 +139,7 @@ int serve_main(int argc, char **argv) {
     gethostname(host, sizeof host - 1);
     cp.node_id = ap.node_id = host;
     struct option *opts = cli_options(own);
-    const char *keys_path = NULL;
+    const char *keys_path = NULL, *store_key = NULL;
     cli_args args;
     if (cli_config_expand("serve", opts, argc, argv, &args) != 0) {
         free(opts);
@@ -154,6 +171,11 @@ int serve_main(int argc, char **argv) {
         case O_MAXBODY: ap.max_body = (size_t)atoll(optarg); break;
         case O_LLM: lp.url = optarg; break;
         case O_KEYS: keys_path = optarg; break;
+        case O_STORE_KEY: store_key = optarg; break;
+        case O_LOG_CONTENT: ap.log_content = true; break;
+        case O_MAX_NPRED: ap.max_n_predict = atoi(optarg); break;
+        case O_MAX_STREAMS: ap.max_streams = atoi(optarg); break;
+        case O_MAX_SESSIONS: cp.max_sessions_per_user = atoi(optarg); break;
         case 'h': usage(stdout); free(opts); cli_args_free(&args); return 0;
         default: bad = 1; break;
         }
@@ -163,19 +185,20 @@ int serve_main(int argc, char **argv) {
     if (done) usage(stderr);
     else if (ap.port < 0 || ap.port > 65535 || ap.default_n_predict < 1 || cp.stale_retries < 0 ||
              cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 ||
-             sp.replicas > 5)
+             sp.replicas > 5 || ap.max_n_predict < ap.default_n_predict || ap.max_streams < 0 || cp.max_sessions_per_user < 0)
         done = fprintf(stderr, "serve: a numeric option is out of range (see --help)\n") > 0;
     if (done) {
         cli_args_free(&args);
         return 2;
     }
     /* the strings optarg pointed at (the file's settings) live in args */
-    int rc = serve_run(&lp, &sp, &cp, &ap, keys_path);
+    int rc = serve_run(&lp, &sp, &cp, &ap, keys_path, store_key);
     cli_args_free(&args);
     return rc;
 }
 
-static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, const char *keys_path) {
+static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, const char *keys_path,
+                     const char *store_key) {
     llm_params lp = *lpp;
     store_params sp = *spp;
     ctx_params cp = *cpp;
@@ -185,6 +208,13 @@ static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_pa
         fprintf(stderr, "serve: --api-keys: %s\n", err);
         return 2;
     }
+    seal *sealer = NULL;
+    if (store_key && !(sealer = seal_load(store_key, err, sizeof err))) {
+        fprintf(stderr, "serve: --store-key: %s\n", err);
+        auth_free(ap.keys);
+        return 2;
+    }
+    sp.seal = sealer;
 
     /* Block the stop signals before any thread starts, so they all inherit
      * the mask and the signals reach only sigtimedwait below. */
@@ -205,7 +235,7 @@ static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_pa
     llm *m = llm_load(&lp, err, sizeof err);
     if (!m) {
         fprintf(stderr, "serve: %s\n", err);
-        return 1;
+        goto out;
     }
     char keygroup[80];
     keygroup_of(m, keygroup, sizeof keygroup);
@@ -221,9 +251,11 @@ static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_pa
         goto out;
     }
     /* Tests and scripts read this line to find the port. */
-    printf("discedge: node %s listening on http://%s:%d (model %s%s%s, ctx %d, threads %d, store %s %s, keygroup %s)\n",
+    printf("discedge: node %s listening on http://%s:%d (model %s%s%s, ctx %d, threads %d, store %s %s%s, keygroup "
+           "%s)\n",
            ap.node_id, ap.host, api_server_port(srv), llm_model_name(m), lp.url ? " at " : "", lp.url ? lp.url : "",
-           llm_n_ctx(m), llm_n_threads(m), store_kind(s), sp.url ? sp.url : sp.data_dir, keygroup);
+           llm_n_ctx(m), llm_n_threads(m), store_kind(s), sp.url ? sp.url : sp.data_dir, sealer ? " sealed" : "",
+           keygroup);
     fflush(stdout);
     if (expired > 0) log_info("removed %ld expired sessions", expired);
     llm_stats ls;
@@ -255,5 +287,6 @@ out:
     store_close(s);
     llm_free(m);
     auth_free(ap.keys);
+    seal_free(sealer);
     return rc;
 }

@@ -20,10 +20,13 @@ typedef struct {
     api_chat chat;
     bool stream;
     double t0;
+    char holder[ID_MAX + 1]; /* whose generation this is, once counted (call_take) */
+    char slot[24];           /* its item in env->inflight */
 } call;
 
 static void call_release(void *ud) {
     call *k = ud;
+    if (k->holder[0]) quota_give(k->env->inflight, k->holder, k->slot);
     json_decref(k->root);
     api_chat_free(&k->chat);
     free(k);
@@ -33,6 +36,7 @@ static void call_finish(void *ud, dc_code rc, const ctx_reply *rep, const dc_err
     (void)e;
     call *k = ud;
     observe_request(k->env->obs, "POST", k->route, rc ? api_error_status(rc) : 200, clock_mono_ms() - k->t0, rep);
+    if (!rc) observe_content(k->env->obs, rep, k->req.prompt);
 }
 
 /* --- the stream, in each endpoint's format ------------------------------ */
@@ -89,6 +93,24 @@ static dc_code call_parse(call *k, const http_req *hr, dc_error *err) {
     }
     /* with API keys, the key says who the user is, whatever the body says */
     if (k->user[0]) k->req.user_id = k->user;
+    if (k->req.gen.n_predict > k->env->max_n_predict)
+        return dc_fail(err, DC_E_INVALID, "a reply of %d tokens was asked for; this node allows at most %d",
+                       k->req.gen.n_predict, k->env->max_n_predict);
+    return DC_OK;
+}
+
+/* Counts the generation against its user's limit of generations at once
+ * (the key's user; without keys, the user the body names: a claim, but a
+ * client that lies only spreads its own load). New anonymous users are not
+ * counted: they have no name to count under. */
+static dc_code call_take(call *k, dc_error *err) {
+    const char *who = k->req.user_id;
+    if (!who || k->env->max_streams <= 0 || !id_is_valid(who)) return DC_OK;
+    snprintf(k->slot, sizeof k->slot, "%p", (void *)k);
+    if (!quota_take(k->env->inflight, who, k->slot, k->env->max_streams))
+        return dc_fail(err, DC_E_QUOTA, "user %s already has %d generations running, the most allowed at once", who,
+                       k->env->max_streams);
+    snprintf(k->holder, sizeof k->holder, "%s", who);
     return DC_OK;
 }
 
@@ -119,6 +141,7 @@ enum MHD_Result api_complete(const api_env *env, const http_req *hr, call_kind k
     dc_error err = {0};
     ctx_reply rep = {0};
     dc_code rc = call_parse(k, hr, &err);
+    if (!rc) rc = call_take(k, &err);
     if (!rc) rc = call_fork_if_older(k, &err);
     if (!rc && k->stream) return sse_run(hr->conn, env->c, env->m, &k->req, &call_stream, k);
 

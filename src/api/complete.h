@@ -12,6 +12,7 @@
 
 #include "http.h"
 #include "observe.h"
+#include "../util/quota.h"
 
 typedef enum { CALL_COMPLETION, CALL_CHAT, CALL_RESPONSES } call_kind;
 
@@ -22,6 +23,9 @@ typedef struct {
     observe *obs;
     const char *node_id;
     int default_n_predict;
+    int max_n_predict;  /* a longer reply asked for is 400 */
+    int max_streams;    /* generations at once per user (the key's); more get 429; 0: no limit */
+    quota *inflight;    /* who is generating now, for max_streams */
 } api_env;
 
 /* user: the API key's user, who then owns the session (NULL without keys:

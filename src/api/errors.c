@@ -18,6 +18,7 @@ static const struct {
     [DC_E_INCOMPATIBLE] = {409, "incompatible_context"},
     [DC_E_TOO_LARGE] = {413, "payload_too_large"},
     [DC_E_BUSY] = {429, "server_busy"},
+    [DC_E_QUOTA] = {429, "quota_exceeded"},
     [DC_E_CANCELLED] = {499, "client_closed_request"},
     [DC_E_INTERNAL] = {500, "server_error"},
     [DC_E_STORE] = {500, "store_error"},

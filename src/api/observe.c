@@ -6,10 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "../util/clock.h"
 #include "../util/hash.h"
 #include "../util/log.h"
 #include "../util/metrics.h"
+#include "request.h"
 
 /* A session counts as active while it had a turn here in this window. */
 #define ACTIVE_WINDOW_MS (5 * 60 * 1000)
@@ -22,18 +25,20 @@ struct observe {
         double at;
     } *seen;
     size_t n_seen, cap_seen;
+    bool log_content;
 };
 
 static const double turn_s[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 static const double store_s[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
 
-observe *observe_new(void) {
+observe *observe_new(bool log_content) {
     observe *o = calloc(1, sizeof *o);
     if (!o || !(o->mx = metrics_new())) {
         free(o);
         return NULL;
     }
     pthread_mutex_init(&o->mu, NULL);
+    o->log_content = log_content;
     metrics *m = o->mx;
     metrics_define(m, "discedge_requests_total", METRIC_COUNTER, "HTTP requests by route and status.", NULL, 0);
     metrics_define(m, "discedge_turn_seconds", METRIC_HISTOGRAM, "Time of a generating request, by mode.", turn_s, 10);
@@ -129,6 +134,18 @@ void observe_request(observe *o, const char *method, const char *route, int stat
              rep->context_tokens, rep->llm.cached_n, rep->llm.predicted_n, rep->llm.queue_ms, rep->llm.prompt_ms,
              rep->llm.predicted_ms, rep->store_read_ms, rep->store_commit_ms, rep->wait_ms, rep->retries, rep->stale,
              rep->replayed);
+}
+
+void observe_content(observe *o, const ctx_reply *rep, const char *prompt) {
+    if (!o->log_content) return;
+    json_t *p = json_string(prompt ? prompt : ""), *r = api_text_json(&rep->content);
+    char *ps = json_dumps(p, JSON_ENCODE_ANY), *rs = json_dumps(r, JSON_ENCODE_ANY);
+    log_info("content session=%s turn=%u prompt=%s reply=%s", rep->session_id[0] ? rep->session_id : "-", rep->turn,
+             ps ? ps : "\"\"", rs ? rs : "\"\"");
+    free(ps);
+    free(rs);
+    json_decref(p);
+    json_decref(r);
 }
 
 void observe_render(observe *o, llm *m, strbuf *out) {

@@ -24,7 +24,7 @@ struct api_server {
 
 api_params api_default_params(void) {
     return (api_params){.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20, .node_id = "node",
-                        .default_n_predict = 128};
+                        .default_n_predict = 128, .max_n_predict = 4096, .max_streams = 4};
 }
 
 static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn, const char *method,
@@ -141,14 +141,17 @@ api_server *api_server_start(const api_params *p, ctx *c, llm *m, char *err, siz
     api_server *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->p = *p;
-    s->env = (api_env){.c = c, .m = m, .node_id = p->node_id, .default_n_predict = p->default_n_predict};
-    if (!(s->env.obs = observe_new())) {
+    s->env = (api_env){.c = c, .m = m, .node_id = p->node_id, .default_n_predict = p->default_n_predict,
+                       .max_n_predict = p->max_n_predict, .max_streams = p->max_streams};
+    if (!(s->env.obs = observe_new(p->log_content)) || !(s->env.inflight = quota_new(NULL, NULL))) {
+        observe_free(s->env.obs);
         free(s);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     if (!(s->h = http_start(p->host, p->port, p->max_body, on_request, s, err, errlen))) {
         observe_free(s->env.obs);
+        quota_free(s->env.inflight);
         free(s);
         return NULL;
     }
@@ -162,5 +165,6 @@ void api_server_stop(api_server *s) {
     http_stop(s->h); /* closes every connection: streams in flight are cancelled */
     sse_drain();
     observe_free(s->env.obs);
+    quota_free(s->env.inflight);
     free(s);
 }

@@ -28,6 +28,9 @@ typedef struct {
     const char *node_id;
     int default_n_predict;
     auth *keys;            /* NULL: no keys, every route open; borrowed (reloaded by its owner) */
+    bool log_content;      /* log prompts and replies (observe.h); off by default */
+    int max_n_predict;     /* longest reply a request may ask for */
+    int max_streams;       /* generations at once per user (API key); 0: no limit */
 } api_params;
 
 api_params api_default_params(void);

@@ -25,6 +25,7 @@
 #include "../util/clock.h"
 #include "../util/keylock.h"
 #include "../util/log.h"
+#include "../util/quota.h"
 #include "turn.h"
 
 struct ctx {
@@ -32,10 +33,20 @@ struct ctx {
     llm *m;
     store *s;
     keylock *locks;
+    quota *owners; /* the sessions each user created here, for the limit */
 };
 
 ctx_params ctx_default_params(void) {
-    return (ctx_params){.node_id = "node", .stale_retries = 3, .stale_retry_ms = 10, .sync_timeout_ms = 2000};
+    return (ctx_params){.node_id = "node", .stale_retries = 3, .stale_retry_ms = 10, .sync_timeout_ms = 2000,
+                        .max_sessions_per_user = 1000};
+}
+
+/* quota.h asks whether a session it counts is still there. A store that
+ * cannot say (down, corrupt record) counts it: the limit errs on holding. */
+static bool session_alive(void *ud, const char *sid) {
+    ctx *c = ud;
+    session_meta m;
+    return store_meta_get(c->s, sid, &m) != STORE_NOT_FOUND;
 }
 
 ctx *ctx_new(const ctx_params *p, llm *m, store *s) {
@@ -44,13 +55,24 @@ ctx *ctx_new(const ctx_params *p, llm *m, store *s) {
     c->m = m;
     c->s = s;
     c->locks = keylock_new();
+    c->owners = quota_new(session_alive, c);
     return c;
 }
 
 void ctx_free(ctx *c) {
     if (!c) return;
     keylock_free(c->locks);
+    quota_free(c->owners);
     free(c);
+}
+
+/* A new session for user: its place under the limit, or DC_E_QUOTA. */
+static dc_code reserve_session(ctx *c, const char *user, const char *sid, dc_error *err) {
+    if (quota_take(c->owners, user, sid, c->p.max_sessions_per_user)) return DC_OK;
+    return dc_fail(err, DC_E_QUOTA,
+                   "user %s has %d sessions on this node, the most allowed: delete one (DELETE /v1/sessions/{id}) "
+                   "or let one expire",
+                   user, c->p.max_sessions_per_user);
 }
 
 const char *ctx_mode_name(session_mode m) {
@@ -306,6 +328,8 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
     }
     if (!rc && exists && req->system && outcome == LOAD_PROCEED)
         rc = dc_fail(err, DC_E_INVALID, "system is accepted on turn 1 only");
+    bool creating = !rc && !exists && outcome == LOAD_PROCEED;
+    if (creating && (rc = reserve_session(c, rep->user_id, rep->session_id, err))) creating = false;
     if (!rc)
         rc = req->mode == MODE_TOKENIZED ? build_tokenized(c, req, turns, n_turns, &rec, &input, rep, err)
                                          : build_raw(c, req, turns, n_turns, &rec, &input, rep, err);
@@ -354,6 +378,7 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
             rc = store_error(err, st);
         }
     }
+    if (rc && creating) quota_give(c->owners, rep->user_id, rep->session_id);
 done:
     if (rc) strbuf_clear(&rep->content);
     tokvec_free(&input);
@@ -451,6 +476,7 @@ dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_erro
         store_status st = store_session_delete(c->s, sid);
         if (st == STORE_NOT_FOUND) rc = dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
         else if (st != STORE_OK) rc = store_error(err, st);
+        if (st == STORE_OK || st == STORE_NOT_FOUND) quota_give(c->owners, m.user_id, sid);
     }
     keylock_release(c->locks, lock);
     return rc;
@@ -477,6 +503,7 @@ dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *use
         rc = dc_fail(err, DC_E_MODE_MISMATCH, "only tokenized sessions can be forked (session %s is %s)", sid,
                      ctx_mode_name(src.mode));
     if (!rc) rc = check_compatible(c, sid, &(ctx_request){.mode = MODE_TOKENIZED}, &src, err);
+    bool creating = !rc && !(rc = reserve_session(c, src.user_id, new_sid, err));
     /* The copy is a new session written turn by turn through the same
      * compare-and-set as any turn: a second fork racing for new_sid loses
      * at its first commit. A copy cut short by a failure is never returned
@@ -493,6 +520,7 @@ dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *use
         if (st == STORE_CONFLICT) rc = dc_fail(err, DC_E_CONFLICT, "session %s already exists", new_sid);
         else if (st != STORE_OK) rc = store_error(err, st);
     }
+    if (rc && creating) quota_give(c->owners, src.user_id, new_sid);
     if (turns) store_turns_free(turns, src.turn);
     return rc;
 }

@@ -20,6 +20,7 @@ typedef struct {
     int stale_retries;    /* re-reads when the stored turn is behind (paper: 3) */
     int stale_retry_ms;   /* pause between re-reads (paper: 10 ms) */
     int sync_timeout_ms;  /* longest wait for a missing turn to replicate (store_wait) */
+    int max_sessions_per_user; /* live sessions a user may create through this node (owners.h); 0: no limit */
 } ctx_params;
 
 /* What a client accepts when its turn has not reached this node in time. */

@@ -11,7 +11,12 @@
  *   "meta"   key: session id                    value: meta record (codec)
  *   "turns"  key: session id, NUL, u32 BE turn  value: turn record (codec)
  * The big-endian turn keeps a session's turns adjacent and in order, so a
- * session loads with one cursor walk. */
+ * session loads with one cursor walk.
+ *
+ * Fault injection: with DC_FAULT_COMMIT_PAUSE_MS=N in the environment, each
+ * commit logs "fault: commit paused" and sleeps N ms after writing the turn
+ * and meta records, before its transaction commits, so that a test can
+ * kill -9 the node in the middle of a commit (tests/integration/test_faults.py). */
 #include "store_impl.h"
 
 #include <errno.h>
@@ -22,11 +27,13 @@
 #include <sys/stat.h>
 
 #include "../util/clock.h"
+#include "../util/log.h"
 
 typedef struct {
     store base;
     MDB_env *env;
     MDB_dbi meta, turns;
+    int fault_pause_ms; /* DC_FAULT_COMMIT_PAUSE_MS (see top); 0 normally */
 } embedded;
 
 static const store_ops embedded_ops;
@@ -44,6 +51,8 @@ store *store_embedded_open(const store_params *p, char *err, size_t errlen) {
     if (!s) return NULL;
     s->base.ops = &embedded_ops;
     s->base.ttl_ms = p->ttl_ms;
+    const char *pause = getenv("DC_FAULT_COMMIT_PAUSE_MS");
+    s->fault_pause_ms = pause ? atoi(pause) : 0;
     MDB_txn *txn = NULL;
     int rc = mdb_env_create(&s->env);
     if (!rc) rc = mdb_env_set_maxdbs(s->env, 4);
@@ -90,16 +99,49 @@ static MDB_val turn_key(char buf[ID_MAX + 6], const char *sid, uint32_t turn) {
     return (MDB_val){n + 5, buf};
 }
 
+/* The names records are sealed under (seal.h): where they sit. */
+#define AD_MAX (ID_MAX + 24)
+static void meta_ad(char ad[AD_MAX], const char *sid) { snprintf(ad, AD_MAX, "embedded/meta/%s", sid); }
+static void turn_ad(char ad[AD_MAX], const char *sid, uint32_t turn) {
+    snprintf(ad, AD_MAX, "embedded/turn/%s/%u", sid, turn);
+}
+
+/* Opens (when sealed) and decodes a stored meta record. */
+static store_status meta_decode(embedded *s, const char *sid, MDB_val v, session_meta *out) {
+    char ad[AD_MAX];
+    meta_ad(ad, sid);
+    strbuf buf = {0};
+    size_t n = v.mv_size;
+    const void *p = store_record_open(&s->base, ad, v.mv_data, &n, &buf);
+    codec_status cs = p ? codec_meta_decode(p, n, out) : CODEC_OK;
+    strbuf_free(&buf);
+    if (!p) return STORE_CORRUPT;
+    return cs ? store_fail(STORE_CORRUPT, "meta of %s: %s", sid, codec_status_str(cs)) : STORE_OK;
+}
+
+/* Opens (when sealed) and decodes stored turn `turn`. */
+static store_status turn_decode(embedded *s, const char *sid, uint32_t turn, MDB_val v, turn_rec *out) {
+    char ad[AD_MAX];
+    turn_ad(ad, sid, turn);
+    strbuf buf = {0};
+    size_t n = v.mv_size;
+    const void *p = store_record_open(&s->base, ad, v.mv_data, &n, &buf);
+    codec_status cs = p ? codec_turn_decode(p, n, out) : CODEC_OK;
+    strbuf_free(&buf);
+    if (!p) return STORE_CORRUPT;
+    if (cs || out->turn != turn)
+        return store_fail(STORE_CORRUPT, "turn %u of %s: %s", turn, sid, cs ? codec_status_str(cs) : "turn number mismatch");
+    return STORE_OK;
+}
+
 /* Reads and decodes the meta record inside txn. */
 static store_status meta_read(embedded *s, MDB_txn *txn, const char *sid, session_meta *out) {
     MDB_val k = key_of(sid), v;
     int rc = mdb_get(txn, s->meta, &k, &v);
     if (rc == MDB_NOTFOUND) return STORE_NOT_FOUND;
     if (rc) return fail(STORE_IO, "meta read", rc);
-    codec_status cs = codec_meta_decode(v.mv_data, v.mv_size, out);
-    if (cs) {
-        return store_fail(STORE_CORRUPT, "meta of %s: %s", sid, codec_status_str(cs));
-    }
+    store_status st = meta_decode(s, sid, v, out);
+    if (st) return st;
     return store_expired(&s->base, out->last_ms, clock_wall_ms()) ? STORE_NOT_FOUND : STORE_OK;
 }
 
@@ -136,11 +178,7 @@ static store_status embedded_session_load(store *base, const char *sid, uint32_t
             fail(st, "turn read", rc == MDB_NOTFOUND ? 0 : rc);
             break;
         }
-        codec_status cs = codec_turn_decode(v.mv_data, v.mv_size, &out[i]);
-        if (cs || out[i].turn != i + 1) {
-            st = store_fail(STORE_CORRUPT, "turn %u of %s: %s", i + 1, sid,
-                            cs ? codec_status_str(cs) : "turn number mismatch");
-        }
+        st = turn_decode(s, sid, i + 1, v, &out[i]);
     }
     mdb_txn_abort(txn);
     if (st != STORE_OK) {
@@ -178,7 +216,7 @@ static store_status embedded_turn_commit(store *base, const char *sid, const ses
     } else if (st == STORE_NOT_FOUND) {
         /* absent, or expired: an expired session's leftovers go before turn 1 */
         MDB_val k = key_of(sid), v;
-        if (mdb_get(txn, s->meta, &k, &v) == 0 && codec_meta_decode(v.mv_data, v.mv_size, &cur) == CODEC_OK &&
+        if (mdb_get(txn, s->meta, &k, &v) == 0 && meta_decode(s, sid, v, &cur) == STORE_OK &&
             (rc = delete_in(s, txn, sid, cur.turn)) != 0) {
             mdb_txn_abort(txn);
             return fail(STORE_IO, "expire", rc);
@@ -193,13 +231,17 @@ static store_status embedded_turn_commit(store *base, const char *sid, const ses
         return STORE_CONFLICT;
     }
     strbuf rec = {0};
+    char kb[ID_MAX + 6], ad[AD_MAX];
     codec_turn_encode(t, &rec);
-    char kb[ID_MAX + 6];
+    turn_ad(ad, sid, t->turn);
+    store_record_seal(&s->base, ad, &rec);
     MDB_val tk = turn_key(kb, sid, t->turn), tv = {rec.n, rec.s};
     rc = mdb_put(txn, s->turns, &tk, &tv, 0);
     if (!rc) {
         strbuf_clear(&rec);
         codec_meta_encode(meta, &rec);
+        meta_ad(ad, sid);
+        store_record_seal(&s->base, ad, &rec);
         MDB_val mk = key_of(sid), mv = {rec.n, rec.s};
         rc = mdb_put(txn, s->meta, &mk, &mv, 0);
     }
@@ -207,6 +249,10 @@ static store_status embedded_turn_commit(store *base, const char *sid, const ses
     if (rc) {
         mdb_txn_abort(txn);
         return fail(STORE_IO, "commit", rc);
+    }
+    if (s->fault_pause_ms > 0) {
+        log_warn("fault: commit paused (turn %u of %s)", t->turn, sid);
+        clock_sleep_ms(s->fault_pause_ms);
     }
     rc = mdb_txn_commit(txn);
     return rc ? fail(STORE_IO, "commit", rc) : STORE_OK;
@@ -225,7 +271,7 @@ static store_status embedded_session_delete(store *base, const char *sid) {
         return STORE_NOT_FOUND;
     }
     uint32_t n = 0;
-    if (!rc && codec_meta_decode(v.mv_data, v.mv_size, &cur) == CODEC_OK) n = cur.turn;
+    if (!rc && meta_decode(s, sid, v, &cur) == STORE_OK) n = cur.turn;
     if (!rc) rc = delete_in(s, txn, sid, n);
     if (rc) {
         mdb_txn_abort(txn);
@@ -252,11 +298,11 @@ static long embedded_expire(store *base, int64_t now_ms) {
     MDB_val k, v;
     for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         session_meta m;
-        if (k.mv_size > ID_MAX || codec_meta_decode(v.mv_data, v.mv_size, &m) != CODEC_OK || !store_expired(&s->base, m.last_ms, now_ms))
-            continue;
+        if (k.mv_size > ID_MAX) continue;
         if (nv == cap) vs = dc_xrealloc(vs, (cap = cap ? cap * 2 : 16) * sizeof *vs);
         memcpy(vs[nv].sid, k.mv_data, k.mv_size);
         vs[nv].sid[k.mv_size] = '\0';
+        if (meta_decode(s, vs[nv].sid, v, &m) != STORE_OK || !store_expired(&s->base, m.last_ms, now_ms)) continue;
         vs[nv++].turns = m.turn;
     }
     mdb_cursor_close(cur);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "seal.h"
 #include "store_impl.h"
 
 static _Thread_local char last_error[256];
@@ -23,6 +24,28 @@ bool store_expired(const store *s, int64_t last_ms, int64_t now_ms) {
     return s->ttl_ms > 0 && last_ms + s->ttl_ms < now_ms;
 }
 
+void store_record_seal(const store *s, const char *ad, strbuf *rec) {
+    if (s->seal) seal_encrypt(s->seal, ad, rec);
+}
+
+const void *store_record_open(const store *s, const char *ad, const void *data, size_t *n, strbuf *buf) {
+    bool sealed = seal_is_sealed(data, *n);
+    if (!s->seal) {
+        if (!sealed) return data;
+        store_fail(STORE_CORRUPT, "%s is encrypted and this node has no --store-key", ad);
+        return NULL;
+    }
+    /* A plain record where sealed ones are expected is refused too: anyone
+     * who can write to the store could otherwise plant context unsealed. */
+    if (!seal_decrypt(s->seal, ad, data, *n, buf)) {
+        store_fail(STORE_CORRUPT, "%s: %s", ad,
+                   sealed ? "fails authentication (tampered, or sealed with another key)" : "not encrypted");
+        return NULL;
+    }
+    *n = buf->n;
+    return buf->s;
+}
+
 store_params store_default_params(void) {
     return (store_params){
         .data_dir = "data",
@@ -35,14 +58,18 @@ store_params store_default_params(void) {
 }
 
 store *store_open(const store_params *p, char *err, size_t errlen) {
+    store *s;
     if (p->url && *p->url) {
         if (strncmp(p->url, "nats://", 7) != 0) {
             snprintf(err, errlen, "--store %s: expected nats://HOST:PORT[,...]", p->url);
             return NULL;
         }
-        return store_nats_open(p, err, errlen);
+        s = store_nats_open(p, err, errlen);
+    } else {
+        s = store_embedded_open(p, err, errlen);
     }
-    return store_embedded_open(p, err, errlen);
+    if (s) s->seal = p->seal;
+    return s;
 }
 
 const char *store_kind(const store *s) { return s->ops->name; }

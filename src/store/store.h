@@ -12,7 +12,10 @@
  *  - A session whose last activity is older than the TTL reads as absent and
  *    is removed by store_expire.
  *  - Records are decoded with codec.c; a record that fails to decode is
- *    reported as STORE_CORRUPT, never handed out. */
+ *    reported as STORE_CORRUPT, never handed out.
+ *  - With a seal (seal.h), records are sealed before they are written and
+ *    opened after they are read; a record that fails to open, and a plain
+ *    record where sealed ones are expected (or the reverse), is STORE_CORRUPT. */
 #ifndef DC_STORE_H
 #define DC_STORE_H
 
@@ -42,6 +45,7 @@ typedef struct {
                                 server; reads then come from a mirror in the leaf's domain */
     int64_t ttl_ms;        /* idle sessions older than this read as absent */
     size_t map_size;       /* embedded: upper bound of the database file */
+    const struct seal *seal; /* seal.h: when set, every record is sealed with it (the caller keeps it) */
 } store_params;
 
 store_params store_default_params(void);

@@ -19,6 +19,7 @@ typedef struct {
 struct store {
     const store_ops *ops;
     int64_t ttl_ms;
+    const struct seal *seal; /* NULL: records are stored as the codec encodes them */
 };
 
 store *store_embedded_open(const store_params *p, char *err, size_t errlen);
@@ -26,6 +27,15 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen);
 
 /* Records the detail of a failure for store_last_error(); returns st. */
 store_status store_fail(store_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Every record goes through these two on its way to and from the store.
+ * ad names the record's place (session id and kind; seal.h says why).
+ * store_record_seal seals rec in place when the store has a seal.
+ * store_record_open returns the record's plaintext (data itself, or its
+ * opened bytes in buf) and sets *n to its length; NULL, with the reason for
+ * store_last_error, when the record cannot be trusted. */
+void store_record_seal(const store *s, const char *ad, strbuf *rec);
+const void *store_record_open(const store *s, const char *ad, const void *data, size_t *n, strbuf *buf);
 
 /* True when a session whose last activity was at last_ms is past the TTL. */
 bool store_expired(const store *s, int64_t last_ms, int64_t now_ms);

@@ -21,6 +21,7 @@ typedef enum {
     DC_E_INCOMPATIBLE,  /* 409 incompatible_context: stored for another tokenizer */
     DC_E_TOO_LARGE,     /* 413 payload_too_large */
     DC_E_BUSY,          /* 429 server_busy: every sequence busy and the queue full (Retry-After) */
+    DC_E_QUOTA,         /* 429 quota_exceeded: a per-user limit (sessions, generations at once) */
     DC_E_CANCELLED,     /* 499 client_closed_request: the client went away; nothing committed */
     DC_E_INTERNAL,      /* 500 server_error */
     DC_E_STORE,         /* 500 store_error: the store failed or holds corrupt data */

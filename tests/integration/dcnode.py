@@ -15,9 +15,10 @@ class Node:
     """One edge node on a free port (--port 0; the node prints the port).
     With llm_url it uses that LLM service (--llm) instead of loading model."""
 
-    def __init__(self, binary, model, data_dir=None, node_id="edge-1", extra=(), llm_url=None):
+    def __init__(self, binary, model, data_dir=None, node_id="edge-1", extra=(), llm_url=None, env=None):
         self.binary, self.model, self.node_id, self.extra = binary, model, node_id, list(extra)
         self.llm_url = llm_url
+        self.env = dict(os.environ, **env) if env else None
         self.own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="dc-node-")
         self.proc = None
@@ -26,7 +27,7 @@ class Node:
     def start(self):
         os.makedirs(self.data_dir, exist_ok=True)
         self.log = open(os.path.join(self.data_dir, "node.log"), "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self.log)
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self.log, env=self.env)
         deadline = time.monotonic() + 120
         line = b""
         while time.monotonic() < deadline:
@@ -60,6 +61,18 @@ class Node:
         rc = self.proc.returncode if self.proc else 0
         self.proc = None
         return rc
+
+    def kill9(self):
+        """kill -9: no shutdown, no flush; what is on disk is what a crash leaves."""
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+        self.proc = None
+
+    def log_text(self):
+        with open(os.path.join(self.data_dir, "node.log"), "rb") as f:
+            return f.read().decode("utf-8", "replace")
 
     def cleanup(self):
         """Stops the node and fails if it did not exit cleanly: under the

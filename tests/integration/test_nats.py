@@ -329,6 +329,35 @@ class LeafNodes(OneServer):
                 self.assertLess(time.monotonic() - t0, 120, "%s does not show turn 3: %r" % (node.node_id, info))
                 time.sleep(0.2)
 
+    def test_leaf_cut_off_then_restored(self):
+        """edge-2's own nats-server dies: edge-2 cannot reach any store and
+        says so; edge-1 goes on; when the leaf is back its mirror catches up
+        and edge-2 sees, and continues, every committed turn."""
+        st, r = self.a.complete(prompt="Hello", user_id="cut", n_predict=4)
+        sid = r["session_id"]
+        leaf = self.leaves[1]
+        leaf.kill()
+        try:
+            for consistency in ("strong", "available"):
+                st, err = self.b.complete(prompt="From the cut-off edge", user_id="cut", session_id=sid, turn=2,
+                                          n_predict=4, consistency=consistency)
+                self.assertEqual(st, 503, err)  # nothing to answer from, either way
+                self.assertEqual(err["error"]["type"], "store_unavailable")
+            for turn in (2, 3):
+                st, r = self.a.complete(prompt="Turn %d" % turn, user_id="cut", session_id=sid, turn=turn, n_predict=4)
+                self.assertEqual(st, 200, r)
+        finally:
+            leaf.start()
+        deadline = time.monotonic() + 90
+        while True:
+            st, info = self.b.request("GET", "/v1/sessions/%s?user_id=cut&include=turns" % sid)
+            if st == 200 and [t["turn"] for t in info["turns"]] == [1, 2, 3]:
+                break
+            self.assertLess(time.monotonic(), deadline, "edge-2 did not catch up: %r" % (info,))
+            time.sleep(0.2)
+        st, r = self.b.complete(prompt="Back again", user_id="cut", session_id=sid, turn=4, n_predict=4)
+        self.assertEqual(st, 200, r)
+
 
 class Restart(unittest.TestCase):
     def test_restart_every_process(self):

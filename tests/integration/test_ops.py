@@ -2,7 +2,7 @@
 Server-Sent Events framing of the three streaming endpoints, a client that
 disconnects mid-stream (nothing committed), API keys (401, 403, SIGHUP
 reload), /metrics through Prometheus's own parser, the request log lines,
---config and --help.
+--config and --help, and the request limits.
 
 usage: third_party/venv/bin/python test_ops.py DISCEDGE_BINARY MODEL.gguf"""
 import json
@@ -295,6 +295,82 @@ class CommandLine(unittest.TestCase):
         self.assertEqual(out.returncode, 2)
         self.assertIn("unknown setting \"no-such-setting\"", out.stderr)
         subprocess.run(["rm", "-rf", d])
+
+
+class Limits(unittest.TestCase):
+    """Each limit refuses with a clear 4xx JSON error and leaves the stored
+    sessions as they were."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node(BIN, MODEL, node_id="limits", extra=[
+            "--ctx-size", "512", "--max-body", "8192", "--n-predict", "8", "--max-n-predict", "400",
+            "--max-streams-per-key", "1", "--max-sessions-per-user", "2"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.cleanup()
+
+    def assertRefused(self, status, body, code, kind):
+        self.assertEqual(status, code, body)
+        self.assertEqual(body["error"]["type"], kind)
+
+    def test_request_sizes(self):
+        st, r = self.node.complete(prompt="Hi.", user_id="sizes", n_predict=4)
+        self.assertEqual(st, 200)
+        sid = r["session_id"]
+        more = dict(session_id=sid, user_id="sizes", turn=2)
+        self.assertRefused(*self.node.complete(prompt="x" * 9000, **more), 413, "payload_too_large")
+        st, err = self.node.complete(prompt="Go on.", n_predict=401, **more)
+        self.assertRefused(st, err, 400, "invalid_request")
+        self.assertIn("at most 400", err["error"]["message"])
+        # within the body limit, beyond the 512-token context
+        self.assertRefused(*self.node.complete(prompt="word " * 1500, **more), 400, "context_length_exceeded")
+        st, info = self.node.request("GET", "/v1/sessions/%s?user_id=sizes" % sid)
+        self.assertEqual(info["turn"], 1)  # untouched
+        self.assertEqual(self.node.complete(prompt="Go on.", n_predict=4, **more)[0], 200)
+
+    def test_sessions_per_user(self):
+        sids = []
+        for i in range(2):
+            st, r = self.node.complete(prompt="Session %d." % i, user_id="many", n_predict=2)
+            self.assertEqual(st, 200, r)
+            sids.append(r["session_id"])
+        st, err = self.node.complete(prompt="One too many.", user_id="many", n_predict=2)
+        self.assertRefused(st, err, 429, "quota_exceeded")
+        self.assertIn("2 sessions", err["error"]["message"])
+        # the existing sessions go on; another user is not affected
+        self.assertEqual(self.node.complete(prompt="More.", user_id="many", session_id=sids[0], turn=2,
+                                            n_predict=2)[0], 200)
+        self.assertEqual(self.node.complete(prompt="Mine.", user_id="other", n_predict=2)[0], 200)
+        # deleting one makes room
+        st, _ = self.node.request("DELETE", "/v1/sessions/%s?user_id=many" % sids[1])
+        self.assertEqual(st, 200)
+        self.assertEqual(self.node.complete(prompt="Now it fits.", user_id="many", n_predict=2)[0], 200)
+
+    def test_generations_at_once_per_user(self):
+        body = json.dumps({"prompt": "Write a long story.", "user_id": "streamer", "n_predict": 400,
+                           "ignore_eos": True, "stream": True}).encode()
+        s = socket.create_connection(("127.0.0.1", self.node.port))
+        s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        got = b""
+        while b"data: " not in got:
+            chunk = s.recv(4096)
+            self.assertTrue(chunk, "the node closed the stream")
+            got += chunk
+        st, err = self.node.complete(prompt="Me too.", user_id="streamer", n_predict=2)
+        self.assertRefused(st, err, 429, "quota_exceeded")
+        self.assertEqual(self.node.complete(prompt="Someone else.", user_id="bystander", n_predict=2)[0], 200)
+        s.close()  # the node cancels the stream and gives its place back
+        deadline = time.monotonic() + 60
+        while True:
+            st, r = self.node.complete(prompt="My turn now.", user_id="streamer", n_predict=2)
+            if st == 200 or time.monotonic() > deadline:
+                break
+            self.assertRefused(st, r, 429, "quota_exceeded")
+            time.sleep(0.1)
+        self.assertEqual(st, 200, r)
 
 
 if __name__ == "__main__":
