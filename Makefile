@@ -1,10 +1,11 @@
 # DisCEdge - the two commands of the README, and the rest.
 #   make demo    set-up, build, run the 9-turn scenario on a fresh node
-#   make test    set-up, build, the whole suite; then again under ASan+UBSan
+#   make test    set-up, build, the whole suite; then again under ASan+UBSan;
+#                then the libFuzzer harnesses, 30 s each (tests/fuzz)
 #   make bench   the edge-testbed evaluation (bench/run; writes bench/out/, bench/figures/)
 JOBS ?= 2
 
-.PHONY: all setup build build-asan demo test test-plain test-asan bench clean
+.PHONY: all setup build build-asan build-fuzz demo test test-plain test-asan test-fuzz bench clean
 
 all: build
 
@@ -19,6 +20,10 @@ build-asan: setup
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDC_SANITIZE=ON >/dev/null
 	cmake --build build-asan -j$(JOBS)
 
+build-fuzz: setup
+	cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDC_FUZZ=ON >/dev/null
+	cmake --build build-fuzz -j$(JOBS)
+
 demo: build
 	scripts/demo.sh
 
@@ -28,10 +33,13 @@ test-plain: build
 test-asan: build-asan
 	ctest --test-dir build-asan --output-on-failure
 
-test: test-plain test-asan
+test-fuzz: build-fuzz
+	ctest --test-dir build-fuzz --output-on-failure
+
+test: test-plain test-asan test-fuzz
 
 bench: build
 	bench/run
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

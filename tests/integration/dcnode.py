@@ -15,8 +15,11 @@ class Node:
     """One edge node on a free port (--port 0; the node prints the port).
     With llm_url it uses that LLM service (--llm) instead of loading model."""
 
-    def __init__(self, binary, model, data_dir=None, node_id="edge-1", extra=(), llm_url=None, env=None):
+    def __init__(self, binary, model, data_dir=None, node_id="edge-1", extra=(), llm_url=None, env=None,
+                 wrapper=()):
+        """wrapper: a command the node runs under (valgrind ...)."""
         self.binary, self.model, self.node_id, self.extra = binary, model, node_id, list(extra)
+        self.wrapper = list(wrapper)
         self.llm_url = llm_url
         self.env = dict(os.environ, **env) if env else None
         self.own_dir = data_dir is None
@@ -27,7 +30,8 @@ class Node:
     def start(self):
         os.makedirs(self.data_dir, exist_ok=True)
         self.log = open(os.path.join(self.data_dir, "node.log"), "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self.log, env=self.env)
+        self.proc = subprocess.Popen(self.wrapper + self.command(), stdout=subprocess.PIPE, stderr=self.log,
+                                     env=self.env)
         deadline = time.monotonic() + 120
         line = b""
         while time.monotonic() < deadline:
@@ -51,7 +55,7 @@ class Node:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=120 if self.wrapper else 30)
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
