@@ -27,7 +27,7 @@ MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 DEB_PACKAGES=(build-essential cmake pkg-config git unzip curl python3
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libyaml-dev liblmdb-dev
   libcmocka-dev gnuplot-nox libnats-dev iproute2 python3-venv chromium
-  libsodium-dev clang libclang-rt-14-dev valgrind)
+  libsodium-dev clang libclang-rt-14-dev valgrind openssl)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 

@@ -76,6 +76,10 @@ static void usage(FILE *f) {
             "  --store URL           nats://HOST:PORT[,HOST:PORT...]: keep sessions in NATS\n"
             "                        JetStream, shared by every node on that store (default:\n"
             "                        the embedded store in --data-dir)\n"
+            "                        (tls://... for TLS; USER:PASSWORD@ before a host logs in\n"
+            "                        as that NATS user: put it in a --config file, mode 600)\n"
+            "  --store-ca FILE       require TLS to the NATS servers, their certificates signed\n"
+            "                        by the CA in FILE (deploy/nats)\n"
             "  --store-core-domain D the core cluster's JetStream domain, when --store is this\n"
             "                        host's own leaf nats-server: reads then come from a local\n"
             "                        mirror of the model's stream (see docs/DEPLOY.md)\n"
@@ -107,7 +111,7 @@ static void usage(FILE *f) {
 
 int serve_main(int argc, char **argv) {
     enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_LLM,
-           O_KEYS, O_STORE_KEY, O_LOG_CONTENT, O_MAX_NPRED, O_MAX_STREAMS, O_MAX_SESSIONS };
+           O_KEYS, O_STORE_KEY, O_LOG_CONTENT, O_MAX_NPRED, O_MAX_STREAMS, O_MAX_SESSIONS, O_STORE_CA };
     static const struct option own[] = {{"model", required_argument, 0, 'm'},
                                         {"llm", required_argument, 0, O_LLM},
                                         {"host", required_argument, 0, 'H'},
@@ -125,6 +129,7 @@ int serve_main(int argc, char **argv) {
                                         {"max-body", required_argument, 0, O_MAXBODY},
                                         {"api-keys", required_argument, 0, O_KEYS},
                                         {"store-key", required_argument, 0, O_STORE_KEY},
+                                        {"store-ca", required_argument, 0, O_STORE_CA},
                                         {"log-content", no_argument, 0, O_LOG_CONTENT},
                                         {"max-n-predict", required_argument, 0, O_MAX_NPRED},
                                         {"max-streams-per-key", required_argument, 0, O_MAX_STREAMS},
@@ -172,6 +177,7 @@ int serve_main(int argc, char **argv) {
         case O_LLM: lp.url = optarg; break;
         case O_KEYS: keys_path = optarg; break;
         case O_STORE_KEY: store_key = optarg; break;
+        case O_STORE_CA: sp.tls_ca = optarg; break;
         case O_LOG_CONTENT: ap.log_content = true; break;
         case O_MAX_NPRED: ap.max_n_predict = atoi(optarg); break;
         case O_MAX_STREAMS: ap.max_streams = atoi(optarg); break;
@@ -251,11 +257,13 @@ static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_pa
         goto out;
     }
     /* Tests and scripts read this line to find the port. */
+    char where[512];
+    if (sp.url) store_url_redact(sp.url, where, sizeof where);
+    else snprintf(where, sizeof where, "%s", sp.data_dir);
     printf("discedge: node %s listening on http://%s:%d (model %s%s%s, ctx %d, threads %d, store %s %s%s, keygroup "
            "%s)\n",
            ap.node_id, ap.host, api_server_port(srv), llm_model_name(m), lp.url ? " at " : "", lp.url ? lp.url : "",
-           llm_n_ctx(m), llm_n_threads(m), store_kind(s), sp.url ? sp.url : sp.data_dir, sealer ? " sealed" : "",
-           keygroup);
+           llm_n_ctx(m), llm_n_threads(m), store_kind(s), where, sealer ? " sealed" : "", keygroup);
     fflush(stdout);
     if (expired > 0) log_info("removed %ld expired sessions", expired);
     llm_stats ls;

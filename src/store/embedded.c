@@ -106,29 +106,34 @@ static void turn_ad(char ad[AD_MAX], const char *sid, uint32_t turn) {
     snprintf(ad, AD_MAX, "embedded/turn/%s/%u", sid, turn);
 }
 
-/* Opens (when sealed) and decodes a stored meta record. */
-static store_status meta_decode(embedded *s, const char *sid, MDB_val v, session_meta *out) {
-    char ad[AD_MAX];
-    meta_ad(ad, sid);
+/* Opens (when sealed, under ad) and decodes a stored record: a meta record
+ * into meta, or a turn record into turn (the other NULL). */
+static codec_status record_decode(embedded *s, const char *ad, MDB_val v, session_meta *meta, turn_rec *turn,
+                                  bool *opened) {
     strbuf buf = {0};
     size_t n = v.mv_size;
     const void *p = store_record_open(&s->base, ad, v.mv_data, &n, &buf);
-    codec_status cs = p ? codec_meta_decode(p, n, out) : CODEC_OK;
+    codec_status cs = !p ? CODEC_OK : meta ? codec_meta_decode(p, n, meta) : codec_turn_decode(p, n, turn);
     strbuf_free(&buf);
-    if (!p) return STORE_CORRUPT;
+    *opened = p != NULL;
+    return cs;
+}
+
+static store_status meta_decode(embedded *s, const char *sid, MDB_val v, session_meta *out) {
+    char ad[AD_MAX];
+    bool opened;
+    meta_ad(ad, sid);
+    codec_status cs = record_decode(s, ad, v, out, NULL, &opened);
+    if (!opened) return STORE_CORRUPT; /* store_record_open said why */
     return cs ? store_fail(STORE_CORRUPT, "meta of %s: %s", sid, codec_status_str(cs)) : STORE_OK;
 }
 
-/* Opens (when sealed) and decodes stored turn `turn`. */
 static store_status turn_decode(embedded *s, const char *sid, uint32_t turn, MDB_val v, turn_rec *out) {
     char ad[AD_MAX];
+    bool opened;
     turn_ad(ad, sid, turn);
-    strbuf buf = {0};
-    size_t n = v.mv_size;
-    const void *p = store_record_open(&s->base, ad, v.mv_data, &n, &buf);
-    codec_status cs = p ? codec_turn_decode(p, n, out) : CODEC_OK;
-    strbuf_free(&buf);
-    if (!p) return STORE_CORRUPT;
+    codec_status cs = record_decode(s, ad, v, NULL, out, &opened);
+    if (!opened) return STORE_CORRUPT;
     if (cs || out->turn != turn)
         return store_fail(STORE_CORRUPT, "turn %u of %s: %s", turn, sid, cs ? codec_status_str(cs) : "turn number mismatch");
     return STORE_OK;

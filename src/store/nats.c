@@ -235,11 +235,18 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     if (st == NATS_OK) st = natsOptions_SetReconnectWait(o, 250);
     if (st == NATS_OK) st = natsOptions_SetRetryOnFailedConnect(o, false, NULL, NULL);
     if (st == NATS_OK) st = natsOptions_SetName(o, "discedge");
+    /* TLS with the deployment's own CA (deploy/nats): the server's
+     * certificate must chain to it. tls:// URLs without one use the
+     * system's CAs. */
+    if (st == NATS_OK && p->tls_ca) st = natsOptions_SetSecure(o, true);
+    if (st == NATS_OK && p->tls_ca) st = natsOptions_LoadCATrustedCertificates(o, p->tls_ca);
     if (st == NATS_OK) st = natsConnection_Connect(&s->nc, o);
     natsOptions_Destroy(o);
     free(urls);
+    char shown[512];
+    store_url_redact(p->url, shown, sizeof shown);
     if (st != NATS_OK) {
-        snprintf(err, errlen, "cannot connect to %s: %s", p->url, natsStatus_GetText(st));
+        snprintf(err, errlen, "cannot connect to %s: %s (%s)", shown, natsStatus_GetText(st), nats_GetLastError(NULL));
         free(s);
         return NULL;
     }
@@ -261,7 +268,7 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     if (natsConnection_JetStream(&s->js, s->nc, &jo) != NATS_OK ||
         (s->leaf && natsConnection_JetStream(&s->jsl, s->nc, &lo) != NATS_OK) || ensure_stream(s, p->replicas, err, errlen) != 0 ||
         natsConnection_Subscribe(&s->notes, s->nc, all_notes, on_note, s) != NATS_OK) {
-        if (!err[0]) snprintf(err, errlen, "cannot use JetStream on %s", p->url);
+        if (!err[0]) snprintf(err, errlen, "cannot use JetStream on %s", shown);
         nats_close(&s->base);
         return NULL;
     }

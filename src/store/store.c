@@ -60,8 +60,10 @@ store_params store_default_params(void) {
 store *store_open(const store_params *p, char *err, size_t errlen) {
     store *s;
     if (p->url && *p->url) {
-        if (strncmp(p->url, "nats://", 7) != 0) {
-            snprintf(err, errlen, "--store %s: expected nats://HOST:PORT[,...]", p->url);
+        if (strncmp(p->url, "nats://", 7) != 0 && strncmp(p->url, "tls://", 6) != 0) {
+            char shown[512];
+            store_url_redact(p->url, shown, sizeof shown);
+            snprintf(err, errlen, "--store %s: expected nats://HOST:PORT[,...] or tls://...", shown);
             return NULL;
         }
         s = store_nats_open(p, err, errlen);
@@ -73,6 +75,28 @@ store *store_open(const store_params *p, char *err, size_t errlen) {
 }
 
 const char *store_kind(const store *s) { return s->ops->name; }
+
+void store_url_redact(const char *url, char *out, size_t n) {
+    strbuf b = {0};
+    /* each comma-separated URL: SCHEME://USER:PASSWORD@HOST -> SCHEME://USER:***@HOST */
+    for (const char *u = url; *u;) {
+        size_t len = strcspn(u, ",");
+        const char *at = memchr(u, '@', len), *scheme = strstr(u, "://");
+        const char *user = scheme && scheme < u + len ? scheme + 3 : u;
+        const char *colon = at ? memchr(user, ':', (size_t)(at - user)) : NULL;
+        if (colon) {
+            strbuf_append(&b, u, (size_t)(colon - u));
+            strbuf_puts(&b, ":***");
+            strbuf_append(&b, at, len - (size_t)(at - u));
+        } else {
+            strbuf_append(&b, u, len);
+        }
+        u += len;
+        if (*u == ',') strbuf_append(&b, u++, 1);
+    }
+    snprintf(out, n, "%s", b.s ? b.s : "");
+    strbuf_free(&b);
+}
 
 void store_close(store *s) {
     if (s) s->ops->close(s);

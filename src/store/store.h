@@ -38,7 +38,8 @@ typedef enum {
 
 typedef struct {
     const char *data_dir;  /* embedded: created if absent */
-    const char *url;       /* "nats://HOST:PORT[,...]": the NATS store; NULL: embedded */
+    const char *url;       /* "nats://[USER:PASSWORD@]HOST:PORT[,...]" (or tls://): the NATS store; NULL: embedded */
+    const char *tls_ca;    /* nats: CA file the servers' TLS certificates must chain to (TLS required) */
     const char *keygroup;  /* nats: one stream per keygroup (= per model); [A-Za-z0-9_-] */
     int replicas;          /* nats: stream replicas when this node creates the stream */
     const char *core_domain; /* nats: the core's JetStream domain when `url` is the node's own leaf
@@ -55,6 +56,8 @@ store_params store_default_params(void);
 store *store_open(const store_params *p, char *err, size_t errlen);
 void store_close(store *s);
 const char *store_kind(const store *s); /* "embedded" or "nats" */
+/* url with every password replaced by "***", for logs and errors. */
+void store_url_redact(const char *url, char *out, size_t n);
 
 /* Reads the session's meta record. */
 store_status store_meta_get(store *s, const char *sid, session_meta *out);

@@ -175,7 +175,7 @@ class NatsServer:
     a cluster (routes to the others)."""
 
     def __init__(self, binary, workdir, name="n1", cluster=None, route_port=None, routes=(), domain=None,
-                 leaf_listen=False, leaf_remotes=()):
+                 leaf_listen=False, leaf_remotes=(), extra_conf=()):
         """domain: this server's JetStream domain; leaf_listen: accept leaf
         nodes (a core server); leaf_remotes: leaf-listen ports of the core
         servers this one joins as a leaf node (an edge host's own server)."""
@@ -197,6 +197,7 @@ class NatsServer:
         if leaf_remotes:
             lines.append("leafnodes { remotes: [ { urls: [%s] } ] }" % ", ".join(
                 '"nats://127.0.0.1:%d"' % p for p in leaf_remotes))
+        lines += list(extra_conf)
         with open(self.conf, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.proc = None

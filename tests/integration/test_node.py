@@ -171,8 +171,11 @@ class Errors(NodeTest):
         self.assert_error(post({"prompt": "x", "session_id": "nosuchsession", "user_id": "gina", "turn": 4}), 404,
                           "not_found")
         self.assert_error(post({"prompt": "x", "user_id": "gina", "turn": 2}), 400, "invalid_request")
-        self.assert_error(post({"prompt": "x", "user_id": "gina", "n_predict": 100000}), 400,
+        # the message and the longest reply allowed (--max-n-predict, 4096) overflow the 4096-token context
+        self.assert_error(post({"prompt": "x", "user_id": "gina", "n_predict": 4096}), 400,
                           "context_length_exceeded")
+        err = self.assert_error(post({"prompt": "x", "user_id": "gina", "n_predict": 100000}), 400, "invalid_request")
+        self.assertIn("at most 4096", err["message"])
         self.assert_error(n.request("GET", "/completion"), 405, "method_not_allowed")
         self.assert_error(n.request("PUT", "/v1/sessions/%s?user_id=gina" % sid), 405, "method_not_allowed")
         self.assert_error(n.request("GET", "/v1/nothing"), 404, "not_found")

@@ -1,6 +1,7 @@
 """test_privacy.py - stored context sealed with a deployment key (seal.h),
 checked where a store operator would look: nats-server's files on disk and
-the stream itself; and prompts kept out of the log unless --log-content.
+the stream itself; the deploy examples' NATS user over TLS; and prompts
+kept out of the log unless --log-content.
 
 usage: test_privacy.py DISCEDGE_BINARY MODEL.gguf NATS_SERVER"""
 import json
@@ -125,6 +126,59 @@ class SealedStore(unittest.TestCase):
         st, err = self.b.complete(prompt="Go on.", session_id=sid, user_id=user, turn=2, n_predict=4)
         self.assertEqual(st, 500, err)
         self.assertIn("fails authentication", err["error"]["message"])
+
+
+def make_certs(d):
+    """A private CA and a certificate for 127.0.0.1 signed by it (openssl)."""
+    def run(*args):
+        subprocess.run(["openssl"] + list(args), check=True, capture_output=True, cwd=d)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=discedge test CA",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=core-1", "-keyout", "core.key", "-out", "core.csr")
+    with open(os.path.join(d, "san.ext"), "w") as f:
+        f.write("subjectAltName = IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "core.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "core.crt")
+    return {k: os.path.join(d, f) for k, f in (("ca", "ca.crt"), ("core", "core.crt"), ("core_key", "core.key"))}
+
+
+class TlsAndUsers(unittest.TestCase):
+    """deploy/nats's client settings on a real nats-server: TLS with a
+    private CA, and edge-1's user with exactly the permissions the example
+    gives it."""
+
+    def test_deploy_example_user_over_tls(self):
+        d = tempfile.mkdtemp(prefix="dc-tls-")
+        certs = make_certs(d)
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "nats", "core-1.conf")) as f:
+            user_line = [l for l in f if l.strip().startswith("{ user: edge-1,")][0]
+        conf = ['tls { cert_file: "%s", key_file: "%s" }' % (certs["core"], certs["core_key"]),
+                "authorization { users: [ %s ] }" % user_line.replace("$EDGE1_PASSWORD", "pw-edge-1").strip()]
+        nats = NatsServer(NATS, d, extra_conf=conf).start()
+        nodes = []
+        try:
+            url = "tls://edge-1:pw-edge-1@127.0.0.1:%d" % nats.port
+            node = Node(BIN, MODEL, os.path.join(d, "a"), "edge-1", ("--store", url, "--store-ca", certs["ca"]) + ONE_THREAD)
+            nodes.append(node.start())
+            st, r = node.complete(prompt="Over TLS.", user_id="tls", n_predict=4)
+            self.assertEqual(st, 200, r)
+            st, r = node.complete(prompt="Again.", user_id="tls", session_id=r["session_id"], turn=2, n_predict=4)
+            self.assertEqual(st, 200, r)
+            # a wrong password, and a client that does not trust the CA, are refused at start
+            for store, why in ((("--store", url.replace("pw-edge-1", "wrong"), "--store-ca", certs["ca"]), "uthoriz"),
+                               (("--store", url), "")):
+                bad = Node(BIN, MODEL, os.path.join(d, "bad"), "bad", store + ONE_THREAD)
+                with self.assertRaises(RuntimeError) as cm:
+                    bad.start()
+                self.assertIn("cannot connect to tls://edge-1:***@127.0.0.1", str(cm.exception))
+                self.assertIn(why, str(cm.exception))
+                self.assertNotIn("pw-edge-1", str(cm.exception))
+                self.assertNotIn(":wrong@", str(cm.exception))
+        finally:
+            for n in nodes:
+                n.cleanup()
+            nats.kill()
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class LogContent(unittest.TestCase):

@@ -309,6 +309,17 @@ static void sealed_store_keeps_ciphertext_and_refuses_tampering(void **state) {
     sealer = NULL;
 }
 
+static void urls_are_logged_without_passwords(void **state) {
+    (void)state;
+    char out[256];
+    store_url_redact("tls://edge-1:s3cret@core-1:4222,nats://core-2:4222,edge-1:pw@core-3:4222", out, sizeof out);
+    assert_string_equal(out, "tls://edge-1:***@core-1:4222,nats://core-2:4222,edge-1:***@core-3:4222");
+    store_url_redact("nats://127.0.0.1:4222", out, sizeof out);
+    assert_string_equal(out, "nats://127.0.0.1:4222");
+    store_url_redact("nats://token@host:4222", out, sizeof out); /* a user (or token) alone stays */
+    assert_string_equal(out, "nats://token@host:4222");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(persists_across_reopen, make_dir, remove_dir),
@@ -317,6 +328,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(delete_removes_everything, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(damaged_record_is_refused, make_dir, remove_dir),
         cmocka_unit_test(seal_opens_only_what_it_sealed),
+        cmocka_unit_test(urls_are_logged_without_passwords),
         cmocka_unit_test_setup_teardown(keygen_writes_a_loadable_private_key, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(sealed_store_keeps_ciphertext_and_refuses_tampering, make_dir, remove_dir),
     };
