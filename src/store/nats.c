@@ -436,6 +436,23 @@ static store_status nats_session_load(store *base, const char *sid, uint32_t wan
         /* the core unreachable: keep what the mirror has; the turn protocol
          * decides (strong: 503, available: a stale answer) */
     }
+    if (st == STORE_UNAVAILABLE) {
+        /* No store reachable at all (this host's leaf server down, or every
+         * server): what this node last read or wrote of the session is the
+         * best context there is. The turn protocol decides what it is good
+         * for, as above; a commit from it fails until the store is back. */
+        uint64_t seq;
+        turn_rec *cached = NULL;
+        uint32_t n = turncache_get(s->cache, sid, &cached, meta, &seq);
+        if (n && !store_expired(base, meta->last_ms, clock_wall_ms())) {
+            *turns = cached;
+            return STORE_OK;
+        }
+        store_turns_free(cached, n);
+        char why[256];
+        snprintf(why, sizeof why, "%s", store_last_error());
+        store_fail(STORE_UNAVAILABLE, "%s; session %s is not cached on this node", why, sid);
+    }
     return st;
 }
 
