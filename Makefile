@@ -1,7 +1,7 @@
 # DisCEdge - the two commands of the README, and the rest.
 #   make demo    set-up, build, run the 9-turn scenario on a fresh node
 #   make test    set-up, build, the whole suite; then again under ASan+UBSan;
-#                then the libFuzzer harnesses, 30 s each (tests/fuzz)
+#                then the libFuzzer harnesses, 20 s each (tests/fuzz)
 #   make bench   the edge-testbed evaluation (bench/run; writes bench/out/, bench/figures/)
 JOBS ?= 2
 
