@@ -1,4 +1,5 @@
 /* main.c - the discedge command: serve (an edge node), chat, scenario, keygen. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -10,13 +11,14 @@
 
 /* discedge keygen FILE: a new deployment key for serve --store-key. */
 static int keygen_main(int argc, char **argv) {
+    bool help = argc == 2 && !strcmp(argv[1], "--help");
     if (argc != 2 || argv[1][0] == '-') {
-        fprintf(argc == 2 && !strcmp(argv[1], "--help") ? stdout : stderr,
+        fprintf(help ? stdout : stderr,
                 "usage: discedge keygen FILE\n"
                 "Writes a new random 32-byte key, as hex, to FILE (mode 0600; an existing\n"
                 "FILE is never overwritten). Give the same FILE to every node of a deployment\n"
                 "with --store-key: they then seal every stored record with it.\n");
-        return argc == 2 && !strcmp(argv[1], "--help") ? 0 : 2;
+        return help ? 0 : 2;
     }
     char err[256];
     if (seal_keygen(argv[1], err, sizeof err) != 0) {

@@ -299,10 +299,10 @@ static store_status direct_get(nstore *s, jsCtx *js, const char *subj, uint64_t 
     return st == NATS_OK ? STORE_OK : nats_fail("direct get", st, 0);
 }
 
-/* Opens (when sealed, under its subject: seal.h) and decodes a commit record. */
-static store_status decode(nstore *s, natsMsg *m, const char *sid, session_meta *meta, turn_rec *t) {
-    char subj[SUBJECT_MAX];
-    subject_of(s, sid, subj);
+/* Opens (when sealed, under its subject subj: seal.h) and decodes a commit
+ * record of session sid. */
+static store_status decode(nstore *s, natsMsg *m, const char *subj, const char *sid, session_meta *meta,
+                           turn_rec *t) {
     strbuf buf = {0};
     size_t n = (size_t)natsMsg_GetDataLength(m);
     const void *p = store_record_open(&s->base, subj, natsMsg_GetData(m), &n, &buf);
@@ -318,7 +318,7 @@ static store_status nats_meta_get(store *base, const char *sid, session_meta *ou
     subject_of(s, sid, subj);
     natsMsg *m = NULL;
     store_status st = direct_get(s, s->jsl, subj, 0, true, &m);
-    if (st == STORE_OK) st = decode(s, m, sid, out, NULL);
+    if (st == STORE_OK) st = decode(s, m, subj, sid, out, NULL);
     natsMsg_Destroy(m);
     if (st == STORE_OK && (out->turn == 0 || store_expired(base, out->last_ms, clock_wall_ms()))) st = STORE_NOT_FOUND;
     return st;
@@ -342,7 +342,7 @@ static store_status walk(nstore *s, jsCtx *js, const char *subj, const char *sid
         }
         turn_rec *t = &(*turns)[*n];
         session_meta mm;
-        st = decode(s, m, sid, &mm, t);
+        st = decode(s, m, subj, sid, &mm, t);
         seq = msg_seq(m) + 1;
         natsMsg_Destroy(m);
         if (st != STORE_OK) return st;
@@ -378,7 +378,7 @@ static store_status load_via(nstore *s, jsCtx *js, const char *sid, session_meta
     natsMsg *m = NULL;
     store_status st = direct_get(s, js, subj, 0, true, &m);
     session_meta last_meta;
-    if (st == STORE_OK) st = decode(s, m, sid, &last_meta, NULL);
+    if (st == STORE_OK) st = decode(s, m, subj, sid, &last_meta, NULL);
     uint64_t last = st == STORE_OK ? msg_seq(m) : 0;
     natsMsg_Destroy(m);
     if (st != STORE_OK && st != STORE_NOT_FOUND) return st;
@@ -466,7 +466,7 @@ static store_status leader_last(nstore *s, const char *subj, const char *sid, se
         return STORE_NOT_FOUND;
     }
     if (st != NATS_OK) return nats_fail("get last", st, jerr);
-    store_status rs = decode(s, m, sid, meta, NULL);
+    store_status rs = decode(s, m, subj, sid, meta, NULL);
     *seq = natsMsg_GetSequence(m);
     natsMsg_Destroy(m);
     return rs;

@@ -1,10 +1,15 @@
-/* owners.c - see quota.h.
+/* quota.c - see quota.h.
  *
- * One flat array of (user hash, user, session) entries, scanned per
- * creation: a node creates at most a few sessions per second, and comparing
- * 64-bit hashes first keeps a scan of 100k entries in the tens of
- * microseconds. The store checks run without the mutex held. */
-#include "../util/quota.h"
+ * One flat array of (user hash, user, item) entries, scanned per take: a
+ * node starts at most tens of requests per second, and comparing 64-bit
+ * hashes first keeps a scan of 100k entries in the tens of microseconds.
+ *
+ * The alive checks (store reads) run without the mutex held, and an item
+ * the store confirmed is not asked about again for RECHECK_MS: a user at
+ * the limit who keeps asking costs at most one round of store reads per
+ * interval, not one per request. The price: a session deleted elsewhere
+ * can hold its place for up to that long. */
+#include "quota.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -12,14 +17,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../util/hash.h"
-#include "../util/ids.h"
-#include "../util/vec.h"
+#include "clock.h"
+#include "hash.h"
+#include "ids.h"
+#include "vec.h"
+
+#define RECHECK_MS 60000.0
 
 typedef struct {
     uint64_t h;
     char user[ID_MAX + 1];
     char item[ID_MAX + 1];
+    double alive_at; /* when alive() last said yes (monotonic ms); 0: never asked */
 } entry;
 
 struct quota {
@@ -34,99 +43,101 @@ struct quota {
 static uint64_t hash_of(const char *user) { return hash_fnv1a(HASH_FNV_BASIS, user, strlen(user)); }
 
 quota *quota_new(quota_alive_fn alive, void *ud) {
-    quota *o = calloc(1, sizeof *o);
-    if (!o) return NULL;
-    pthread_mutex_init(&o->mu, NULL);
-    o->alive = alive;
-    o->ud = ud;
-    return o;
+    quota *q = calloc(1, sizeof *q);
+    if (!q) return NULL;
+    pthread_mutex_init(&q->mu, NULL);
+    q->alive = alive;
+    q->ud = ud;
+    return q;
 }
 
-void quota_free(quota *o) {
-    if (!o) return;
-    pthread_mutex_destroy(&o->mu);
-    free(o->e);
-    free(o);
-}
-
-/* Under mu. */
-static void remove_at(quota *o, size_t i) { o->e[i] = o->e[--o->n]; }
-
-static size_t find(quota *o, uint64_t h, const char *user, const char *item) {
-    for (size_t i = 0; i < o->n; i++)
-        if (o->e[i].h == h && !strcmp(o->e[i].user, user) && !strcmp(o->e[i].item, item)) return i;
-    return o->n;
-}
-
-/* Copies the entries matching user (all when NULL), asks the store about
- * each without the lock, and drops those gone. */
-static void check(quota *o, const char *user) {
-    pthread_mutex_lock(&o->mu);
-    uint64_t h = user ? hash_of(user) : 0;
-    size_t k = 0;
-    entry *copy = dc_xrealloc(NULL, (o->n ? o->n : 1) * sizeof *copy);
-    for (size_t i = 0; i < o->n; i++)
-        if (!user || (o->e[i].h == h && !strcmp(o->e[i].user, user))) copy[k++] = o->e[i];
-    pthread_mutex_unlock(&o->mu);
-    for (size_t i = 0; i < k; i++) {
-        if (o->alive(o->ud, copy[i].item)) continue;
-        pthread_mutex_lock(&o->mu);
-        size_t at = find(o, copy[i].h, copy[i].user, copy[i].item);
-        if (at < o->n) remove_at(o, at);
-        pthread_mutex_unlock(&o->mu);
-    }
-    free(copy);
+void quota_free(quota *q) {
+    if (!q) return;
+    pthread_mutex_destroy(&q->mu);
+    free(q->e);
+    free(q);
 }
 
 /* Under mu. */
-static int count_locked(quota *o, uint64_t h, const char *user) {
+static size_t find(quota *q, uint64_t h, const char *user, const char *item) {
+    for (size_t i = 0; i < q->n; i++)
+        if (q->e[i].h == h && !strcmp(q->e[i].user, user) && !strcmp(q->e[i].item, item)) return i;
+    return q->n;
+}
+
+/* Under mu. */
+static int count_locked(quota *q, uint64_t h, const char *user) {
     int c = 0;
-    for (size_t i = 0; i < o->n; i++) c += o->e[i].h == h && !strcmp(o->e[i].user, user);
+    for (size_t i = 0; i < q->n; i++) c += q->e[i].h == h && !strcmp(q->e[i].user, user);
     return c;
 }
 
-int quota_count(quota *o, const char *user) {
-    pthread_mutex_lock(&o->mu);
-    int c = count_locked(o, hash_of(user), user);
-    pthread_mutex_unlock(&o->mu);
+/* Asks alive() about the entries of user (all when NULL) not confirmed in
+ * the last RECHECK_MS, without the lock; drops those gone, stamps the rest. */
+static void check(quota *q, const char *user) {
+    double now = clock_mono_ms();
+    uint64_t h = user ? hash_of(user) : 0;
+    pthread_mutex_lock(&q->mu);
+    size_t k = 0;
+    entry *ask = dc_xrealloc(NULL, (q->n ? q->n : 1) * sizeof *ask);
+    for (size_t i = 0; i < q->n; i++)
+        if ((!user || (q->e[i].h == h && !strcmp(q->e[i].user, user))) &&
+            (q->e[i].alive_at == 0 || now - q->e[i].alive_at > RECHECK_MS))
+            ask[k++] = q->e[i];
+    pthread_mutex_unlock(&q->mu);
+    for (size_t i = 0; i < k; i++) {
+        bool alive = q->alive(q->ud, ask[i].item);
+        pthread_mutex_lock(&q->mu);
+        size_t at = find(q, ask[i].h, ask[i].user, ask[i].item);
+        if (at < q->n && !alive) q->e[at] = q->e[--q->n];
+        else if (at < q->n) q->e[at].alive_at = now;
+        pthread_mutex_unlock(&q->mu);
+    }
+    free(ask);
+}
+
+int quota_count(quota *q, const char *user) {
+    pthread_mutex_lock(&q->mu);
+    int c = count_locked(q, hash_of(user), user);
+    pthread_mutex_unlock(&q->mu);
     return c;
 }
 
 /* Before a take: asks alive() about user's items when the user is at max,
  * and about every item when the table has doubled since the last time. */
-static void forget_gone(quota *o, const char *user, int max) {
-    pthread_mutex_lock(&o->mu);
-    bool sweep = o->n >= 2 * o->checked_at + 1024;
-    pthread_mutex_unlock(&o->mu);
+static void forget_gone(quota *q, const char *user, int max) {
+    pthread_mutex_lock(&q->mu);
+    bool sweep = q->n >= 2 * q->checked_at + 1024;
+    pthread_mutex_unlock(&q->mu);
     if (sweep) {
-        check(o, NULL);
-        pthread_mutex_lock(&o->mu);
-        o->checked_at = o->n;
-        pthread_mutex_unlock(&o->mu);
+        check(q, NULL);
+        pthread_mutex_lock(&q->mu);
+        q->checked_at = q->n;
+        pthread_mutex_unlock(&q->mu);
     }
-    if (quota_count(o, user) >= max) check(o, user);
+    if (quota_count(q, user) >= max) check(q, user);
 }
 
-bool quota_take(quota *o, const char *user, const char *item, int max) {
+bool quota_take(quota *q, const char *user, const char *item, int max) {
     if (max <= 0) return true;
-    if (o->alive) forget_gone(o, user, max);
-    pthread_mutex_lock(&o->mu);
+    if (q->alive) forget_gone(q, user, max);
+    pthread_mutex_lock(&q->mu);
     uint64_t h = hash_of(user);
-    bool ok = count_locked(o, h, user) < max;
+    bool ok = count_locked(q, h, user) < max;
     if (ok) {
-        if (o->n == o->cap) o->e = dc_xrealloc(o->e, (o->cap = o->cap ? 2 * o->cap : 64) * sizeof *o->e);
-        entry *e = &o->e[o->n++];
-        e->h = h;
+        if (q->n == q->cap) q->e = dc_xrealloc(q->e, (q->cap = q->cap ? 2 * q->cap : 64) * sizeof *q->e);
+        entry *e = &q->e[q->n++];
+        *e = (entry){.h = h};
         snprintf(e->user, sizeof e->user, "%s", user);
         snprintf(e->item, sizeof e->item, "%s", item);
     }
-    pthread_mutex_unlock(&o->mu);
+    pthread_mutex_unlock(&q->mu);
     return ok;
 }
 
-void quota_give(quota *o, const char *user, const char *item) {
-    pthread_mutex_lock(&o->mu);
-    size_t at = find(o, hash_of(user), user, item);
-    if (at < o->n) remove_at(o, at);
-    pthread_mutex_unlock(&o->mu);
+void quota_give(quota *q, const char *user, const char *item) {
+    pthread_mutex_lock(&q->mu);
+    size_t at = find(q, hash_of(user), user, item);
+    if (at < q->n) q->e[at] = q->e[--q->n];
+    pthread_mutex_unlock(&q->mu);
 }

@@ -10,7 +10,8 @@
  *    created through it and asks the store about them (the alive callback)
  *    only when a user reaches the limit (sessions deleted or expired
  *    elsewhere are then forgotten), or when the table has doubled since it
- *    last asked. The limit is per node: a user may hold up to it on each.
+ *    last asked; a session the store confirmed is not asked about again for
+ *    a minute. The limit is per node: a user may hold up to it on each.
  *  - generations at once per user (complete.c, --max-streams-per-key): taken
  *    for the length of a request, never checked against anything. */
 #ifndef DC_QUOTA_H

@@ -157,6 +157,16 @@ class LlmServer(Node):
 _given_ports = set()
 
 
+def raw_post(port, body, path="/completion"):
+    """Sends a POST on a raw socket and returns the socket unread: for
+    clients that leave, stall, or read a stream themselves."""
+    s = socket.create_connection(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+    return s
+
+
 def free_port():
     """A port nobody listens on right now (for servers that need theirs in
     advance, such as NATS cluster routes), never one this process handed out

@@ -7,7 +7,6 @@ Nothing here asserts a duration: the engine's own counters (/health) and
 the timings of each reply show what happened.
 
 usage: test_engine.py DISCEDGE_BINARY MODEL.gguf"""
-import json
 import os
 import socket
 import sys
@@ -16,7 +15,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import LlmServer, Node  # noqa: E402
+from dcnode import LlmServer, Node, raw_post  # noqa: E402
 
 BIN = MODEL = None
 # one inference thread per process: several llama.cpp processes on a small
@@ -39,15 +38,6 @@ def wait_for(node, pred, what, limit_s=120):
             return e
         time.sleep(0.01)
     raise AssertionError("engine never reached: %s (last %s)" % (what, e))
-
-
-def raw_post(port, body):
-    """Sends a /completion request on a raw socket and returns it unread."""
-    s = socket.create_connection(("127.0.0.1", port))
-    data = json.dumps(body).encode()
-    s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
-    return s
 
 
 class OneNode(unittest.TestCase):

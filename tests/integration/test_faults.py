@@ -4,10 +4,8 @@ committed or absent, a client's retry (same request_id) lands exactly once,
 and service resumes.
 
 usage: test_faults.py DISCEDGE_BINARY MODEL.gguf"""
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,19 +13,10 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import Node  # noqa: E402
+from dcnode import Node, raw_post  # noqa: E402
 
 BIN = MODEL = None
 QUIET = ["--threads", "1", "--kv-spill-mib", "0"]
-
-
-def post_and_leave(port, body):
-    """Sends a request and returns the open socket without reading."""
-    data = json.dumps(body).encode()
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
-    return s
 
 
 def wait_for(what, check, timeout=60):
@@ -80,7 +69,7 @@ class KillNine(unittest.TestCase):
         before = self.turns(r1["session_id"], "k1")
         body = dict(prompt="Go on, at length.", session_id=r1["session_id"], user_id="k1", turn=2,
                     request_id="k1-turn-2", n_predict=2000, ignore_eos=True, temperature=0)
-        s = post_and_leave(node.port, body)
+        s = raw_post(node.port, body)
         wait_for("the generation", lambda: node.request("GET", "/health")[1]["engine"]["active"] == 1)
         time.sleep(0.3)  # well into it
         node.kill9()
@@ -97,7 +86,7 @@ class KillNine(unittest.TestCase):
         sid = r1["session_id"]
         body = dict(prompt="Another one.", session_id=sid, user_id="k2", turn=2, request_id="k2-turn-2",
                     n_predict=4, temperature=0)
-        s = post_and_leave(node.port, body)
+        s = raw_post(node.port, body)
         wait_for("the paused commit of turn 2",
                  lambda: "fault: commit paused (turn 2 of %s)" % sid in node.log_text())
         node.kill9()

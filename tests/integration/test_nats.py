@@ -76,6 +76,16 @@ class OneServer(unittest.TestCase):
         self.assertEqual(st, 200, info)
         return info
 
+    def wait_for_turns(self, node, sid, user, n, deadline):
+        """Until node shows turns 1..n of sid (a recovering store catching
+        up), failing at the monotonic time deadline."""
+        while True:
+            st, info = node.request("GET", "/v1/sessions/%s?user_id=%s&include=turns" % (sid, user))
+            if st == 200 and [t["turn"] for t in info["turns"]] == list(range(1, n + 1)):
+                return
+            self.assertLess(time.monotonic(), deadline, "%s does not show turn %d: %r" % (node.node_id, n, info))
+            time.sleep(0.2)
+
     def test_roaming_context_equals_single_node(self):
         # --no-cache: every turn prefilled whole on both sides, because
         # llama.cpp is not batch-invariant: a turn prefilled on top of a KV
@@ -320,14 +330,9 @@ class LeafNodes(OneServer):
             time.sleep(0.5)
         self.assertEqual(st, 200, r)
         # every committed turn is there, on both nodes
-        t0 = time.monotonic()
+        deadline = time.monotonic() + 120
         for node in (self.a, self.b):
-            while True:
-                st, info = node.request("GET", "/v1/sessions/%s?user_id=island&include=turns" % sid)
-                if st == 200 and [t["turn"] for t in info["turns"]] == [1, 2, 3]:
-                    break
-                self.assertLess(time.monotonic() - t0, 120, "%s does not show turn 3: %r" % (node.node_id, info))
-                time.sleep(0.2)
+            self.wait_for_turns(node, sid, "island", 3, deadline)
 
     def test_leaf_cut_off_then_restored(self):
         """edge-2's own nats-server dies. edge-2 reaches no store: a session
@@ -360,13 +365,7 @@ class LeafNodes(OneServer):
                 self.assertIn("not cached on this node", err["error"]["message"])
         finally:
             leaf.start()
-        deadline = time.monotonic() + 90
-        while True:
-            st, info = self.b.request("GET", "/v1/sessions/%s?user_id=cut&include=turns" % sid)
-            if st == 200 and [t["turn"] for t in info["turns"]] == [1, 2]:
-                break
-            self.assertLess(time.monotonic(), deadline, "edge-2 did not catch up: %r" % (info,))
-            time.sleep(0.2)
+        self.wait_for_turns(self.b, sid, "cut", 2, time.monotonic() + 90)
         st, r = self.b.complete(prompt="Turn 3", user_id="cut", session_id=sid, turn=3, n_predict=4)
         self.assertEqual((st, r.get("turn"), r.get("stale")), (200, 3, False), r)
 

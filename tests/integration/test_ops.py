@@ -8,7 +8,6 @@ usage: third_party/venv/bin/python test_ops.py DISCEDGE_BINARY MODEL.gguf"""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import unittest
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import Node  # noqa: E402
+from dcnode import Node, raw_post  # noqa: E402
 
 BIN = MODEL = None
 KEY_ANN, KEY_BOB, KEY_CAT = "ann-key-0123456789abcdef", "bob-key-0123456789abcdef", "cat-key-0123456789abcdef"
@@ -34,6 +33,18 @@ def curl(node, path, body=None, key=None, extra=()):
     out = subprocess.run(cmd + list(extra), check=True, capture_output=True, text=True, timeout=300).stdout
     text, _, status = out.rpartition("\n")
     return int(status), text
+
+
+def open_stream(node, body):
+    """A streaming /completion on a raw socket, read until its first event:
+    (the socket, the bytes read)."""
+    s = raw_post(node.port, body)
+    got = b""
+    while b"data: " not in got:  # the reply has begun streaming
+        chunk = s.recv(4096)
+        assert chunk, "the node closed the stream"
+        got += chunk
+    return s, got
 
 
 def sse_events(text):
@@ -116,16 +127,8 @@ class Streams(unittest.TestCase):
     def test_disconnect_mid_stream_commits_nothing(self):
         status, first = self.node.complete(prompt="Tell me a story.", n_predict=8, user_id="dana")
         sid = first["session_id"]
-        body = json.dumps({"prompt": "Go on, at length.", "session_id": sid, "user_id": "dana", "turn": 2,
-                           "n_predict": 3000, "ignore_eos": True, "stream": True}).encode()
-        s = socket.create_connection(("127.0.0.1", self.node.port))
-        s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        got = b""
-        while b"data: " not in got:  # the reply has begun streaming
-            chunk = s.recv(4096)
-            self.assertTrue(chunk, "the node closed the stream")
-            got += chunk
+        s, got = open_stream(self.node, {"prompt": "Go on, at length.", "session_id": sid, "user_id": "dana",
+                                         "turn": 2, "n_predict": 3000, "ignore_eos": True, "stream": True})
         self.assertIn(b" 200 ", got.split(b"\r\n")[0])
         s.close()
         # the node notices, stops generating, and commits nothing
@@ -146,14 +149,8 @@ class Streams(unittest.TestCase):
     def test_stop_mid_stream_exits_cleanly(self):
         node = Node(BIN, MODEL, node_id="edge-9").start()
         try:
-            body = json.dumps({"prompt": "Go on, at length.", "n_predict": 3000, "ignore_eos": True,
-                               "stream": True}).encode()
-            s = socket.create_connection(("127.0.0.1", node.port))
-            s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            got = b""
-            while b"data: " not in got:
-                got += s.recv(4096)
+            s, _ = open_stream(node, {"prompt": "Go on, at length.", "n_predict": 3000, "ignore_eos": True,
+                                      "stream": True})
         finally:
             # SIGTERM while the reply streams: the stream is cut, the
             # generation cancelled, and the node exits 0 (under the
@@ -349,16 +346,8 @@ class Limits(unittest.TestCase):
         self.assertEqual(self.node.complete(prompt="Now it fits.", user_id="many", n_predict=2)[0], 200)
 
     def test_generations_at_once_per_user(self):
-        body = json.dumps({"prompt": "Write a long story.", "user_id": "streamer", "n_predict": 400,
-                           "ignore_eos": True, "stream": True}).encode()
-        s = socket.create_connection(("127.0.0.1", self.node.port))
-        s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        got = b""
-        while b"data: " not in got:
-            chunk = s.recv(4096)
-            self.assertTrue(chunk, "the node closed the stream")
-            got += chunk
+        s, _ = open_stream(self.node, {"prompt": "Write a long story.", "user_id": "streamer", "n_predict": 400,
+                                       "ignore_eos": True, "stream": True})
         st, err = self.node.complete(prompt="Me too.", user_id="streamer", n_predict=2)
         self.assertRefused(st, err, 429, "quota_exceeded")
         self.assertEqual(self.node.complete(prompt="Someone else.", user_id="bystander", n_predict=2)[0], 200)
