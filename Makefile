@@ -27,7 +27,10 @@ build-fuzz: setup
 demo: build
 	scripts/demo.sh
 
+# sysinfo first: llama.cpp's numerics differ between CPU variants, so the
+# output names the one this run used.
 test-plain: build
+	build/discedge sysinfo
 	ctest --test-dir build --output-on-failure
 
 test-asan: build-asan

@@ -83,6 +83,7 @@ int llm_serve_main(int argc, char **argv) {
     printf("discedge: llm-serve listening on http://%s:%d (model %s, ctx %d, threads %d)\n", sp.host,
            llm_server_port(srv), llm_model_name(m), llm_n_ctx(m), llm_n_threads(m));
     fflush(stdout);
+    log_info("compute: %s", llm_backend(m));
     int sig;
     sigwait(&stop, &sig);
     log_info("stopping");

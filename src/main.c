@@ -1,10 +1,12 @@
-/* main.c - the discedge command: serve (an edge node), chat, scenario, keygen. */
+/* main.c - the discedge command: serve (an edge node), llm-serve, chat, scenario, keygen, sysinfo. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "client/chat.h"
 #include "client/scenario.h"
+#include "llm/llm.h"
 #include "llm_serve.h"
 #include "serve.h"
 #include "store/seal.h"
@@ -28,6 +30,25 @@ static int keygen_main(int argc, char **argv) {
     return 0;
 }
 
+/* discedge sysinfo: what llama.cpp computes on here. llama.cpp's numerics
+ * differ between CPU variants, so CI prints this before the suite. */
+static int sysinfo_main(int argc, char **argv) {
+    if (argc != 1) {
+        bool help = argc == 2 && !strcmp(argv[1], "--help");
+        fprintf(help ? stdout : stderr,
+                "usage: discedge sysinfo\n"
+                "Prints the CPU, its cores, and the ggml CPU backend variant a node loads here\n"
+                "with the instruction sets it was built for.\n");
+        return help ? 0 : 2;
+    }
+    char backend[512], cpu[256];
+    int rc = llm_cpu_backend(NULL, backend, sizeof backend);
+    llm_cpu_name(cpu, sizeof cpu);
+    printf("cpu: %s, %d physical cores, %ld online CPUs\n", cpu, llm_physical_cores(), sysconf(_SC_NPROCESSORS_ONLN));
+    printf("ggml cpu backend: %s\n", backend);
+    return rc ? 1 : 0;
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: discedge <command> [options]   (discedge <command> --help for more)\n"
@@ -36,7 +57,8 @@ static void usage(FILE *f) {
             "  llm-serve run only the LLM engine, for nodes started with --llm URL\n"
             "  chat      chat with a node from the terminal\n"
             "  scenario  run a scenario file against one or more nodes\n"
-            "  keygen    write a new key for serve --store-key\n");
+            "  keygen    write a new key for serve --store-key\n"
+            "  sysinfo   the CPU and the ggml CPU backend variant a node loads here\n");
 }
 
 int main(int argc, char **argv) {
@@ -50,6 +72,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "chat")) return chat_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "scenario")) return scenario_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "keygen")) return keygen_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sysinfo")) return sysinfo_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

@@ -266,6 +266,7 @@ static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_pa
            llm_n_ctx(m), llm_n_threads(m), store_kind(s), where, sealer ? " sealed" : "", keygroup);
     fflush(stdout);
     if (expired > 0) log_info("removed %ld expired sessions", expired);
+    log_info("compute: %s", llm_backend(m));
     llm_stats ls;
     llm_stats_get(m, &ls);
     if (!lp.url)

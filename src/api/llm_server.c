@@ -169,10 +169,10 @@ static json_t *props_json(llm_server *s) {
     llm_stats_get(s->m, &ls);
     char fp[24];
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)llm_fingerprint(s->m));
-    return json_pack("{s:{s:i}, s:i, s:s, s:{s:s, s:s, s:i, s:i}}", "default_generation_settings", "n_ctx",
+    return json_pack("{s:{s:i}, s:i, s:s, s:{s:s, s:s, s:i, s:i, s:s}}", "default_generation_settings", "n_ctx",
                      llm_n_ctx(s->m), "total_slots", ls.n_parallel, "model_path",
                      s->p.model_path ? s->p.model_path : "", "discedge", "model", llm_model_name(s->m), "fingerprint",
-                     fp, "n_vocab", llm_n_vocab(s->m), "n_threads", llm_n_threads(s->m));
+                     fp, "n_vocab", llm_n_vocab(s->m), "n_threads", llm_n_threads(s->m), "backend", llm_backend(s->m));
 }
 
 static enum MHD_Result on_request(void *ud, const http_req *hr) {

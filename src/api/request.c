@@ -88,13 +88,6 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
     if ((rc = api_get_integer(r, "n_predict", -1, 1 << 20, &x, &given, err))) return rc;
     if (given && x == 0) return dc_fail(err, DC_E_INVALID, "n_predict must be >= 1, or -1 for the node's default");
     if (given && x > 0) req->gen.n_predict = (int)x;
-    json_t *cache = json_object_get(r, "cache_prompt");
-    if (cache && !json_is_null(cache) && !json_is_boolean(cache))
-        return dc_fail(err, DC_E_INVALID, "cache_prompt must be a boolean");
-    if (json_is_false(cache)) req->gen.cache_prompt = false;
-    json_t *ieos = json_object_get(r, "ignore_eos");
-    if (ieos && !json_is_null(ieos) && !json_is_boolean(ieos)) return dc_fail(err, DC_E_INVALID, "ignore_eos must be a boolean");
-    req->gen.ignore_eos = json_is_true(ieos);
     return api_sampling_parse(r, &req->gen, err);
 }
 
@@ -109,6 +102,14 @@ dc_code api_sampling_parse(json_t *r, llm_gen_params *gen, dc_error *err) {
     if (given) gen->top_p = (float)f;
     if ((rc = api_get_integer(r, "top_k", 0, 1 << 20, &x, &given, err))) return rc;
     if (given) gen->top_k = (int)x;
+    /* llama-server's own fields, on every endpoint as there */
+    json_t *cache = json_object_get(r, "cache_prompt");
+    if (cache && !json_is_null(cache) && !json_is_boolean(cache))
+        return dc_fail(err, DC_E_INVALID, "cache_prompt must be a boolean");
+    if (json_is_false(cache)) gen->cache_prompt = false;
+    json_t *ieos = json_object_get(r, "ignore_eos");
+    if (ieos && !json_is_null(ieos) && !json_is_boolean(ieos)) return dc_fail(err, DC_E_INVALID, "ignore_eos must be a boolean");
+    gen->ignore_eos = json_is_true(ieos);
     if ((rc = api_get_integer(r, "seed", -1, UINT32_MAX, &x, &given, err))) return rc;
     if (given && x >= 0) {
         gen->seed = (uint32_t)x;
@@ -198,6 +199,7 @@ json_t *api_engine_json(llm *m) {
                           "prefilled_tokens", (json_int_t)ls.prefilled_tokens, "generated_tokens",
                           (json_int_t)ls.generated_tokens, "busy", (json_int_t)ls.busy, "cancelled",
                           (json_int_t)ls.cancelled, "kv_bytes", (json_int_t)ls.kv_bytes);
+    json_object_set_new(o, "backend", json_string(llm_backend(m)));
     json_object_set_new(o, "spill_saves", json_integer((json_int_t)ls.spill_saves));
     json_object_set_new(o, "spill_restores", json_integer((json_int_t)ls.spill_restores));
     json_object_set_new(o, "spill_bytes", json_integer((json_int_t)ls.spill_bytes));

@@ -26,7 +26,8 @@ dc_code api_get_string(json_t *root, const char *key, const char **out, dc_error
 dc_code api_get_number(json_t *root, const char *key, double lo, double hi, double *out, bool *given, dc_error *err);
 dc_code api_get_integer(json_t *root, const char *key, long long lo, long long hi, long long *out, bool *given,
                         dc_error *err);
-/* temperature, top_p, top_k and seed (a random seed when none is given). */
+/* temperature, top_p, top_k, seed (a random seed when none is given), and
+ * llama-server's cache_prompt and ignore_eos. */
 dc_code api_sampling_parse(json_t *root, llm_gen_params *gen, dc_error *err);
 
 /* *stream: the client asked for stream:true. */

@@ -411,6 +411,9 @@ static void step(engine *e) {
             j->t->prompt_ms = clock_mono_ms() - j->t_admit;
             j->state = JOB_DECODE;
         }
+        if (j->gp.on_logits)
+            j->gp.on_logits(j->gp.on_logits_ud, llama_get_logits_ith(e->ctx, j->logits_at),
+                            llama_vocab_n_tokens(e->vocab));
         int32_t tok = llama_sampler_sample(j->smpl, e->ctx, j->logits_at);
         if (llama_vocab_is_eog(e->vocab, tok)) {
             j->t->stopped_eog = true;

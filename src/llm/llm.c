@@ -158,6 +158,7 @@ int llm_n_ctx(const llm *m) { return m->info.n_ctx; }
 int llm_n_threads(const llm *m) { return m->info.n_threads; }
 int llm_n_vocab(const llm *m) { return m->info.n_vocab; }
 uint64_t llm_fingerprint(const llm *m) { return m->info.fingerprint; }
+const char *llm_backend(const llm *m) { return m->info.backend; }
 bool llm_is_remote(const llm *m) { return m->ops == &llm_remote_ops; }
 
 void llm_stats_get(llm *m, llm_stats *out) {

@@ -52,6 +52,17 @@ int llm_n_vocab(const llm *m); /* 0 when not known */
  * same thing to both. */
 uint64_t llm_fingerprint(const llm *m);
 bool llm_is_remote(const llm *m);
+/* Where a local engine computes: the ggml CPU variant ggml picked for this
+ * CPU and the instruction sets it was built for, e.g. "libggml-cpu-zen4.so:
+ * SSE3 ... AVX512". llama.cpp's numerics differ between variants, so logs,
+ * /health and test output name it. "remote" for a remote engine. */
+const char *llm_backend(const llm *m);
+
+/* The same without a model: loads the ggml backends from backend_dir (NULL:
+ * the built-in folder) and describes the CPU variant into out. 0 or -1. */
+int llm_cpu_backend(const char *backend_dir, char *out, size_t outlen);
+/* The CPU's own name as ggml reads it (after llm_cpu_backend). 0 or -1. */
+int llm_cpu_name(char *out, size_t outlen);
 
 /* Tokenizes text. parse_special=false keeps "<|im_end|>" in user text as plain
  * text; true turns it into the control token. No BOS is added. Returns 0, or
@@ -111,6 +122,14 @@ typedef struct {
      * passed. NULL: not streamed. */
     void (*on_token)(void *ud, int32_t tok);
     void *on_token_ud;
+    /* Inspection: called on the engine's thread with the logits each token is
+     * sampled from (n_vocab floats, valid only during the call), the
+     * end-of-generation token's included. The logits are what the model
+     * computed for this request's context, KV reuse or not: a test compares
+     * them with a fresh prefill of the same tokens (test_llm). Local engine
+     * only; a remote engine refuses a request that sets it. NULL: off. */
+    void (*on_logits)(void *ud, const float *logits, int n_vocab);
+    void *on_logits_ud;
 } llm_gen_params;
 
 llm_gen_params llm_default_gen_params(void);

@@ -29,6 +29,7 @@ typedef struct {
     int n_threads; /* 0 when not known (remote) */
     int n_vocab;   /* 0 when not known (remote): ids are then checked there */
     uint64_t fingerprint;
+    char backend[256]; /* llm_backend() */
 } llm_info;
 
 void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errlen);

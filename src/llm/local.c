@@ -8,6 +8,7 @@
  * several sequences of one context, with KV-cache reuse. */
 #include "llm_impl.h"
 
+#include <dlfcn.h>
 #include <ggml-backend.h>
 #include <llama.h>
 #include <pthread.h>
@@ -85,6 +86,40 @@ static void backend_init(void) {
     llama_log_set(on_llama_log, NULL);
     ggml_backend_load_all_from_path(backend_dir_arg);
     llama_backend_init();
+}
+
+/* Loads the ggml backends from backend_dir once per process (NULL: the
+ * built-in folder). 0, or -1 when none loads. */
+static int backends_load(const char *backend_dir) {
+    backend_dir_arg = backend_dir ? backend_dir : DC_BACKEND_DIR;
+    pthread_once(&backend_once, backend_init);
+    return ggml_backend_dev_count() ? 0 : -1;
+}
+
+/* The CPU backend variant is the shared object that holds the CPU
+ * registry's functions; ggml does not name it otherwise. */
+int llm_cpu_backend(const char *backend_dir, char *out, size_t outlen) {
+    snprintf(out, outlen, "none");
+    if (backends_load(backend_dir) != 0) return -1;
+    ggml_backend_reg_t reg = ggml_backend_reg_by_name("CPU");
+    ggml_backend_get_features_t features =
+        reg ? (ggml_backend_get_features_t)ggml_backend_reg_get_proc_address(reg, "ggml_backend_get_features") : NULL;
+    if (!features) return -1;
+    Dl_info di;
+    const char *file = dladdr((void *)features, &di) && di.dli_fname ? di.dli_fname : "?";
+    const char *base = strrchr(file, '/');
+    int n = snprintf(out, outlen, "%s:", base ? base + 1 : file);
+    for (struct ggml_backend_feature *f = features(reg); f && f->name && n >= 0 && (size_t)n < outlen; f++)
+        if (!strcmp(f->value, "1")) n += snprintf(out + n, outlen - (size_t)n, " %s", f->name);
+    return 0;
+}
+
+int llm_cpu_name(char *out, size_t outlen) {
+    snprintf(out, outlen, "unknown");
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (!dev) return -1;
+    snprintf(out, outlen, "%s", ggml_backend_dev_description(dev));
+    return 0;
 }
 
 /* Over the vocabulary (every token's text and attributes) and the chat
@@ -169,10 +204,8 @@ void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errl
         snprintf(err, errlen, "cannot read model %s", p->model_path);
         return NULL;
     }
-    backend_dir_arg = p->backend_dir ? p->backend_dir : DC_BACKEND_DIR;
-    pthread_once(&backend_once, backend_init);
-    if (!ggml_backend_dev_count()) {
-        snprintf(err, errlen, "no ggml backend found in %s", backend_dir_arg);
+    if (llm_cpu_backend(p->backend_dir, info->backend, sizeof info->backend) != 0) {
+        snprintf(err, errlen, "no ggml CPU backend found in %s", backend_dir_arg);
         return NULL;
     }
 

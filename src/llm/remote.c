@@ -198,6 +198,10 @@ static double num(json_t *o, const char *k) {
 static llm_status remote_generate(void *impl, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
                                   llm_timings *t, char *err, size_t errlen) {
     remote *r = impl;
+    if (p->on_logits) { /* llama-server's API returns probabilities, not logits */
+        snprintf(err, errlen, "a remote engine does not report logits");
+        return LLM_FAIL;
+    }
     json_t *body = json_pack("{s:o, s:i, s:f, s:f, s:i, s:I, s:b, s:b, s:b, s:b}", "prompt", ids_json(input, n),
                              "n_predict", p->n_predict, "temperature", (double)p->temperature, "top_p",
                              (double)p->top_p, "top_k", p->top_k, "seed", (json_int_t)p->seed, "cache_prompt",
@@ -309,6 +313,8 @@ void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t err
     }
     info->n_threads = (int)num(dc, "n_threads");
     info->n_vocab = (int)num(dc, "n_vocab");
+    const char *backend = json_string_value(json_object_get(dc, "backend"));
+    snprintf(info->backend, sizeof info->backend, "remote%s%.200s", backend ? ", " : "", backend ? backend : "");
     json_decref(props);
     return r;
 }

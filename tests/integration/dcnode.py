@@ -154,6 +154,30 @@ class LlmServer(Node):
         return "http://127.0.0.1:%d" % self.fixed_port
 
 
+def detokenize(binary, model, *id_lists):
+    """The text of each list of token ids, from a short-lived `discedge
+    llm-serve` of the same model (its /detokenize). How a test reads what a
+    stored segment says, e.g. that the user's words are in the context the
+    model was fed, without asserting anything about what the model wrote."""
+    llm = LlmServer(binary, model, extra=["--threads", "1", "--parallel", "1", "--kv-cache-sessions", "1"]).start()
+    try:
+        out = []
+        for ids in id_lists:
+            st, d = llm.request("POST", "/detokenize", {"tokens": ids})
+            if st != 200:
+                raise AssertionError("detokenize: %s %r" % (st, d))
+            out.append(d["content"])
+        return out
+    finally:
+        llm.cleanup()
+
+
+def segment_tokens(info):
+    """Every token of a session's stored turns (GET ...?include=turns): the
+    context its next turn is built on, before truncation."""
+    return sum(len(t[k]) for t in info["turns"] for k in ("system", "user", "reply", "end"))
+
+
 _given_ports = set()
 
 

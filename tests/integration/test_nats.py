@@ -150,7 +150,8 @@ class OneServer(unittest.TestCase):
         self.assertEqual(st, 200, r)
         sid, slow = r["session_id"], {}
         t = threading.Thread(target=lambda: slow.update(r=self.a.complete(
-            prompt="Write a long story about a robot.", user_id=user, session_id=sid, turn=2, n_predict=n_predict)))
+            prompt="Write a long story about a robot.", user_id=user, session_id=sid, turn=2, n_predict=n_predict,
+            ignore_eos=True)))  # exactly n_predict tokens: still generating when the next request comes
         t.start()
         time.sleep(0.15)  # turn 2 is generating now
         return sid, t, slow

@@ -8,7 +8,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import Node  # noqa: E402
+from dcnode import Node, detokenize, segment_tokens  # noqa: E402
 
 BIN = MODEL = None
 CODE_WORD = "PELICAN"
@@ -42,6 +42,9 @@ class NodeTest(unittest.TestCase):
 
 class Conversation(NodeTest):
     def test_fact_from_turn_1_survives_a_restart(self):
+        # What DisCEdge guarantees is the context, not what the model makes of
+        # it: after a restart, turn 3 is fed exactly the stored turns 1-2 (the
+        # code word among them) plus its own message.
         n = self.node
         st, r1 = n.complete(prompt="My secret code word is %s. Please remember it." % CODE_WORD, user_id="carol")
         self.assertEqual(st, 200, r1)
@@ -51,21 +54,32 @@ class Conversation(NodeTest):
         st, r2 = n.complete(prompt="What is the capital of France?", user_id="carol", session_id=sid, turn=2)
         self.assertEqual(st, 200, r2)
         self.assertGreater(r2["context_tokens"], r1["context_tokens"] + r1["tokens_predicted"])
+        st, before = n.request("GET", "/v1/sessions/%s?user_id=carol&include=turns" % sid)
+        self.assertEqual(st, 200, before)
 
         self.assertEqual(n.stop(), 0)  # clean shutdown on SIGTERM
         n.start()
 
         st, r3 = n.complete(prompt="What is my secret code word?", user_id="carol", session_id=sid, turn=3)
         self.assertEqual(st, 200, r3)
-        self.assertIn(CODE_WORD, r3["content"])
-        # control: without the context the model does not know it
-        st, fresh = n.complete(prompt="What is my secret code word?", user_id="carol")
-        self.assertEqual(st, 200, fresh)
-        self.assertNotIn(CODE_WORD, fresh["content"])
-        st, info = n.request("GET", "/v1/sessions/%s?user_id=carol" % sid)
+        st, info = n.request("GET", "/v1/sessions/%s?user_id=carol&include=turns" % sid)
         self.assertEqual(st, 200, info)
         self.assertEqual(info["turn"], 3)
+        self.assertEqual(info["turns"][:2], before["turns"])  # turns 1-2 came back token for token
+        # turn 3's input was turns 1-2 whole, then its own message
+        self.assertEqual(r3["context_tokens"], segment_tokens(before) + len(info["turns"][2]["user"]))
         self.assertEqual(info["context_tokens"], r3["context_tokens"] + r3["tokens_predicted"] + 2)
+        self.assertEqual(len(info["turns"][2]["reply"]), r3["tokens_predicted"])
+        # control: a new session of the same user holds its own message only
+        st, fresh = n.complete(prompt="What is my secret code word?", user_id="carol")
+        self.assertEqual(st, 200, fresh)
+        st, other = n.request("GET", "/v1/sessions/%s?user_id=carol&include=turns" % fresh["session_id"])
+        self.assertEqual(fresh["context_tokens"], len(other["turns"][0]["system"]) + len(other["turns"][0]["user"]))
+        said_1, said_3, said_fresh = detokenize(BIN, MODEL, info["turns"][0]["user"], info["turns"][2]["user"],
+                                                other["turns"][0]["user"])
+        self.assertIn(CODE_WORD, said_1)  # the code word is in what turn 3 was fed
+        self.assertIn("What is my secret code word?", said_3)
+        self.assertNotIn(CODE_WORD, said_fresh)
 
     def test_paper_client_request_shape(self):
         # the paper's Python client: its own user id and model name, reads content/session_id/timings
@@ -232,13 +246,15 @@ class Truncation(NodeTest):
 
     def test_oldest_turns_are_dropped_to_fit(self):
         n = self.node
+        # ignore_eos: every reply is 60 tokens, so the context outgrows the
+        # window by turn 4 whatever the model would have said
         st, r = n.complete(prompt="Remember: apples.", user_id="ivy", system="You are a helpful assistant.",
-                           n_predict=60)
+                           n_predict=60, ignore_eos=True)
         self.assertEqual(st, 200, r)
         sid, truncated = r["session_id"], 0
         for turn in range(2, 9):
             st, r = n.complete(prompt="Tell me more about turn %d." % turn, user_id="ivy", session_id=sid,
-                               turn=turn, n_predict=60)
+                               turn=turn, n_predict=60, ignore_eos=True)
             self.assertEqual(st, 200, r)
             self.assertLessEqual(r["context_tokens"] + 60, 256)
             truncated = max(truncated, r["truncated_turns"])

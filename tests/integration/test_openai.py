@@ -52,9 +52,10 @@ class OpenAISDK(unittest.TestCase):
         self.assertTrue(r.id.startswith("chatcmpl-"))
         self.assertEqual(len(r.choices), 1)
         self.assertEqual(r.choices[0].message.role, "assistant")
-        self.assertTrue(r.choices[0].message.content)
-        self.assertIn(r.choices[0].finish_reason, ("stop", "length"))
+        # the model may end before 16 tokens: the reason must say which
         self.assertLessEqual(r.usage.completion_tokens, 16)
+        self.assertEqual(r.choices[0].finish_reason, "length" if r.usage.completion_tokens == 16 else "stop")
+        self.assertEqual(bool(r.choices[0].message.content), r.usage.completion_tokens > 0)
         self.assertGreater(r.usage.prompt_tokens, 10)
         self.assertEqual(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens)
         self.assertIsNone((r.model_extra or {}).get("session_id"))  # stateless: nothing stored
@@ -105,10 +106,16 @@ class OpenAISDK(unittest.TestCase):
                                             extra_body={"session_id": sid, "turn": 3})
 
     def test_streamed_chat_is_the_same_reply(self):
+        # The same computation twice: cache_prompt off, so neither request
+        # reuses KV the other left (a prefill on top of a cache may round a
+        # near-tie the other way; test_llm measures that noise).
         msgs = [{"role": "user", "content": "Name three planets."}]
-        whole = self.ca.chat.completions.create(model=self.model, max_tokens=24, temperature=0, messages=msgs)
+        same = {"cache_prompt": False}
+        whole = self.ca.chat.completions.create(model=self.model, max_tokens=24, temperature=0, messages=msgs,
+                                                extra_body=same)
         chunks = list(self.ca.chat.completions.create(model=self.model, max_tokens=24, temperature=0, messages=msgs,
-                                                      stream=True, stream_options={"include_usage": True}))
+                                                      stream=True, stream_options={"include_usage": True},
+                                                      extra_body=same))
         self.assertTrue(all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks))
         self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -145,10 +152,12 @@ class OpenAISDK(unittest.TestCase):
 
     def test_responses_chain_across_nodes_and_fork(self):
         r1 = self.ca.responses.create(model=self.model, instructions="You are a robotics tutor.",
-                                      input="What is a PID controller?", max_output_tokens=16, temperature=0)
+                                      input="What is a PID controller?", max_output_tokens=16, temperature=0,
+                                      extra_body={"ignore_eos": True})
         self.assertEqual(r1.object, "response")
+        self.assertEqual(r1.usage.output_tokens, 16)  # ignore_eos: exactly the cap, so some text
         self.assertTrue(r1.output_text)
-        self.assertIn(r1.status, ("completed", "incomplete"))
+        self.assertEqual(r1.status, "incomplete")
         # continued on the other node with only the new input
         r2 = self.cb.responses.create(model=self.model, previous_response_id=r1.id, input="And the I term?",
                                       max_output_tokens=16, temperature=0)

@@ -76,8 +76,10 @@ class Streams(unittest.TestCase):
         cls.node.cleanup()
 
     def test_completion_stream_framing(self):
-        status, text = curl(self.node, "/completion",
-                            {"prompt": "Count to five.", "n_predict": 16, "temperature": 0, "stream": True})
+        # ignore_eos: exactly 16 tokens; cache_prompt off: the plain request
+        # below is the same computation, not a prefill on top of this one's KV
+        same = {"n_predict": 16, "temperature": 0, "ignore_eos": True, "cache_prompt": False}
+        status, text = curl(self.node, "/completion", dict(prompt="Count to five.", stream=True, **same))
         self.assertEqual(status, 200)
         events = [json.loads(d) for _, d in sse_events(text)]
         self.assertTrue(all(not e["stop"] for e in events[:-1]))
@@ -90,7 +92,7 @@ class Streams(unittest.TestCase):
         self.assertEqual(status, 200)
         self.assertEqual(whole["turn"], 1)
         # the same turn, not streamed, gives the same text
-        status, plain = self.node.complete(prompt="Count to five.", n_predict=16)
+        status, plain = self.node.complete(prompt="Count to five.", **same)
         self.assertEqual(plain["content"], streamed)
 
     def test_chat_and_responses_stream_framing(self):

@@ -4,12 +4,13 @@ table, CSV, roaming between two nodes, and clear errors for bad input.
 usage: test_scenario.py DISCEDGE_BINARY MODEL.gguf SCENARIO_DIR"""
 import csv
 import os
+import re
 import subprocess
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import NodePair  # noqa: E402
+from dcnode import NodePair, detokenize  # noqa: E402
 
 BIN = MODEL = SCEN = None
 
@@ -51,7 +52,7 @@ class Scenario(unittest.TestCase):
     def test_nine_turns_one_node(self):
         out = os.path.join(self.dir, "one.csv")
         rc, stdout, stderr = run(os.path.join(SCEN, "robotics-9turn.yaml"), "--node", "edge-1=" + self.url(self.a),
-                                 "--n-predict", "24", "--temperature", "0", "--csv", out)
+                                 "--n-predict", "24", "--ignore-eos", "--temperature", "0", "--csv", out)
         self.assertEqual(rc, 0, stderr)
         self.assertIn("Robotics and Autonomous Systems Test", stdout)
         self.assertIn("9 turns", stdout)
@@ -61,14 +62,14 @@ class Scenario(unittest.TestCase):
         out = os.path.join(self.dir, "roam.csv")
         rc, stdout, stderr = run(os.path.join(SCEN, "robotics-9turn-roaming.yaml"),
                                  "--node", "edge-1=" + self.url(self.a), "--node", "edge-2=" + self.url(self.b),
-                                 "--n-predict", "24", "--temperature", "0", "--csv", out)
+                                 "--n-predict", "24", "--ignore-eos", "--temperature", "0", "--csv", out)
         self.assertEqual(rc, 0, stderr)
         self.check_csv(out, ["edge-1", "edge-1", "edge-2", "edge-2", "edge-1", "edge-1", "edge-2", "edge-2", "edge-2"])
 
     def test_client_side_requests_grow(self):
         out = os.path.join(self.dir, "cs.csv")
         rc, _, stderr = run(os.path.join(SCEN, "robotics-9turn.yaml"), "--node", self.url(self.a),
-                            "--mode", "client-side", "--n-predict", "24", "--temperature", "0", "--csv", out)
+                            "--mode", "client-side", "--n-predict", "24", "--ignore-eos", "--temperature", "0", "--csv", out)
         self.assertEqual(rc, 0, stderr)
         with open(out) as f:
             sizes = [int(r["request_bytes"]) for r in csv.DictReader(f)]
@@ -76,6 +77,8 @@ class Scenario(unittest.TestCase):
         self.assertGreater(sizes[-1], 3 * sizes[0])  # the client resends its whole history
 
     def test_chat_keeps_the_session_across_nodes(self):
+        # The guarantee is the context edge-2 fed the model, not its answer:
+        # turn 1 (with the code word) whole, then the new message.
         script = ("My secret code word is PELICAN. Please remember it.\n"
                   "/node %s\n"
                   "What is my secret code word?\n/quit\n") % self.url(self.b)
@@ -85,9 +88,20 @@ class Scenario(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(p.stdout.count("bot> "), 2, p.stdout)
         self.assertIn("turn 1, node edge-1", p.stdout)
-        self.assertIn("turn 2, node edge-2", p.stdout)
-        self.assertIn("PELICAN", p.stdout.split("turn 1, node edge-1")[1])
-        self.assertIn("2 turns", p.stdout)
+        self.assertIn("(now talking to %s)" % self.url(self.b), p.stdout)
+        m = re.search(r"\[turn 2, node edge-2, \d+ ms, (\d+) context tokens\]", p.stdout)
+        self.assertTrue(m, p.stdout)
+        m2 = re.search(r"session ([0-9a-f]{32}) \(user chatter\), 2 turns", p.stdout)
+        self.assertTrue(m2, p.stdout)
+        st, info = self.b.request("GET", "/v1/sessions/%s?user_id=chatter&include=turns" % m2.group(1))
+        self.assertEqual(st, 200, info)
+        self.assertEqual([t["turn"] for t in info["turns"]], [1, 2])
+        t1, t2 = info["turns"]
+        fed = sum(len(t1[k]) for k in ("system", "user", "reply", "end")) + len(t2["system"]) + len(t2["user"])
+        self.assertEqual(int(m.group(1)), fed)  # edge-2's input: all of turn 1, then turn 2's message
+        said_1, said_2 = detokenize(BIN, MODEL, t1["user"], t2["user"])
+        self.assertIn("My secret code word is PELICAN.", said_1)
+        self.assertIn("What is my secret code word?", said_2)
 
     def test_bad_input(self):
         rc, _, err = run(os.path.join(SCEN, "robotics-9turn-roaming.yaml"), "--node", "edge-1=" + self.url(self.a))
