@@ -173,7 +173,7 @@ class OneServer(unittest.TestCase):
         impatient = Node(BIN, MODEL, os.path.join(self.dir, "c"), "edge-3",
                          self.store(2) + ("--sync-timeout", "200") + ONE_THREAD).start()
         try:
-            sid, t, slow = self.slow_turn_2("hasty", 200)
+            sid, t, slow = self.slow_turn_2("hasty", 400)  # in flight through both requests below, on a fast CPU too
             st, strong = impatient.complete(prompt="Next.", user_id="hasty", session_id=sid, turn=3, n_predict=4)
             st2, avail = impatient.complete(prompt="Next.", user_id="hasty", session_id=sid, turn=3, n_predict=4,
                                             consistency="available")

@@ -35,6 +35,18 @@ def curl(node, path, body=None, key=None, extra=()):
     return int(status), text
 
 
+def log_until(node, pred, timeout=30):
+    """The node's log once pred(log) holds (a line is written after the
+    reply it describes went out), or the log as it is after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(os.path.join(node.data_dir, "node.log")) as f:
+            log = f.read()
+        if pred(log) or time.monotonic() > deadline:
+            return log
+        time.sleep(0.05)
+
+
 def open_stream(node, body):
     """A streaming /completion on a raw socket, read until its first event:
     (the socket, the bytes read)."""
@@ -181,10 +193,8 @@ class Streams(unittest.TestCase):
 
     def test_log_lines(self):
         secret = "my-secret-prompt-text-%d" % os.getpid()
-        status, r = self.node.complete(prompt=secret, n_predict=4)
-        time.sleep(0.2)
-        with open(os.path.join(self.node.data_dir, "node.log")) as f:
-            log = f.read()
+        status, r = self.node.complete(prompt=secret, n_predict=4, ignore_eos=True)  # exactly 4 generated
+        log = log_until(self.node, lambda t: "session=%s" % r["session_id"] in t)
         line = [l for l in log.splitlines() if "session=%s" % r["session_id"] in l][0]
         fields = dict(kv.split("=", 1) for kv in line.split(" request ", 1)[1].split())
         self.assertEqual((fields["method"], fields["route"], fields["status"]), ("POST", "/completion", "200"))
@@ -253,10 +263,8 @@ class Keys(unittest.TestCase):
         with open(self.keys, "a") as f:
             f.write("short bob\n")
         os.kill(self.node.proc.pid, signal.SIGHUP)
-        time.sleep(0.5)
+        self.assertIn("API keys not reloaded", log_until(self.node, lambda t: "API keys not reloaded" in t))
         self.assertEqual(self.chat(KEY_CAT)[0], 200)
-        with open(os.path.join(self.node.data_dir, "node.log")) as f:
-            self.assertIn("API keys not reloaded", f.read())
         with open(self.keys, "w") as f:
             f.write("%s ann\n%s bob\n" % (KEY_ANN, KEY_BOB))
         os.kill(self.node.proc.pid, signal.SIGHUP)
