@@ -190,6 +190,17 @@ static void chat_stateless_and_session(void **state) {
     assert_string_equal(req.messages[0].role, "system"); /* developer is the system message */
     assert_string_equal(req.messages[1].content, "hi");
     assert_int_equal(req.gen.n_predict, 9);
+    assert_true(req.gen.cache_prompt); /* llama-server's defaults */
+    assert_false(req.gen.ignore_eos);
+    api_chat_free(&c);
+    json_decref(root);
+    /* llama-server's cache_prompt and ignore_eos, as on /completion */
+    assert_int_equal(chat("{\"cache_prompt\":false,\"ignore_eos\":true,\"messages\":[{\"role\":\"user\",\"content\":"
+                          "\"q\"}]}",
+                          NULL, NULL, &req, &c, &root, &e),
+                     DC_OK);
+    assert_false(req.gen.cache_prompt);
+    assert_true(req.gen.ignore_eos);
     api_chat_free(&c);
     json_decref(root);
     /* store:true starts a session: the system message and the user message */
@@ -240,6 +251,8 @@ static void chat_bad_requests(void **state) {
         {"{\"max_tokens\":0,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "max_tokens"},
         {"{\"turn\":2,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "turn needs a session"},
         {"{\"store\":1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "store must be a boolean"},
+        {"{\"cache_prompt\":0,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "cache_prompt must be"},
+        {"{\"ignore_eos\":\"yes\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL, "ignore_eos must be"},
         {"{\"store\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"assistant\","
          "\"content\":\"y\"},{\"role\":\"user\",\"content\":\"z\"}]}",
          NULL, "only the new user message"},
