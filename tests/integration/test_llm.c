@@ -265,10 +265,15 @@ static void tokenized_equals_raw(void **state) {
  *    same positions have without reuse. The largest difference must stay
  *    within REUSE_MULT times the floor.
  *
- * Reusing a KV state that does not match the tokens (a stale cell, a wrong
- * position, another session's prefix) changes logits by whole units, far
- * beyond any split noise; the greedy replies are also compared, for the
- * record only, since a near-tie may flip either way. */
+ * Reusing a KV state that does not match the tokens moves logits far beyond
+ * split noise: one wrong token at the boundary of the reused KV (a scratch
+ * build) gave 12.7 x the floor. One cell missing from the middle of a long
+ * context does not (2.0 x): that is below what logits can show at this
+ * model's noise (docs/RELIABILITY.md). The greedy replies are also compared,
+ * for the record only, since a near-tie may flip either way.
+ *
+ * The multiple: reuse measured 0.94 to 1.39 x the floor over the zen4,
+ * skylakex, icelake and haswell variants; 4 leaves room for other CPUs. */
 #define REUSE_MULT 4.0f
 /* Added to the bound so that a machine whose kernels happen to be
  * batch-invariant (floor 0) does not fail on a last-bit difference. */
@@ -285,7 +290,7 @@ static void keep_logits(void *ud, const float *lg, int nv) {
     if (r->n == r->cap) {
         r->cap = r->cap ? 2 * r->cap : 64;
         r->v = realloc(r->v, r->cap * (size_t)nv * sizeof(float));
-        assert_non_null(r->v);
+        if (!r->v) abort(); /* the engine's thread: cmocka cannot unwind it */
     }
     r->n_vocab = nv;
     memcpy(r->v + r->n * (size_t)nv, lg, (size_t)nv * sizeof(float));
@@ -371,10 +376,8 @@ static void reuse_within_split_noise(void **state) {
     struct llama_context *whole = fresh_ctx(model, 512);
 
     char sid[ID_MAX + 1] = "";
-    llm_stats before, after;
-    llm_stats_get(m, &before);
     float dev = 0;
-    size_t same = 0;
+    size_t same = 0, hits = 0, cached = 0, prefilled = 0; /* the reuse path's, from its replies' timings */
     for (size_t i = 0; i < sc.n_turns; i++) {
         logit_rows rows = {0};
         ctx_request req = {.mode = MODE_TOKENIZED, .prompt = sc.turns[i].message, .user_id = "robotics_dev",
@@ -388,6 +391,10 @@ static void reuse_within_split_noise(void **state) {
         dc_error e = {0};
         if (ctx_complete(n.c, &req, &rep, &e) != DC_OK) fail_msg("turn %zu: %s", i + 1, e.message);
         if (i == 0) strcpy(sid, rep.session_id);
+        if (i > 0) assert_true(rep.llm.cached_n > 0); /* it found the previous turn's KV */
+        hits += rep.llm.cached_n > 0;
+        cached += (size_t)rep.llm.cached_n;
+        prefilled += (size_t)rep.llm.prompt_n;
         ctx_reply_free(&rep);
 
         session_meta meta;
@@ -428,10 +435,6 @@ static void reuse_within_split_noise(void **state) {
         free(rows.v);
         store_turns_free(turns, meta.turn);
     }
-    llm_stats_get(m, &after);
-    /* every turn after the first found its previous turn's KV */
-    assert_true(after.kv_hits - before.kv_hits >= sc.n_turns - 1);
-
     /* The floor, over the whole stored conversation. */
     session_meta meta;
     turn_rec *turns;
@@ -448,13 +451,9 @@ static void reuse_within_split_noise(void **state) {
     struct llama_context *split = fresh_ctx(model, 1);
     float floor_ = compare_fresh(whole, split, NULL, all.v, all.n, reply_pos);
     float bound = REUSE_MULT * floor_ + REUSE_EPS;
-    printf("reuse: %zu turns, %llu KV-cache hits, %llu of %llu input tokens reused; greedy replies identical to a "
+    printf("reuse: %zu turns, %zu KV-cache hits, %zu of %zu input tokens reused; greedy replies identical to a "
            "fresh prefill's in %zu of %zu turns\n",
-           sc.n_turns, (unsigned long long)(after.kv_hits - before.kv_hits),
-           (unsigned long long)(after.cached_tokens - before.cached_tokens),
-           (unsigned long long)(after.cached_tokens - before.cached_tokens + after.prefilled_tokens -
-                                before.prefilled_tokens),
-           same, sc.n_turns);
+           sc.n_turns, hits, cached, cached + prefilled, same, sc.n_turns);
     printf("reuse: on %s\n", llm_backend(m));
     printf("reuse: noise floor (fresh prefill, n_ubatch 512 vs 1, %zu tokens) %.4f; KV-reuse path vs fresh prefill "
            "%.4f (%.2f x the floor); bound %.1f x floor + %g = %.4f\n",
