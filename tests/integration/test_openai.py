@@ -108,9 +108,10 @@ class OpenAISDK(unittest.TestCase):
     def test_streamed_chat_is_the_same_reply(self):
         # The same computation twice: cache_prompt off, so neither request
         # reuses KV the other left (a prefill on top of a cache may round a
-        # near-tie the other way; test_llm measures that noise).
+        # near-tie the other way; test_llm measures that noise); ignore_eos,
+        # so there are 24 tokens to stream whatever the model would say.
         msgs = [{"role": "user", "content": "Name three planets."}]
-        same = {"cache_prompt": False}
+        same = {"cache_prompt": False, "ignore_eos": True}
         whole = self.ca.chat.completions.create(model=self.model, max_tokens=24, temperature=0, messages=msgs,
                                                 extra_body=same)
         chunks = list(self.ca.chat.completions.create(model=self.model, max_tokens=24, temperature=0, messages=msgs,
@@ -126,6 +127,7 @@ class OpenAISDK(unittest.TestCase):
         self.assertEqual(finals[0].choices[0].finish_reason, whole.choices[0].finish_reason)
         self.assertEqual(chunks[-1].choices, [])  # include_usage: a last chunk with the usage only
         self.assertEqual(chunks[-1].usage.completion_tokens, whole.usage.completion_tokens)
+        self.assertEqual(whole.usage.completion_tokens, 24)
         self.assertEqual(chunks[-1].usage.prompt_tokens, whole.usage.prompt_tokens)
 
     def test_streamed_session_turns(self):
