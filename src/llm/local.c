@@ -88,19 +88,13 @@ static void backend_init(void) {
     llama_backend_init();
 }
 
-/* Loads the ggml backends from backend_dir once per process (NULL: the
- * built-in folder). 0, or -1 when none loads. */
-static int backends_load(const char *backend_dir) {
-    backend_dir_arg = backend_dir ? backend_dir : DC_BACKEND_DIR;
-    pthread_once(&backend_once, backend_init);
-    return ggml_backend_dev_count() ? 0 : -1;
-}
-
-/* The CPU backend variant is the shared object that holds the CPU
- * registry's functions; ggml does not name it otherwise. */
+/* Loads the backends (once per process: the first folder asked for wins).
+ * The CPU variant is the shared object that holds the CPU registry's
+ * functions; ggml does not name it otherwise. */
 int llm_cpu_backend(const char *backend_dir, char *out, size_t outlen) {
     snprintf(out, outlen, "none");
-    if (backends_load(backend_dir) != 0) return -1;
+    backend_dir_arg = backend_dir ? backend_dir : DC_BACKEND_DIR;
+    pthread_once(&backend_once, backend_init);
     ggml_backend_reg_t reg = ggml_backend_reg_by_name("CPU");
     ggml_backend_get_features_t features =
         reg ? (ggml_backend_get_features_t)ggml_backend_reg_get_proc_address(reg, "ggml_backend_get_features") : NULL;

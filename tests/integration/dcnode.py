@@ -172,10 +172,10 @@ def detokenize(binary, model, *id_lists):
         llm.cleanup()
 
 
-def segment_tokens(info):
-    """Every token of a session's stored turns (GET ...?include=turns): the
-    context its next turn is built on, before truncation."""
-    return sum(len(t[k]) for t in info["turns"] for k in ("system", "user", "reply", "end"))
+def segment_tokens(turns):
+    """Every token of stored turns (GET ...?include=turns gives "turns"): the
+    context a next turn is built on, before truncation."""
+    return sum(len(t[k]) for t in turns for k in ("system", "user", "reply", "end"))
 
 
 _given_ports = set()

@@ -378,6 +378,8 @@ static void reuse_within_split_noise(void **state) {
     char sid[ID_MAX + 1] = "";
     float dev = 0;
     size_t same = 0, hits = 0, cached = 0, prefilled = 0; /* the reuse path's, from its replies' timings */
+    tokvec all = {0};       /* the stored conversation so far, turn by turn */
+    bool *reply_pos = NULL; /* over all: the positions that predict a reply token or its end */
     for (size_t i = 0; i < sc.n_turns; i++) {
         logit_rows rows = {0};
         ctx_request req = {.mode = MODE_TOKENIZED, .prompt = sc.turns[i].message, .user_id = "robotics_dev",
@@ -401,20 +403,19 @@ static void reuse_within_split_noise(void **state) {
         turn_rec *turns;
         assert_int_equal(store_session_load(n.s, sid, 0, &meta, &turns), STORE_OK);
         assert_int_equal(meta.turn, i + 1);
-        tokvec seq = {0}; /* this turn's input, then its stored reply */
-        for (size_t t = 0; t <= i; t++)
-            for (int s = SEG_SYSTEM; s <= (t < i ? SEG_END : SEG_USER); s++)
-                tokvec_append(&seq, turns[t].tok[s].v, turns[t].tok[s].n);
-        size_t input_n = seq.n;
-        const tokvec *reply = &turns[i].tok[SEG_REPLY];
-        tokvec_append(&seq, reply->v, reply->n);
+        const turn_rec *t = &turns[i];
+        size_t turn_from = all.n;
+        for (int s = SEG_SYSTEM; s <= SEG_USER; s++) tokvec_append(&all, t->tok[s].v, t->tok[s].n);
+        size_t input_n = all.n; /* this turn's input, then its stored reply */
+        const tokvec *reply = &t->tok[SEG_REPLY];
+        tokvec_append(&all, reply->v, reply->n);
         /* one row per generated token, and one for the end-of-generation
          * token when the reply stopped there */
         assert_true(rows.n == reply->n || rows.n == reply->n + 1);
         assert_int_equal(rows.n_vocab, llama_vocab_n_tokens(llama_model_get_vocab(model)));
-        bool *want = calloc(seq.n, sizeof *want);
+        bool *want = calloc(all.n, sizeof *want);
         for (size_t k = 0; k < rows.n; k++) want[input_n - 1 + k] = true;
-        float d = compare_fresh(whole, NULL, &rows, seq.v, seq.n, want);
+        float d = compare_fresh(whole, NULL, &rows, all.v, all.n, want);
         free(want);
         if (d > dev) dev = d;
 
@@ -424,30 +425,21 @@ static void reuse_within_split_noise(void **state) {
         gp.n_predict = 128;
         gp.cache_prompt = false;
         tokvec out = {0};
-        llm_timings t;
-        assert_int_equal(llm_generate(m, seq.v, input_n, &gp, &out, &t, err, sizeof err), LLM_OK);
-        assert_int_equal(t.cached_n, 0);
+        llm_timings lt;
+        assert_int_equal(llm_generate(m, all.v, input_n, &gp, &out, &lt, err, sizeof err), LLM_OK);
+        assert_int_equal(lt.cached_n, 0);
         same += out.n == reply->n && !memcmp(out.v, reply->v, out.n * sizeof(int32_t));
         printf("reuse: turn %zu: %zu input tokens, %zu reply tokens; largest logit difference from a fresh "
                "prefill %.4f\n", i + 1, input_n, reply->n, d);
         tokvec_free(&out);
-        tokvec_free(&seq);
+        tokvec_append(&all, t->tok[SEG_END].v, t->tok[SEG_END].n);
+        reply_pos = realloc(reply_pos, all.n * sizeof *reply_pos);
+        memset(reply_pos + turn_from, 0, (all.n - turn_from) * sizeof *reply_pos);
+        for (size_t k = 0; k <= reply->n; k++) reply_pos[input_n - 1 + k] = true;
         free(rows.v);
         store_turns_free(turns, meta.turn);
     }
     /* The floor, over the whole stored conversation. */
-    session_meta meta;
-    turn_rec *turns;
-    assert_int_equal(store_session_load(n.s, sid, 0, &meta, &turns), STORE_OK);
-    tokvec all = {0};
-    for (size_t t = 0; t < meta.turn; t++)
-        for (int s = SEG_SYSTEM; s <= SEG_END; s++) tokvec_append(&all, turns[t].tok[s].v, turns[t].tok[s].n);
-    bool *reply_pos = calloc(all.n, sizeof *reply_pos);
-    for (size_t t = 0, o = 0; t < meta.turn; t++) {
-        o += turns[t].tok[SEG_SYSTEM].n + turns[t].tok[SEG_USER].n;
-        for (size_t k = 0; k <= turns[t].tok[SEG_REPLY].n; k++) reply_pos[o - 1 + k] = true;
-        o += turns[t].tok[SEG_REPLY].n + turns[t].tok[SEG_END].n;
-    }
     struct llama_context *split = fresh_ctx(model, 1);
     float floor_ = compare_fresh(whole, split, NULL, all.v, all.n, reply_pos);
     float bound = REUSE_MULT * floor_ + REUSE_EPS;
@@ -463,7 +455,6 @@ static void reuse_within_split_noise(void **state) {
     free(reply_pos);
     llama_free(split);
     tokvec_free(&all);
-    store_turns_free(turns, meta.turn);
     llama_free(whole);
     llama_model_free(model);
     scenario_free(&sc);

@@ -12,7 +12,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import NatsServer, Node, model_variant, nats_cluster  # noqa: E402
+from dcnode import NatsServer, Node, model_variant, nats_cluster, segment_tokens  # noqa: E402
 
 BIN = MODEL = NATS = SCEN = None
 # Nodes on one 2-core host must not oversubscribe it: ggml threads spin.
@@ -230,7 +230,7 @@ class OneServer(unittest.TestCase):
         self.assertEqual(views[0]["turns"], views[1]["turns"])
         self.assertEqual(len(views[0]["turns"]), 2)
         ref = self.a.request("GET", "/v1/sessions/%s?user_id=del&include=turns" % sid)[1]
-        self.assertEqual(ref["context_tokens"], sum(len(t[k]) for t in ref["turns"] for k in ("system", "user", "reply", "end")))
+        self.assertEqual(ref["context_tokens"], segment_tokens(ref["turns"]))
 
     def test_idle_session_expires(self):
         short = Node(BIN, MODEL, os.path.join(self.dir, "ttl"), "edge-ttl",

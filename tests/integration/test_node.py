@@ -67,7 +67,7 @@ class Conversation(NodeTest):
         self.assertEqual(info["turn"], 3)
         self.assertEqual(info["turns"][:2], before["turns"])  # turns 1-2 came back token for token
         # turn 3's input was turns 1-2 whole, then its own message
-        self.assertEqual(r3["context_tokens"], segment_tokens(before) + len(info["turns"][2]["user"]))
+        self.assertEqual(r3["context_tokens"], segment_tokens(before["turns"]) + len(info["turns"][2]["user"]))
         self.assertEqual(info["context_tokens"], r3["context_tokens"] + r3["tokens_predicted"] + 2)
         self.assertEqual(len(info["turns"][2]["reply"]), r3["tokens_predicted"])
         # control: a new session of the same user holds its own message only

@@ -40,8 +40,7 @@ def log_until(node, pred, timeout=30):
     reply it describes went out), or the log as it is after timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        with open(os.path.join(node.data_dir, "node.log")) as f:
-            log = f.read()
+        log = node.log_text()
         if pred(log) or time.monotonic() > deadline:
             return log
         time.sleep(0.05)

@@ -10,7 +10,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import NodePair, detokenize  # noqa: E402
+from dcnode import NodePair, detokenize, segment_tokens  # noqa: E402
 
 BIN = MODEL = SCEN = None
 
@@ -97,7 +97,7 @@ class Scenario(unittest.TestCase):
         self.assertEqual(st, 200, info)
         self.assertEqual([t["turn"] for t in info["turns"]], [1, 2])
         t1, t2 = info["turns"]
-        fed = sum(len(t1[k]) for k in ("system", "user", "reply", "end")) + len(t2["system"]) + len(t2["user"])
+        fed = segment_tokens([t1]) + len(t2["system"]) + len(t2["user"])
         self.assertEqual(int(m.group(1)), fed)  # edge-2's input: all of turn 1, then turn 2's message
         said_1, said_2 = detokenize(BIN, MODEL, t1["user"], t2["user"])
         self.assertIn("My secret code word is PELICAN.", said_1)
