@@ -73,6 +73,9 @@ typedef struct {
     char user_id[ID_MAX + 1];
     char model[128];
     char request_id[ID_MAX + 1]; /* the client's id for the last turn: a retry of it is answered, not refused */
+    /* Not encoded: where the store read this meta (store.h, store_turn_commit).
+     * NATS: the stream sequence of the message; 0: not read from the store. */
+    uint64_t rev;
 } session_meta;
 
 typedef enum {
@@ -101,5 +104,6 @@ codec_status codec_commit_decode(const void *data, size_t n, session_meta *m, tu
 const char *codec_status_str(codec_status s);
 
 uint32_t codec_crc32(const void *data, size_t n);
+extern const uint32_t codec_crc32_table[256]; /* read-only: safe from any thread */
 
 #endif

@@ -208,7 +208,7 @@ static int delete_in(embedded *s, MDB_txn *txn, const char *sid, uint32_t n_turn
     return 0;
 }
 
-static store_status embedded_turn_commit(store *base, const char *sid, const session_meta *meta, const turn_rec *t) {
+static store_status embedded_turn_commit(store *base, const char *sid, session_meta *meta, const turn_rec *t) {
     embedded *s = (embedded *)base;
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
@@ -234,6 +234,14 @@ static store_status embedded_turn_commit(store *base, const char *sid, const ses
     if (stored != t->turn - 1) {
         mdb_txn_abort(txn);
         return STORE_CONFLICT;
+    }
+    /* Turn N > 1 continues the life the caller read (store.h): a session
+     * deleted and started over since (another process on this LMDB file)
+     * has another creation time, and maybe another owner. LMDB keeps no
+     * revision per key; the creation time stands for it (meta->rev unused). */
+    if (t->turn > 1 && (cur.created_ms != meta->created_ms || strcmp(cur.user_id, meta->user_id) != 0)) {
+        mdb_txn_abort(txn);
+        return STORE_STALE;
     }
     strbuf rec = {0};
     char kb[ID_MAX + 6], ad[AD_MAX];

@@ -35,12 +35,31 @@
  * Notifications are hints: a waiter always re-reads the store, so a lost or
  * early notification costs time, never correctness.
  *
- * Ending a session (DELETE, or idle past the TTL): a tombstone record (turn 0)
- * is appended, then older messages are purged from the core stream. Mirrors
- * do not replicate purges but do replicate the tombstone, so every node reads
- * the session as gone. Every record carries the session's last activity, so
- * a session idle past the TTL reads as absent even before the sweep. An id
- * can start over at turn 1; readers skip earlier lives. */
+ * Ending a session (DELETE, or idle past the TTL): a tombstone record (turn 0,
+ * naming no owner and holding no content) is appended, then every message
+ * before it is purged from the core stream. Mirrors do not replicate purges
+ * (checked on nats-server 2.15: a purge on the core leaves a mirror's copy
+ * as it was) but do replicate the tombstone, so every node reads the session
+ * as gone at once; each leaf node then purges the same messages from its own
+ * mirror (the deleting node at once, the others when the tombstone's
+ * notification reaches them, and any node whose read finds an earlier life
+ * on its mirror, or whose sweep finds its mirror holding more of a session
+ * than the core: reclaim_below). What is left of a deleted session is its
+ * tombstone (docs/SECURITY.md). Every record carries the session's last
+ * activity, so a session idle past the TTL reads as absent even before the
+ * sweep. An id can start over at turn 1; readers skip earlier lives.
+ *
+ * Ambiguous commits: a publish whose acknowledgement is lost (timeout,
+ * connection lost) may or may not have been stored. Each commit carries a
+ * Nats-Msg-Id of its own; after an ambiguous publish the same message is
+ * published again, and when the stream refuses it because the subject moved
+ * on, the message after the expected one says whether it was ours
+ * (settle_ambiguous). A commit answers 503 only when that cannot be found out.
+ *
+ * Fault injection: with DC_FAULT_BURY_PAUSE_MS=N in the environment, ending a
+ * session logs "fault: bury paused" and sleeps N ms after reading the
+ * session's last message and again after appending the tombstone, so that a
+ * test can commit in between (tests/integration/test_hardening_store.py). */
 #include <errno.h>
 #include <jansson.h>
 #include <nats/nats.h>
@@ -50,6 +69,7 @@
 #include <string.h>
 
 #include "../util/clock.h"
+#include "../util/ids.h"
 #include "../util/log.h"
 #include "store_impl.h"
 #include "turncache.h"
@@ -79,6 +99,7 @@ typedef struct {
     pthread_cond_t cv;
     waiter *waiters;
     turncache *cache;
+    int fault_bury_pause_ms; /* DC_FAULT_BURY_PAUSE_MS (see top); 0 normally */
 } nstore;
 
 static const store_ops nats_ops;
@@ -177,7 +198,13 @@ static void nats_close(store *base) {
     free(s);
 }
 
-/* The node-wide subscription: a commit of `turn` of a session happened. */
+static void reclaim_below(nstore *s, bool mirror, const char *subj, uint64_t below);
+static bool tombstone_at(nstore *s, const char *subj, const char *sid, uint64_t seq);
+
+/* The node-wide subscription: a commit of `turn` of a session happened
+ * (payload "TURN"), or the session ended with a tombstone at stream sequence
+ * SEQ (payload "0 SEQ"): a leaf node then drops what its mirror holds of the
+ * ended life, once the core confirms the tombstone (a note is only a hint). */
 static void on_note(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
     (void)nc;
     (void)sub;
@@ -186,10 +213,17 @@ static void on_note(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     size_t plen = strlen(s->notify);
     if (strncmp(subj, s->notify, plen) == 0) {
         const char *sid = subj + plen;
-        char num[16] = {0};
+        char num[32] = {0}, *rest = NULL;
         int n = natsMsg_GetDataLength(msg);
-        memcpy(num, natsMsg_GetData(msg), n > 0 && n < 16 ? (size_t)n : 0);
-        uint32_t turn = (uint32_t)strtoul(num, NULL, 10);
+        memcpy(num, natsMsg_GetData(msg), n > 0 && n < 32 ? (size_t)n : 0);
+        uint32_t turn = (uint32_t)strtoul(num, &rest, 10);
+        uint64_t tomb = turn == 0 && rest ? strtoull(rest, NULL, 10) : 0;
+        if (tomb && s->leaf && id_is_valid(sid)) {
+            char tsubj[SUBJECT_MAX];
+            subject_of(s, sid, tsubj);
+            turncache_drop(s->cache, sid);
+            if (tombstone_at(s, tsubj, sid, tomb)) reclaim_below(s, true, tsubj, tomb);
+        }
         pthread_mutex_lock(&s->mu);
         bool woke = false;
         for (waiter *w = s->waiters; w; w = w->next)
@@ -214,6 +248,8 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     snprintf(s->subjects, sizeof s->subjects, "dce.%s.t.", p->keygroup);
     snprintf(s->notify, sizeof s->notify, "dce.%s.n.", p->keygroup);
     s->cache = turncache_new(CACHE_SESSIONS);
+    const char *pause = getenv("DC_FAULT_BURY_PAUSE_MS");
+    s->fault_bury_pause_ms = pause ? atoi(pause) : 0;
     pthread_mutex_init(&s->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -299,6 +335,26 @@ static store_status direct_get(nstore *s, jsCtx *js, const char *subj, uint64_t 
     return st == NATS_OK ? STORE_OK : nats_fail("direct get", st, 0);
 }
 
+/* Drops the messages of subj below stream sequence `below` from the core
+ * stream, or (mirror) from this node's own mirror in leaf mode. Callers pass
+ * the sequence of a tombstone or of the turn 1 that starts the session's
+ * latest life: everything before it is an earlier life, which no reader
+ * uses, so dropping it is always safe; failing to is logged and retried by
+ * the next reader or sweep. Mirrors never get this from the core (purges are
+ * not mirrored), hence the mirror variant. */
+static void reclaim_below(nstore *s, bool mirror, const char *subj, uint64_t below) {
+    if (below <= 1 || (mirror && !s->leaf)) return;
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Purge.Subject = subj;
+    o.Stream.Purge.Sequence = below; /* up to, not including */
+    jsErrCode jerr = 0;
+    natsStatus ns = js_PurgeStream(mirror ? s->jsl : s->js, s->stream, &o, &jerr);
+    if (ns != NATS_OK)
+        log_warn("purge of %s below %llu on the %s failed: %s", subj, (unsigned long long)below, mirror ? "mirror" : "core",
+                 natsStatus_GetText(ns));
+}
+
 /* Opens (when sealed, under its subject subj: seal.h) and decodes a commit
  * record of session sid. */
 static store_status decode(nstore *s, natsMsg *m, const char *subj, const char *sid, session_meta *meta,
@@ -310,6 +366,16 @@ static store_status decode(nstore *s, natsMsg *m, const char *subj, const char *
     strbuf_free(&buf);
     if (!p) return STORE_CORRUPT;
     return cs ? store_fail(STORE_CORRUPT, "record of %s: %s", sid, codec_status_str(cs)) : STORE_OK;
+}
+
+/* True when the core holds a tombstone of sid at exactly stream sequence seq. */
+static bool tombstone_at(nstore *s, const char *subj, const char *sid, uint64_t seq) {
+    natsMsg *m = NULL;
+    session_meta meta;
+    bool yes = direct_get(s, s->js, subj, seq, false, &m) == STORE_OK && msg_seq(m) == seq &&
+               decode(s, m, subj, sid, &meta, NULL) == STORE_OK && meta.turn == 0;
+    natsMsg_Destroy(m);
+    return yes;
 }
 
 static store_status nats_meta_get(store *base, const char *sid, session_meta *out) {
@@ -326,9 +392,13 @@ static store_status nats_meta_get(store *base, const char *sid, session_meta *ou
 
 /* Appends the session's messages from stream sequence `from` on, up to
  * `upto`, to turns[0..*n). Any replica may answer each get; stopping at the
- * first "not found" yields a prefix of the session, which is safe (see top). */
+ * first "not found" yields a prefix of the session, which is safe (see top).
+ * *garbage_below: the sequence below which the walk found only earlier
+ * lives of the id (0: none found). Entries of turns[] past *n may hold
+ * buffers of such lives; the caller frees all *cap of them. */
 static store_status walk(nstore *s, jsCtx *js, const char *subj, const char *sid, uint64_t from, uint64_t upto, turn_rec **turns,
-                         uint32_t *n, uint32_t *cap, session_meta *meta, uint64_t *last_seq) {
+                         uint32_t *n, uint32_t *cap, session_meta *meta, uint64_t *last_seq, uint64_t *garbage_below) {
+    *garbage_below = 0;
     for (uint64_t seq = from; seq <= upto;) {
         natsMsg *m = NULL;
         store_status st = direct_get(s, js, subj, seq, false, &m);
@@ -352,6 +422,7 @@ static store_status walk(nstore *s, jsCtx *js, const char *subj, const char *sid
          * a new life, and only the latest counts. */
         if (t->turn == 0) {
             *n = 0;
+            *garbage_below = seq - 1; /* keep the tombstone itself */
             continue;
         }
         if (t->turn == 1 && *n > 0) {
@@ -359,6 +430,7 @@ static store_status walk(nstore *s, jsCtx *js, const char *subj, const char *sid
             (*turns)[0] = *t;
             *t = tmp;
             *n = 0;
+            *garbage_below = seq - 1;
         } else if (t->turn != *n + 1) {
             return store_fail(STORE_CORRUPT, "session %s: turn %u found where %u belongs", sid, t->turn, *n + 1);
         }
@@ -389,6 +461,7 @@ static store_status load_via(nstore *s, jsCtx *js, const char *sid, session_meta
     if (n && seq > last) { /* the replica is behind this node */
         if (!store_expired(&s->base, meta->last_ms, clock_wall_ms())) {
             *turns = out;
+            meta->rev = seq;
             return STORE_OK;
         }
         st = STORE_NOT_FOUND;
@@ -405,11 +478,17 @@ static store_status load_via(nstore *s, jsCtx *js, const char *sid, session_meta
         out = NULL;
         n = cap = 0;
     }
-    if (seq != last || n == 0) st = walk(s, js, subj, sid, n ? seq + 1 : 1, last, &out, &n, &cap, meta, &seq);
+    uint64_t garbage = 0, from = n ? seq + 1 : 1;
+    if (seq != last || n == 0) st = walk(s, js, subj, sid, from, last, &out, &n, &cap, meta, &seq, &garbage);
     if (st != STORE_OK || n == 0) {
         store_turns_free(out, cap);
         return st != STORE_OK ? st : STORE_NOT_FOUND;
     }
+    /* earlier lives walked over: their buffers, and (so that the next miss
+     * does not walk them again) their messages where this read came from */
+    for (uint32_t i = n; i < cap; i++) turn_rec_free(&out[i]);
+    if (garbage) reclaim_below(s, s->leaf && js == s->jsl, subj, garbage);
+    meta->rev = seq;
     turncache_put(s->cache, sid, out, n, meta, seq);
     *turns = out;
     return STORE_OK;
@@ -446,6 +525,7 @@ static store_status nats_session_load(store *base, const char *sid, uint32_t wan
         uint32_t n = turncache_get(s->cache, sid, &cached, meta, &seq);
         if (n && !store_expired(base, meta->last_ms, clock_wall_ms())) {
             *turns = cached;
+            meta->rev = seq;
             return STORE_OK;
         }
         store_turns_free(cached, n);
@@ -472,61 +552,139 @@ static store_status leader_last(nstore *s, const char *subj, const char *sid, se
     return rs;
 }
 
+/* After an ambiguous publish of the message with id msgid, expecting the
+ * subject's last message at `expect`: the stream refused it again because
+ * the subject has moved on. The first message after `expect` says by whom:
+ * ours (its Nats-Msg-Id) means the earlier attempt was stored. Any replica
+ * may answer; one that has nothing after `expect` yet leaves it unknown
+ * (STORE_UNAVAILABLE), and the caller asks again. */
+static store_status settle_ambiguous(nstore *s, const char *subj, uint64_t expect, const char *msgid, uint64_t *seq) {
+    natsMsg *m = NULL;
+    store_status st = direct_get(s, s->js, subj, expect + 1, false, &m);
+    if (st != STORE_OK) {
+        natsMsg_Destroy(m);
+        return STORE_UNAVAILABLE;
+    }
+    const char *id = NULL;
+    bool ours = natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id && !strcmp(id, msgid);
+    if (ours) *seq = msg_seq(m);
+    natsMsg_Destroy(m);
+    return ours ? STORE_OK : STORE_CONFLICT;
+}
+
+/* How often an ambiguous commit is tried again before the node gives up
+ * and answers 503 (each try waits up to the JetStream timeout). */
+#define SETTLE_TRIES 4
+
 /* Appends one record to the session's subject if its last message is still
  * at sequence `expect` (0: no message). The stream leader checks that, under
- * concurrency: of two writers expecting the same sequence, one gets 10071. */
+ * concurrency: of two writers expecting the same sequence, one gets 10071.
+ * A lost acknowledgement is settled before answering (see top): STORE_OK
+ * with the record's sequence when it was stored, STORE_CONFLICT when
+ * another record took its place, STORE_UNAVAILABLE only while the store
+ * cannot tell. */
 static store_status publish_record(nstore *s, const char *subj, const session_meta *meta, const turn_rec *t,
                                    uint64_t expect, uint64_t *seq) {
     strbuf rec = {0};
     codec_commit_encode(meta, t, &rec);
     store_record_seal(&s->base, subj, &rec);
     natsMsg *m = NULL;
-    char seqbuf[24];
+    char seqbuf[24], msgid[33];
     snprintf(seqbuf, sizeof seqbuf, "%llu", (unsigned long long)expect);
+    if (id_random_hex(msgid) != 0) snprintf(msgid, sizeof msgid, "%llx-%llx", (unsigned long long)clock_wall_ms(),
+                                            (unsigned long long)(uintptr_t)&rec);
     natsStatus ns = natsMsg_Create(&m, subj, NULL, rec.s, (int)rec.n);
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", seqbuf);
+    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Nats-Msg-Id", msgid);
     strbuf_free(&rec);
-    jsErrCode jerr = 0;
-    jsPubAck *ack = NULL;
-    if (ns == NATS_OK) ns = js_PublishMsg(&ack, s->js, m, NULL, &jerr);
-    if (ns == NATS_OK) *seq = ack->Sequence;
-    jsPubAck_Destroy(ack);
+    if (ns != NATS_OK) {
+        natsMsg_Destroy(m);
+        return nats_fail("publish", ns, 0);
+    }
+    store_status out = STORE_UNAVAILABLE;
+    bool unsure = false; /* an earlier try may have been stored */
+    for (int attempt = 1;; attempt++) {
+        jsErrCode jerr = 0;
+        jsPubAck *ack = NULL;
+        ns = js_PublishMsg(&ack, s->js, m, NULL, &jerr);
+        if (ns == NATS_OK) *seq = ack->Sequence;
+        jsPubAck_Destroy(ack);
+        if (ns == NATS_OK) {
+            if (unsure) log_info("publish to %s: stored on try %d", subj, attempt);
+            out = STORE_OK;
+            break;
+        }
+        /* 10071 from a single server, 10164 ("wrong last sequence", no
+         * number) from a clustered stream: the same refusal */
+        if (jerr == JSStreamWrongLastSequenceErr || jerr == 10164) {
+            out = unsure ? settle_ambiguous(s, subj, expect, msgid, seq) : STORE_CONFLICT;
+            if (out != STORE_UNAVAILABLE) {
+                if (unsure) log_info("publish to %s: %s", subj, out == STORE_OK ? "an earlier try was stored" : "another record was stored");
+                break;
+            }
+        } else {
+            /* A timeout or a lost connection leaves the outcome open; no
+             * responders, or a stream that answered with an error, means
+             * this try was not stored. */
+            bool open = ns == NATS_TIMEOUT || ns == NATS_CONNECTION_CLOSED || ns == NATS_CONNECTION_DISCONNECTED;
+            out = nats_fail("publish", ns, jerr);
+            if (!open && !unsure) break;
+            unsure = unsure || open;
+        }
+        if (attempt == SETTLE_TRIES) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", store_last_error());
+            out = store_fail(STORE_UNAVAILABLE, "%s; after %d tries it is not known whether this turn was committed "
+                             "(retry with the same request_id)", why, attempt);
+            break;
+        }
+        log_warn("publish to %s: %s; the record may have been stored: publishing it again (same Nats-Msg-Id)", subj,
+                 natsStatus_GetText(ns));
+        clock_sleep_ms(250 * attempt);
+    }
     natsMsg_Destroy(m);
-    if (ns == NATS_OK) return STORE_OK;
-    /* 10071 from a single server, 10164 ("wrong last sequence", no number)
-     * from a clustered stream: the same refusal */
-    if (jerr == JSStreamWrongLastSequenceErr || jerr == 10164) return STORE_CONFLICT;
-    return nats_fail("publish", ns, jerr);
+    return out;
 }
 
-static store_status nats_turn_commit(store *base, const char *sid, const session_meta *meta, const turn_rec *t) {
+static void notify(nstore *s, const char *sid, const char *what) {
+    char note_subj[SUBJECT_MAX];
+    snprintf(note_subj, sizeof note_subj, "%s%s", s->notify, sid);
+    natsConnection_PublishString(s->nc, note_subj, what); /* a hint; losing it only delays a waiter */
+}
+
+static store_status nats_turn_commit(store *base, const char *sid, session_meta *meta, const turn_rec *t) {
     nstore *s = (nstore *)base;
     char subj[SUBJECT_MAX];
     subject_of(s, sid, subj);
-    /* The expected last sequence: from this node's own read of turn N-1 when
-     * it has one (the server refuses the publish if anything arrived since,
-     * so a stale belief costs a 409, never a double commit); otherwise, and
-     * always for turn 1, from the stream leader. */
-    uint32_t cached_turn = 0;
+    /* The expected last sequence is the message the caller's context was
+     * read from (meta->rev): the server refuses the publish if anything
+     * arrived since, so neither a turn committed elsewhere nor a delete and
+     * start-over of the id (same turn number, another life) can be
+     * overwritten with this context. Turn 1 has no context: the stream
+     * leader's last message must be no live session. */
     uint64_t expect = 0, seq = 0;
-    bool from_cache = t->turn > 1 && turncache_last(s->cache, sid, &cached_turn, &expect) &&
-                      cached_turn == t->turn - 1;
-    if (!from_cache) {
+    bool over_expired = false; /* turn 1 after a life that expired but was never swept */
+    if (t->turn > 1 && meta->rev) {
+        expect = meta->rev;
+    } else {
         session_meta last;
-        expect = 0;
         store_status st = leader_last(s, subj, sid, &last, &expect);
         if (st != STORE_OK && st != STORE_NOT_FOUND) return st;
-        /* absent, deleted or expired: the id (re)starts at turn 1, after its last message */
         bool live = st == STORE_OK && last.turn > 0 && !store_expired(base, last.last_ms, clock_wall_ms());
         if ((live ? last.turn : 0) != t->turn - 1) return STORE_CONFLICT;
+        /* turn > 1 without a revision (a caller that did not read): at
+         * least the same life, by its creation time and owner */
+        if (t->turn > 1 && (last.created_ms != meta->created_ms || strcmp(last.user_id, meta->user_id) != 0))
+            return STORE_STALE;
+        over_expired = t->turn == 1 && st == STORE_OK && last.turn > 0;
     }
     store_status st = publish_record(s, subj, meta, t, expect, &seq);
-    if (st == STORE_CONFLICT && from_cache) {
-        /* Refused on this node's cached view. Either another node committed
-         * this turn (a real conflict), or the view was out of date (e.g. the
-         * session was deleted and started over elsewhere while this node's
-         * mirror lagged): then the reply was generated from the wrong
-         * context, and the caller must read again. */
+    if (st == STORE_CONFLICT && t->turn > 1) {
+        /* Refused. Either another node committed this turn (a real
+         * conflict), or the caller's view was out of date (e.g. the session
+         * was deleted and started over elsewhere while this node's mirror
+         * lagged): then the reply was generated from the wrong context, and
+         * the caller must read again. */
         turncache_drop(s->cache, sid);
         session_meta last;
         uint64_t lseq;
@@ -535,40 +693,55 @@ static store_status nats_turn_commit(store *base, const char *sid, const session
         return live && last.turn >= t->turn ? STORE_CONFLICT : STORE_STALE;
     }
     if (st != STORE_OK) return st;
+    meta->rev = seq;
     turncache_append(s->cache, sid, t, meta, seq);
-    char note_subj[SUBJECT_MAX], num[16];
-    snprintf(note_subj, sizeof note_subj, "%s%s", s->notify, sid);
+    if (over_expired) reclaim_below(s, false, subj, seq);
+    char num[16];
     snprintf(num, sizeof num, "%u", t->turn);
-    natsConnection_PublishString(s->nc, note_subj, num); /* a hint; losing it only delays a waiter */
+    notify(s, sid, num);
     return STORE_OK;
 }
 
+static void fault_pause(nstore *s, const char *where, const char *sid) {
+    if (s->fault_bury_pause_ms <= 0) return;
+    log_warn("fault: bury paused %s (%s)", where, sid);
+    clock_sleep_ms(s->fault_bury_pause_ms);
+}
+
 /* Ends a session's life: a tombstone (a record of turn 0) after its last
- * message, then the older messages are purged from the core stream. The
- * tombstone is what mirrors see (they do not replicate purges), so every
- * node reads the session as gone; the id may start over at turn 1. */
-static store_status bury(nstore *s, const char *sid, const char *subj) {
+ * message, then every message before the tombstone is purged from the core
+ * stream and from this node's mirror; the notification tells the other leaf
+ * nodes to purge theirs (see top). The tombstone itself stays on the core:
+ * a mirror that lags still learns from it that the life ended. It carries
+ * no owner, model or content; only its time. The id may start over at turn 1.
+ * idle_at > 0 (the expiry sweep): only while the session is still idle past
+ * the TTL at that time; a turn that lands meanwhile keeps it alive
+ * (STORE_CONFLICT then). */
+static store_status bury(nstore *s, const char *sid, const char *subj, int64_t idle_at) {
     for (int attempt = 0; attempt < 3; attempt++) {
         session_meta last;
-        uint64_t seq = 0;
+        uint64_t seq = 0, tomb_seq = 0;
         store_status st = leader_last(s, subj, sid, &last, &seq);
         if (st != STORE_OK) return st;
         if (last.turn == 0) return STORE_NOT_FOUND;
-        turn_rec tomb = {.kind = TURN_TOKENS, .turn = 0, .fingerprint = last.fingerprint};
-        last.turn = 0;
-        last.last_ms = clock_wall_ms();
-        last.request_id[0] = '\0';
-        st = publish_record(s, subj, &last, &tomb, seq, &seq);
-        if (st == STORE_CONFLICT) continue; /* a turn committed meanwhile: bury that one */
+        if (idle_at > 0 && !store_expired(&s->base, last.last_ms, idle_at)) return STORE_CONFLICT;
+        fault_pause(s, "before the tombstone", sid);
+        session_meta dead = {.mode = MODE_TOKENIZED, .turn = 0, .last_ms = clock_wall_ms()};
+        turn_rec tomb = {.kind = TURN_TOKENS, .turn = 0};
+        /* expecting exactly the message judged above: a turn committed
+         * meanwhile refuses the tombstone, and is judged again */
+        st = publish_record(s, subj, &dead, &tomb, seq, &tomb_seq);
+        if (st == STORE_CONFLICT) continue;
         if (st != STORE_OK) return st;
         turncache_drop(s->cache, sid);
-        jsOptions o;
-        jsOptions_Init(&o);
-        o.Stream.Purge.Subject = subj;
-        o.Stream.Purge.Keep = 1;
-        jsErrCode jerr = 0;
-        natsStatus ns = js_PurgeStream(s->js, s->stream, &o, &jerr);
-        if (ns != NATS_OK) log_warn("purge of %s after its tombstone failed: %s", subj, natsStatus_GetText(ns));
+        fault_pause(s, "before the purge", sid);
+        /* below the tombstone, not "keep the last one": a new life may
+         * already have started after it */
+        reclaim_below(s, false, subj, tomb_seq);
+        reclaim_below(s, true, subj, tomb_seq);
+        char note[40];
+        snprintf(note, sizeof note, "0 %llu", (unsigned long long)tomb_seq);
+        notify(s, sid, note);
         return STORE_OK;
     }
     return store_fail(STORE_IO, "session %s keeps changing; not deleted", sid);
@@ -578,7 +751,7 @@ static store_status nats_session_delete(store *base, const char *sid) {
     nstore *s = (nstore *)base;
     char subj[SUBJECT_MAX];
     subject_of(s, sid, subj);
-    return bury(s, sid, subj);
+    return bury(s, sid, subj, 0);
 }
 
 /* Purges sessions idle past the TTL. The stream lists its subjects; each
@@ -606,7 +779,7 @@ static long nats_expire(store *base, int64_t now_ms) {
         session_meta last;
         uint64_t seq;
         if (leader_last(s, subj, sid, &last, &seq) == STORE_OK && last.turn > 0 &&
-            store_expired(base, last.last_ms, now_ms) && bury(s, sid, subj) == STORE_OK)
+            store_expired(base, last.last_ms, now_ms) && bury(s, sid, subj, now_ms) == STORE_OK)
             removed++;
     }
     json_decref(resp);

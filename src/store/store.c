@@ -109,7 +109,7 @@ store_status store_session_load(store *s, const char *sid, uint32_t want, sessio
     return s->ops->session_load(s, sid, want, meta, turns);
 }
 
-store_status store_turn_commit(store *s, const char *sid, const session_meta *meta, const turn_rec *t) {
+store_status store_turn_commit(store *s, const char *sid, session_meta *meta, const turn_rec *t) {
     if (meta->turn != t->turn || t->turn == 0) return store_fail(STORE_IO, "commit: meta and turn record disagree");
     return s->ops->turn_commit(s, sid, meta, t);
 }

@@ -71,8 +71,15 @@ store_status store_session_load(store *s, const char *sid, uint32_t want, sessio
 void store_turns_free(turn_rec *turns, uint32_t n);
 
 /* Appends turn t->turn with the new meta (whose turn must equal t->turn).
- * Compare-and-set as described above. */
-store_status store_turn_commit(store *s, const char *sid, const session_meta *meta, const turn_rec *t);
+ * Compare-and-set as described above, against the very record the caller's
+ * context came from: meta->rev is the revision store_session_load returned
+ * with turn t->turn - 1 (the caller builds the new meta from the one it
+ * read), so a session deleted and started over since - same id, same turn
+ * number, another life - refuses the commit (STORE_STALE) instead of taking
+ * the old life's context and owner. Turn 1 needs no revision: the session
+ * must not exist. On success meta->rev is the new record's revision, so that
+ * a caller writing several turns in a row (a fork) can go on. */
+store_status store_turn_commit(store *s, const char *sid, session_meta *meta, const turn_rec *t);
 
 store_status store_session_delete(store *s, const char *sid);
 

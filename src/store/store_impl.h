@@ -9,7 +9,7 @@ typedef struct {
     const char *name;
     store_status (*meta_get)(store *s, const char *sid, session_meta *out);
     store_status (*session_load)(store *s, const char *sid, uint32_t want, session_meta *meta, turn_rec **turns);
-    store_status (*turn_commit)(store *s, const char *sid, const session_meta *meta, const turn_rec *t);
+    store_status (*turn_commit)(store *s, const char *sid, session_meta *meta, const turn_rec *t);
     store_status (*session_delete)(store *s, const char *sid);
     long (*expire)(store *s, int64_t now_ms);
     store_status (*wait)(store *s, const char *sid, uint32_t turn, int timeout_ms); /* NULL: check once */
