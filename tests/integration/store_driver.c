@@ -267,30 +267,39 @@ static size_t heap_in_use(void) {
  * mirror: what it walked over of the earlier lives must be freed, and
  * dropped from the mirror so that the next miss does not walk it again (the
  * Python side counts the mirror's messages afterwards). */
+/* Until this node's mirror shows turn 2 of sid (reads with want 0 stay on
+ * the mirror). */
+static bool mirror_shows(const char *sid, int64_t ttl) {
+    for (int i = 0; i < 1200; i++) {
+        store *r = open_nats(ttl);
+        session_meta m;
+        turn_rec *turns = NULL;
+        bool ready = store_session_load(r, sid, 0, &m, &turns) == STORE_OK && m.turn == 2;
+        store_turns_free(turns, ready ? m.turn : 0);
+        store_close(r);
+        if (ready) return true;
+        clock_sleep_ms(50);
+    }
+    return false;
+}
+
 static int earlier_lives_are_freed_and_reclaimed(void) {
     const int64_t ttl = 60 * 1000;
     store *w = open_nats(ttl);
     const char *sid = "lives";
     int64_t now = clock_wall_ms();
+    /* a new mirror takes a moment to start following the core */
+    if (life(w, "single", "alice", 2, now, 20000) != STORE_OK) return fail("single: %s", store_last_error());
+    if (!mirror_shows("single", ttl)) return fail("the mirror never showed the first session");
     for (int k = 0; k < 5; k++)
         if (life(w, sid, "alice", 2, now - 2 * ttl, 20000) != STORE_OK) return fail("life %d: %s", k, store_last_error());
     if (life(w, sid, "alice", 2, now, 20000) != STORE_OK) return fail("live: %s", store_last_error());
-    if (life(w, "single", "alice", 2, now, 20000) != STORE_OK) return fail("single: %s", store_last_error());
+    if (life(w, "marker", "alice", 2, now, 1) != STORE_OK) return fail("marker: %s", store_last_error());
     store_close(w);
-    /* until the mirror has the live life (reads with want 0 stay local) */
+    /* the mirror has every life once it has the marker, committed last */
+    if (!mirror_shows("marker", ttl)) return fail("the mirror never showed the marker");
     char got[256];
     session_meta m;
-    for (int i = 0;; i++) {
-        store *r = open_nats(ttl);
-        turn_rec *turns = NULL;
-        bool ready = store_session_load(r, "single", 0, &m, &turns) == STORE_OK && m.turn == 2;
-        store_turns_free(turns, ready ? m.turn : 0);
-        store_close(r);
-        if (ready) break;
-        if (i == 600) return fail("the mirror never showed the sessions");
-        clock_sleep_ms(50);
-    }
-    clock_sleep_ms(500); /* every life is in the mirror: "single" was committed last */
     /* warm up the allocator and the client library on a one-life session */
     store *r = open_nats(ttl);
     store_status st = load_turns(r, "single", &m, got, sizeof got);
