@@ -335,19 +335,20 @@ static store_status direct_get(nstore *s, jsCtx *js, const char *subj, uint64_t 
     return st == NATS_OK ? STORE_OK : nats_fail("direct get", st, 0);
 }
 
-/* Drops the messages of subj below stream sequence `below` from the core
- * stream, or (mirror) from this node's own mirror in leaf mode. Callers pass
- * the sequence of a tombstone or of the turn 1 that starts the session's
- * latest life: everything before it is an earlier life, which no reader
- * uses, so dropping it is always safe; failing to is logged and retried by
- * the next reader or sweep. Mirrors never get this from the core (purges are
+/* Drops the messages of subj below stream sequence `below` (UINT64_MAX: all)
+ * from the core stream, or (mirror) from this node's own mirror in leaf
+ * mode. Callers pass the sequence of a tombstone, of the turn 1 that starts
+ * the session's latest life, or of the core's first message of the session:
+ * everything before it is an earlier life, which no reader uses, so
+ * dropping it is always safe; failing to is logged and retried by the next
+ * reader or sweep. Mirrors never get this from the core (purges are
  * not mirrored), hence the mirror variant. */
 static void reclaim_below(nstore *s, bool mirror, const char *subj, uint64_t below) {
     if (below <= 1 || (mirror && !s->leaf)) return;
     jsOptions o;
     jsOptions_Init(&o);
     o.Stream.Purge.Subject = subj;
-    o.Stream.Purge.Sequence = below; /* up to, not including */
+    o.Stream.Purge.Sequence = below == UINT64_MAX ? 0 : below; /* up to, not including; UINT64_MAX: all */
     jsErrCode jerr = 0;
     natsStatus ns = js_PurgeStream(mirror ? s->jsl : s->js, s->stream, &o, &jerr);
     if (ns != NATS_OK)
@@ -754,26 +755,74 @@ static store_status nats_session_delete(store *base, const char *sid) {
     return bury(s, sid, subj, 0);
 }
 
-/* Purges sessions idle past the TTL. The stream lists its subjects; each
- * session's last message says when it was last active. */
-static long nats_expire(store *base, int64_t now_ms) {
-    nstore *s = (nstore *)base;
-    if (base->ttl_ms <= 0) return 0;
-    char api[200];
-    snprintf(api, sizeof api, "%s.STREAM.INFO.%s", s->api, s->stream);
-    char filter[128];
+/* The stream's subjects with their message counts, as the copy behind API
+ * prefix `api` (the core's, or "$JS.API": this node's mirror) holds them.
+ * False when it cannot be asked; *subjects may be NULL (no messages). The
+ * caller frees *resp. */
+static bool list_subjects(nstore *s, const char *api, json_t **resp, json_t **subjects) {
+    char subj[200], filter[128];
+    snprintf(subj, sizeof subj, "%s.STREAM.INFO.%s", api, s->stream);
     snprintf(filter, sizeof filter, "{\"subjects_filter\":\"%s>\"}", s->subjects);
     natsMsg *reply = NULL;
-    if (natsConnection_RequestString(&reply, s->nc, api, filter, 5000) != NATS_OK) return -1;
+    *resp = *subjects = NULL;
+    if (natsConnection_RequestString(&reply, s->nc, subj, filter, 5000) != NATS_OK) return false;
+    *resp = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+    natsMsg_Destroy(reply);
+    json_t *state = json_object_get(*resp, "state");
+    *subjects = json_object_get(state, "subjects");
+    return state != NULL;
+}
+
+/* The stream sequence of the core's first message on subj, as the stream
+ * leader has it; 0 when it holds none; UINT64_MAX when it cannot say. */
+static uint64_t core_first_seq(nstore *s, const char *subj) {
+    char api[200];
+    snprintf(api, sizeof api, "%s.STREAM.MSG.GET.%s", s->api, s->stream);
+    json_t *req = json_pack("{s:I, s:s}", "seq", (json_int_t)1, "next_by_subj", subj);
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    natsMsg *reply = NULL;
+    natsStatus st = natsConnection_RequestString(&reply, s->nc, api, body, 5000);
+    free(body);
+    if (st != NATS_OK) return UINT64_MAX;
     json_t *resp = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
     natsMsg_Destroy(reply);
-    json_t *subjects = json_object_get(json_object_get(resp, "state"), "subjects");
+    json_t *m = json_object_get(resp, "message");
+    uint64_t seq = UINT64_MAX;
+    if (m) seq = (uint64_t)json_integer_value(json_object_get(m, "seq"));
+    else if (json_integer_value(json_object_get(json_object_get(resp, "error"), "err_code")) == JSNoMessageFoundErr) seq = 0;
+    json_decref(resp);
+    return seq;
+}
+
+/* Purges sessions idle past the TTL. The stream lists its subjects; each
+ * session's last message says when it was last active.
+ * Leaf mode, whatever the TTL: this node's mirror also drops what it holds
+ * of a session beyond what the core holds - lives the core purged, whose
+ * notification this node missed (down, or its leaf server cut off, at the
+ * time): everything below the core's first message of the session. The
+ * mirror is listed before the core, so a session that appears meanwhile is
+ * never taken for one the core dropped. */
+static long nats_expire(store *base, int64_t now_ms) {
+    nstore *s = (nstore *)base;
+    json_t *mresp = NULL, *mirror = NULL, *resp = NULL, *subjects = NULL;
+    bool mirror_listed = s->leaf && list_subjects(s, "$JS.API", &mresp, &mirror);
+    if (!list_subjects(s, s->api, &resp, &subjects)) {
+        json_decref(mresp);
+        json_decref(resp);
+        return -1;
+    }
     long removed = 0;
     const char *subj;
     json_t *count;
     size_t plen = strlen(s->subjects);
-    json_object_foreach(subjects, subj, count) {
-        (void)count;
+    json_object_foreach(mirror_listed ? mirror : NULL, subj, count) {
+        if (strncmp(subj, s->subjects, plen) != 0) continue;
+        if (json_integer_value(count) <= json_integer_value(json_object_get(subjects, subj))) continue;
+        uint64_t first = core_first_seq(s, subj);
+        if (first != UINT64_MAX) reclaim_below(s, true, subj, first ? first : UINT64_MAX);
+    }
+    json_object_foreach(base->ttl_ms > 0 ? subjects : NULL, subj, count) {
         if (strncmp(subj, s->subjects, plen) != 0) continue;
         const char *sid = subj + plen;
         session_meta last;
@@ -782,6 +831,7 @@ static long nats_expire(store *base, int64_t now_ms) {
             store_expired(base, last.last_ms, now_ms) && bury(s, sid, subj, now_ms) == STORE_OK)
             removed++;
     }
+    json_decref(mresp);
     json_decref(resp);
     return removed;
 }

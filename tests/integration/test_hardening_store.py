@@ -174,6 +174,29 @@ class StoreHardening(unittest.TestCase):
             self.assertEqual(st, 200, r)
             st, info = self.a.request("GET", "/v1/sessions/%s?user_id=forgetme&include=turns" % sid)
             self.assertEqual((st, [t["turn"] for t in info["turns"]]), (200, [1]), info)
+            # A node down at the time of a delete (nobody on its leaf hears
+            # of it) cleans its mirror when it starts (its first sweep).
+            st, r = self.a.complete(prompt="Hello", user_id="forgetme", n_predict=2)
+            sid2 = r["session_id"]
+            st, r = self.a.complete(prompt="More", user_id="forgetme", session_id=sid2, turn=2, n_predict=2)
+            self.assertEqual(st, 200, r)
+            subject = prefix + sid2
+            self.b.stop()
+            try:
+                deadline = time.monotonic() + 60
+                while conns[2].count(stream, subject) != 2:
+                    self.assertLess(time.monotonic(), deadline, "leaf2's mirror never got both turns")
+                    time.sleep(0.1)
+                st, _ = self.a.request("DELETE", "/v1/sessions/%s?user_id=forgetme" % sid2)
+                self.assertEqual(st, 200)
+                while conns[2].count(stream, subject) != 3:  # the tombstone reached it; the turns stay
+                    self.assertLess(time.monotonic(), deadline, "leaf2's mirror never got the tombstone")
+                    time.sleep(0.1)
+            finally:
+                self.b.start()
+            while conns[2].count(stream, subject) != 1:
+                self.assertLess(time.monotonic(), deadline, "leaf2's mirror kept the deleted turns")
+                time.sleep(0.2)
         finally:
             for c in conns:
                 c.close()
