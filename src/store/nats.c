@@ -218,10 +218,10 @@ static void on_note(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
         memcpy(num, natsMsg_GetData(msg), n > 0 && n < 32 ? (size_t)n : 0);
         uint32_t turn = (uint32_t)strtoul(num, &rest, 10);
         uint64_t tomb = turn == 0 && rest ? strtoull(rest, NULL, 10) : 0;
+        if (tomb) turncache_drop(s->cache, sid); /* no more use for it, whether or not the note is true */
         if (tomb && s->leaf && id_is_valid(sid)) {
             char tsubj[SUBJECT_MAX];
             subject_of(s, sid, tsubj);
-            turncache_drop(s->cache, sid);
             if (tombstone_at(s, tsubj, sid, tomb)) reclaim_below(s, true, tsubj, tomb);
         }
         pthread_mutex_lock(&s->mu);
@@ -573,9 +573,10 @@ static store_status settle_ambiguous(nstore *s, const char *subj, uint64_t expec
     return ours ? STORE_OK : STORE_CONFLICT;
 }
 
-/* How often an ambiguous commit is tried again before the node gives up
- * and answers 503 (each try waits up to the JetStream timeout). */
-#define SETTLE_TRIES 4
+/* How often a commit is tried in all when its outcome stays unknown, before
+ * the node gives up and answers 503 (each try waits up to the JetStream
+ * timeout, 5 s, holding the session's lock). */
+#define SETTLE_TRIES 3
 
 /* Appends one record to the session's subject if its last message is still
  * at sequence `expect` (0: no message). The stream leader checks that, under
@@ -586,14 +587,13 @@ static store_status settle_ambiguous(nstore *s, const char *subj, uint64_t expec
  * cannot tell. */
 static store_status publish_record(nstore *s, const char *subj, const session_meta *meta, const turn_rec *t,
                                    uint64_t expect, uint64_t *seq) {
+    char seqbuf[24], msgid[33];
+    if (id_random_hex(msgid) != 0) return store_fail(STORE_IO, "publish: no randomness for a message id");
+    snprintf(seqbuf, sizeof seqbuf, "%llu", (unsigned long long)expect);
     strbuf rec = {0};
     codec_commit_encode(meta, t, &rec);
     store_record_seal(&s->base, subj, &rec);
     natsMsg *m = NULL;
-    char seqbuf[24], msgid[33];
-    snprintf(seqbuf, sizeof seqbuf, "%llu", (unsigned long long)expect);
-    if (id_random_hex(msgid) != 0) snprintf(msgid, sizeof msgid, "%llx-%llx", (unsigned long long)clock_wall_ms(),
-                                            (unsigned long long)(uintptr_t)&rec);
     natsStatus ns = natsMsg_Create(&m, subj, NULL, rec.s, (int)rec.n);
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", seqbuf);
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Nats-Msg-Id", msgid);

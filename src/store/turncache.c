@@ -150,18 +150,6 @@ void turncache_append(turncache *c, const char *sid, const turn_rec *t, const se
     pthread_mutex_unlock(&c->mu);
 }
 
-bool turncache_last(turncache *c, const char *sid, uint32_t *turn, uint64_t *seq) {
-    pthread_mutex_lock(&c->mu);
-    entry *e = find(c, sid);
-    bool found = e && e->n > 0;
-    if (found) {
-        *turn = e->n;
-        *seq = e->last_seq;
-    }
-    pthread_mutex_unlock(&c->mu);
-    return found;
-}
-
 void turncache_drop(turncache *c, const char *sid) {
     pthread_mutex_lock(&c->mu);
     entry *e = find(c, sid);

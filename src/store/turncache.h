@@ -36,9 +36,6 @@ void turncache_put(turncache *c, const char *sid, const turn_rec *turns, uint32_
  * replaces whatever was cached for sid. */
 void turncache_append(turncache *c, const char *sid, const turn_rec *t, const session_meta *meta, uint64_t seq);
 
-/* The last cached turn of sid and its stream sequence; false if not cached. */
-bool turncache_last(turncache *c, const char *sid, uint32_t *turn, uint64_t *seq);
-
 void turncache_drop(turncache *c, const char *sid);
 
 #endif

@@ -12,6 +12,7 @@
  * Prints one line "ok: ..." or "FAIL: ..." and exits 0 or 1. The Python side
  * (test_hardening_store.py) starts the servers and runs one case per test. */
 
+#include <dirent.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -213,6 +214,30 @@ static int commit_needs_the_life_it_read(void) {
 static pid_t server_pid;
 static volatile int committing;
 
+/* True once every thread of the server is stopped: kill() only queues the
+ * signal, and a server thread still running could answer the publish. */
+static bool server_stopped(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)server_pid);
+    DIR *d = opendir(path);
+    if (!d) return false;
+    bool all = true;
+    for (struct dirent *e; all && (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char stat[400], buf[256] = "";
+        snprintf(stat, sizeof stat, "%s/%s/stat", path, e->d_name);
+        FILE *f = fopen(stat, "r");
+        if (f) {
+            if (!fgets(buf, sizeof buf, f)) buf[0] = '\0';
+            fclose(f);
+        }
+        const char *state = strrchr(buf, ')'); /* "pid (comm) S ..." */
+        all = state && state[1] == ' ' && (state[2] == 'T' || state[2] == 't');
+    }
+    closedir(d);
+    return all;
+}
+
 static void *resume_thread(void *arg) {
     (void)arg;
     while (!committing) clock_sleep_ms(5);
@@ -240,6 +265,7 @@ static int lost_ack_is_settled(void) {
     pthread_t th;
     pthread_create(&th, NULL, resume_thread, NULL);
     kill(server_pid, SIGSTOP);
+    while (!server_stopped()) clock_sleep_ms(1);
     committing = 1;
     store_status st = commit(s, sid, &m, 4);
     pthread_join(th, NULL);
