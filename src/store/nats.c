@@ -9,11 +9,13 @@
  * bytes per turn grow with the turn, not with the session.
  *
  * Exactly-once turns: turn N is published with
- * Nats-Expected-Last-Subject-Sequence set to the sequence of turn N-1's
- * message (as this node read it, or as the stream leader reports it). The
- * stream leader accepts the publish only if no message arrived on the subject
- * since, so of two nodes racing for turn N exactly one wins; the other gets
- * "wrong last sequence", reported as STORE_CONFLICT.
+ * Nats-Expected-Last-Subject-Sequence set to the sequence of the very
+ * message the turn's context was read from (turn N-1's: meta->rev, store.h;
+ * for turn 1, the stream leader's last message, which must be no live
+ * session). The stream leader accepts the publish only if no message arrived
+ * on the subject since, so of two nodes racing for turn N exactly one wins;
+ * the other gets "wrong last sequence", reported as STORE_CONFLICT (or
+ * STORE_STALE when the session is no longer the one that was read).
  *
  * Reads are direct gets (allow_direct). Two topologies:
  *  - nodes connected to the core: any replica of the core stream answers;
