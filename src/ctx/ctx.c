@@ -473,9 +473,9 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
     size_t most = whole + (size_t)req->gen.n_predict + llm_turn_end(c->m)->n;
     if (!rc && commit && c->p.max_session_tokens > 0 && most > (size_t)c->p.max_session_tokens)
         rc = dc_fail(err, DC_E_SESSION_FULL,
-                     "session %s holds the most a session may here: its %zu tokens with this message plus n_predict "
-                     "(%d) pass the %ld allowed (--max-session-tokens); start a new session",
-                     rep->session_id, whole, req->gen.n_predict, c->p.max_session_tokens);
+                     "session %s would pass the %ld tokens a session may hold here (--max-session-tokens): it holds "
+                     "%zu with this message, and n_predict asks for up to %d more; start a new session",
+                     rep->session_id, c->p.max_session_tokens, whole, req->gen.n_predict);
     if (!rc) rc = generate(c, &input, req, &rec.tok[SEG_REPLY], rep, err);
     /* A client gone by now would never see the reply: commit nothing (a
      * streaming client that disconnected mid-reply must not find the turn
