@@ -97,6 +97,9 @@ static void usage(FILE *f) {
             "                        user_id without keys); more get 429 (default 4; 0: off)\n"
             "  --max-sessions-per-user N  live sessions a user may create through this\n"
             "                        node; more get 429 (default 1000; 0: off)\n"
+            "  --max-session-tokens N  longest conversation a session may hold, in tokens\n"
+            "                        (its context_tokens); a turn whose message and n_predict\n"
+            "                        would pass it gets 400 session_full (default 131072; 0: off)\n"
             "  --api-keys FILE       require API keys: FILE has one \"KEY USER_ID\" per line;\n"
             "                        requests need \"Authorization: Bearer KEY\" and the key's\n"
             "                        user owns the sessions it creates (kill -HUP reloads it)\n"
@@ -111,7 +114,8 @@ static void usage(FILE *f) {
 
 int serve_main(int argc, char **argv) {
     enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_LLM,
-           O_KEYS, O_STORE_KEY, O_LOG_CONTENT, O_MAX_NPRED, O_MAX_STREAMS, O_MAX_SESSIONS, O_STORE_CA };
+           O_KEYS, O_STORE_KEY, O_LOG_CONTENT, O_MAX_NPRED, O_MAX_STREAMS, O_MAX_SESSIONS, O_STORE_CA,
+           O_MAX_SESSION_TOKENS };
     static const struct option own[] = {{"model", required_argument, 0, 'm'},
                                         {"llm", required_argument, 0, O_LLM},
                                         {"host", required_argument, 0, 'H'},
@@ -134,6 +138,7 @@ int serve_main(int argc, char **argv) {
                                         {"max-n-predict", required_argument, 0, O_MAX_NPRED},
                                         {"max-streams-per-key", required_argument, 0, O_MAX_STREAMS},
                                         {"max-sessions-per-user", required_argument, 0, O_MAX_SESSIONS},
+                                        {"max-session-tokens", required_argument, 0, O_MAX_SESSION_TOKENS},
                                         {"help", no_argument, 0, 'h'},
                                         {0, 0, 0, 0}};
     llm_params lp = llm_default_params();
@@ -182,6 +187,7 @@ int serve_main(int argc, char **argv) {
         case O_MAX_NPRED: ap.max_n_predict = atoi(optarg); break;
         case O_MAX_STREAMS: ap.max_streams = atoi(optarg); break;
         case O_MAX_SESSIONS: cp.max_sessions_per_user = atoi(optarg); break;
+        case O_MAX_SESSION_TOKENS: cp.max_session_tokens = atol(optarg); break;
         case 'h': usage(stdout); free(opts); cli_args_free(&args); return 0;
         default: bad = 1; break;
         }
@@ -191,7 +197,8 @@ int serve_main(int argc, char **argv) {
     if (done) usage(stderr);
     else if (ap.port < 0 || ap.port > 65535 || ap.default_n_predict < 1 || cp.stale_retries < 0 ||
              cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 ||
-             sp.replicas > 5 || ap.max_n_predict < ap.default_n_predict || ap.max_streams < 0 || cp.max_sessions_per_user < 0)
+             sp.replicas > 5 || ap.max_n_predict < ap.default_n_predict || ap.max_streams < 0 || cp.max_sessions_per_user < 0 ||
+             cp.max_session_tokens < 0)
         done = fprintf(stderr, "serve: a numeric option is out of range (see --help)\n") > 0;
     if (done) {
         cli_args_free(&args);

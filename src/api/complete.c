@@ -52,8 +52,15 @@ static void call_delta(void *ud, const char *text, size_t n, strbuf *out) {
     else api_chat_stream_delta(&k->chat, text, n, out);
 }
 
+/* A turn that went on in a fork (ctx_request.fork_on_conflict) is named after it. */
+static void call_follow_fork(call *k, const ctx_reply *rep) {
+    if (k->req.fork_on_conflict && strcmp(rep->session_id, k->chat.sid) != 0)
+        api_chat_fork(&k->chat, &k->req, rep->session_id);
+}
+
 static void call_close(void *ud, const ctx_reply *rep, strbuf *out) {
     call *k = ud;
+    call_follow_fork(k, rep);
     if (k->kind == CALL_COMPLETION) api_completion_stream_close(rep, k->env->node_id, llm_model_name(k->env->m), out);
     else api_chat_stream_close(&k->chat, rep, out);
 }
@@ -158,6 +165,7 @@ enum MHD_Result api_complete(const api_env *env, const http_req *hr, call_kind k
     } else if (rc) {
         ok = http_send_error(hr->conn, &err);
     } else if (kind != CALL_COMPLETION) {
+        call_follow_fork(k, &rep);
         ok = http_send_json(hr->conn, 200, api_chat_json(&rep, &k->chat), NULL);
     } else {
         json_t *o = api_completion_json(&rep, env->node_id, llm_model_name(env->m));

@@ -9,6 +9,7 @@ static const struct {
     [DC_E_INVALID] = {400, "invalid_request"},
     [DC_E_JSON] = {400, "invalid_json"},
     [DC_E_CTX_LENGTH] = {400, "context_length_exceeded"},
+    [DC_E_SESSION_FULL] = {400, "session_full"},
     [DC_E_MODE_MISMATCH] = {400, "mode_mismatch"},
     [DC_E_UNAUTHORIZED] = {401, "invalid_api_key"},
     [DC_E_FORBIDDEN] = {403, "forbidden"},

@@ -237,10 +237,12 @@ dc_code api_responses_parse(const char *body, size_t len, const api_defaults *d,
             return dc_fail(err, DC_E_INVALID, "continuing a response stores the new one: leave store at true");
         if (instructions)
             return dc_fail(err, DC_E_INVALID, "instructions start a conversation; they cannot change in its middle");
-        /* the session's next turn; complete.c forks when it has gone on since */
+        /* the session's next turn; complete.c forks when it has gone on since,
+         * ctx_complete when another request takes the turn meanwhile */
         memcpy(chat->sid, chat->prev_sid, sizeof chat->sid);
         req->session_id = chat->sid;
         req->turn = chat->prev_turn + 1;
+        req->fork_on_conflict = true;
     } else if (store && (rc = new_session(chat, req, err))) {
         return rc;
     }

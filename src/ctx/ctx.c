@@ -38,7 +38,7 @@ struct ctx {
 
 ctx_params ctx_default_params(void) {
     return (ctx_params){.node_id = "node", .stale_retries = 3, .stale_retry_ms = 10, .sync_timeout_ms = 2000,
-                        .max_sessions_per_user = 1000};
+                        .max_sessions_per_user = 1000, .max_session_tokens = 131072};
 }
 
 /* quota.h asks whether a session it counts is still there. A store that
@@ -128,8 +128,11 @@ static size_t turn_body_tokens(const turn_rec *t) {
     return t->tok[SEG_USER].n + t->tok[SEG_REPLY].n + t->tok[SEG_END].n;
 }
 
+/* Both modes' builders set *whole to the conversation's length in tokens as
+ * the model would see it untruncated: every stored turn of the context and
+ * the new message (the session bound, --max-session-tokens, is on it). */
 static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *turns, uint32_t n_turns,
-                               turn_rec *rec, tokvec *input, ctx_reply *rep, dc_error *err) {
+                               turn_rec *rec, tokvec *input, size_t *whole, ctx_reply *rep, dc_error *err) {
     double t0 = clock_mono_ms();
     if (n_turns == 0 && req->system) {
         llm_msg sys = {"system", req->system};
@@ -143,12 +146,13 @@ static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *t
 
     const tokvec *sys = n_turns ? &turns[0].tok[SEG_SYSTEM] : &rec->tok[SEG_SYSTEM];
     size_t budget = (size_t)llm_n_ctx(c->m), fixed = sys->n + rec->tok[SEG_USER].n + (size_t)req->gen.n_predict;
+    size_t history = 0;
+    for (uint32_t i = 0; i < n_turns; i++) history += turn_body_tokens(&turns[i]);
+    *whole = sys->n + history + rec->tok[SEG_USER].n;
     if (fixed > budget)
         return dc_fail(err, DC_E_CTX_LENGTH,
                        "the message (%zu tokens) plus n_predict (%d) does not fit the context window (%zu tokens)",
                        fixed - (size_t)req->gen.n_predict, req->gen.n_predict, budget);
-    size_t history = 0;
-    for (uint32_t i = 0; i < n_turns; i++) history += turn_body_tokens(&turns[i]);
     uint32_t first = 0; /* drop the oldest whole turns until the rest fits */
     while (fixed + history > budget) history -= turn_body_tokens(&turns[first++]);
     rep->truncated_turns = (int)first;
@@ -161,43 +165,56 @@ static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *t
     return DC_OK;
 }
 
-/* Raw mode re-renders the kept conversation from text on every turn; when it
- * does not fit, the oldest turn goes and it renders again. */
+static const char *text_of(const strbuf *b) { return b->s ? b->s : ""; }
+
+/* Raw mode re-renders the conversation from its text on every turn (the
+ * paper's baseline: every turn tokenizes the whole history). Each turn is
+ * rendered and tokenized once (llm.h: messages rendered one at a time and
+ * concatenated give the tokens of rendering them together), and when the
+ * whole does not fit, the oldest whole turns go by subtracting their counts,
+ * as in tokenized mode: linear in the session's length. (Rendering all that
+ * remained again for each dropped turn was quadratic, and ran in the request
+ * thread, outside the engine's queue and its 429.) */
 static dc_code build_raw(ctx *c, const ctx_request *req, const turn_rec *turns, uint32_t n_turns, turn_rec *rec,
-                         tokvec *input, ctx_reply *rep, dc_error *err) {
+                         tokvec *input, size_t *whole, ctx_reply *rep, dc_error *err) {
     const char *system = n_turns ? (turns[0].text[SEG_SYSTEM].n ? turns[0].text[SEG_SYSTEM].s : NULL) : req->system;
     if (!n_turns && system) strbuf_puts(&rec->text[SEG_SYSTEM], system);
     strbuf_puts(&rec->text[SEG_USER], req->prompt);
-    llm_msg *msgs = dc_xrealloc(NULL, (2 * (size_t)n_turns + 2) * sizeof *msgs);
-    size_t budget = (size_t)llm_n_ctx(c->m);
+    tokvec sys = {0}, last = {0}, *parts = calloc(n_turns ? n_turns : 1, sizeof *parts);
+    if (!parts) return dc_fail(err, DC_E_INTERNAL, "out of memory");
     double t0 = clock_mono_ms();
-    dc_code rc = DC_OK;
-    for (uint32_t first = 0;; first++) {
-        size_t n = 0;
-        if (system) msgs[n++] = (llm_msg){"system", system};
-        for (uint32_t i = first; i < n_turns; i++) {
-            msgs[n++] = (llm_msg){"user", turns[i].text[SEG_USER].s ? turns[i].text[SEG_USER].s : ""};
-            msgs[n++] = (llm_msg){"assistant", turns[i].text[SEG_REPLY].s ? turns[i].text[SEG_REPLY].s : ""};
-        }
-        msgs[n++] = (llm_msg){"user", req->prompt};
-        tokvec_clear(input);
-        if (llm_chat_render(c->m, msgs, n, true, input) != 0) {
-            rc = llm_error(err, DC_E_INVALID, "the model's chat template cannot render this conversation");
-            break;
-        }
-        if (input->n + (size_t)req->gen.n_predict <= budget) {
-            rep->truncated_turns = (int)first;
-            break;
-        }
-        if (first == n_turns) {
-            rc = dc_fail(err, DC_E_CTX_LENGTH,
-                         "the message (%zu tokens) plus n_predict (%d) does not fit the context window (%zu tokens)",
-                         input->n, req->gen.n_predict, budget);
-            break;
-        }
+    bool ok = !system || llm_chat_render(c->m, &(llm_msg){"system", system}, 1, false, &sys) == 0;
+    for (uint32_t i = 0; ok && i < n_turns; i++) {
+        llm_msg pair[2] = {{"user", text_of(&turns[i].text[SEG_USER])}, {"assistant", text_of(&turns[i].text[SEG_REPLY])}};
+        ok = llm_chat_render(c->m, pair, 2, false, &parts[i]) == 0;
     }
+    ok = ok && llm_chat_render(c->m, &(llm_msg){"user", req->prompt}, 1, true, &last) == 0;
     rep->tokenize_ms = clock_mono_ms() - t0;
-    free(msgs);
+
+    dc_code rc = DC_OK;
+    size_t budget = (size_t)llm_n_ctx(c->m), fixed = sys.n + last.n + (size_t)req->gen.n_predict, history = 0;
+    for (uint32_t i = 0; i < n_turns; i++) history += parts[i].n;
+    *whole = sys.n + history + last.n;
+    if (!ok) {
+        rc = llm_error(err, DC_E_INVALID, "the model's chat template cannot render this conversation");
+    } else if (fixed > budget) {
+        rc = dc_fail(err, DC_E_CTX_LENGTH,
+                     "the message (%zu tokens) plus n_predict (%d) does not fit the context window (%zu tokens)",
+                     sys.n + last.n, req->gen.n_predict, budget);
+    } else {
+        uint32_t first = 0; /* drop the oldest whole turns until the rest fits */
+        while (fixed + history > budget) history -= parts[first++].n;
+        rep->truncated_turns = (int)first;
+        tokvec_clear(input);
+        tokvec_reserve(input, fixed + history);
+        tokvec_append(input, sys.v, sys.n);
+        for (uint32_t i = first; i < n_turns; i++) tokvec_append(input, parts[i].v, parts[i].n);
+        tokvec_append(input, last.v, last.n);
+    }
+    for (uint32_t i = 0; i < n_turns; i++) tokvec_free(&parts[i]);
+    free(parts);
+    tokvec_free(&sys);
+    tokvec_free(&last);
     return rc;
 }
 
@@ -225,6 +242,8 @@ static dc_code complete_client_side(ctx *c, const ctx_request *req, ctx_reply *r
 typedef enum {
     LOAD_PROCEED,     /* the stored turn is the client's turn - 1: generate and commit */
     LOAD_REPLAY,      /* the client retries its committed turn (same request_id): answer it again */
+    LOAD_FORK,        /* the turn is taken and the request continues a stored reply (fork_on_conflict):
+                         generate from the turns before it, commit in a fork */
     LOAD_STALE_ANSWER /* behind, and the client accepts that: answer from what is here, commit nothing */
 } load_outcome;
 
@@ -246,10 +265,19 @@ static dc_code check_compatible(ctx *c, const char *sid, const ctx_request *req,
  * 3 x 10 ms, for replicas that lag the notification). */
 static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uint32_t turn, session_meta *meta,
                             turn_rec **turns, bool *exists, ctx_reply *rep, load_outcome *out, dc_error *err) {
+    /* The read must reach the turn the request continues (a store reading
+     * from a nearby replica asks the authoritative copy when the replica has
+     * less). A first turn with a request_id must also see turn 1 itself: a
+     * replica that has never seen the session cannot tell a new one from the
+     * retry of a first turn committed through another node, whose reply the
+     * client is owed. (A later turn's retry that the replica has not seen
+     * yet is found at the commit instead, settle_conflict, so that a normal
+     * turn costs no extra round trip.) */
+    uint32_t want = turn == 1 && req->request_id ? 1 : turn - 1;
     bool waited = false;
     for (int attempt = 0;; attempt++) {
         double t0 = clock_mono_ms();
-        store_status st = store_session_load(c->s, sid, turn - 1, meta, turns);
+        store_status st = store_session_load(c->s, sid, want, meta, turns);
         rep->store_read_ms += clock_mono_ms() - t0;
         if (st != STORE_OK && st != STORE_NOT_FOUND) return store_error(err, st);
         *exists = st == STORE_OK;
@@ -263,6 +291,10 @@ static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uin
         case TURN_CONFLICT:
             if (req->request_id && stored == turn && !strcmp(meta->request_id, req->request_id)) {
                 *out = LOAD_REPLAY;
+                return check_compatible(c, sid, req, meta, err);
+            }
+            if (req->fork_on_conflict) {
+                *out = LOAD_FORK;
                 return check_compatible(c, sid, req, meta, err);
             }
             err->expected_turn = stored + 1;
@@ -311,35 +343,146 @@ static dc_code replay(ctx *c, const turn_rec *t, ctx_reply *rep, dc_error *err) 
     return DC_OK;
 }
 
+/* Writes turns[0..upto) as the new session new_sid, its meta from src's
+ * (owner, mode, model), turn by turn through the same compare-and-set as
+ * any turn: a second writer racing for new_sid loses at its first commit. A
+ * copy cut short by a failure is never returned to the client, and expires
+ * with the TTL. */
+static dc_code copy_turns(ctx *c, const char *new_sid, const session_meta *src, const turn_rec *turns, uint32_t upto,
+                          dc_error *err) {
+    session_meta m = *src;
+    m.turn = 0;
+    m.n_tokens = 0;
+    m.created_ms = m.last_ms = clock_wall_ms();
+    m.request_id[0] = '\0';
+    for (uint32_t i = 0; i < upto; i++) {
+        m.turn = i + 1;
+        m.n_tokens += (uint32_t)turn_rec_tokens(&turns[i]);
+        store_status st = store_turn_commit(c->s, new_sid, &m, &turns[i]);
+        if (st == STORE_CONFLICT) return dc_fail(err, DC_E_CONFLICT, "session %s already exists", new_sid);
+        if (st != STORE_OK) return store_error(err, st);
+    }
+    return DC_OK;
+}
+
+/* The turn goes on in a fork of its session: a copy of the turns before it
+ * (the context the reply was generated from) under a new id, then the turn.
+ * rep->session_id becomes the fork's. */
+static dc_code commit_in_fork(ctx *c, const turn_rec *turns, session_meta *meta, const turn_rec *rec, ctx_reply *rep,
+                              dc_error *err) {
+    char fsid[33];
+    if (id_random_hex(fsid) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
+    dc_code rc = reserve_session(c, rep->user_id, fsid, err);
+    if (rc) return rc;
+    rc = copy_turns(c, fsid, meta, turns, rec->turn - 1, err);
+    meta->created_ms = meta->last_ms;
+    store_status st = rc ? STORE_OK : store_turn_commit(c->s, fsid, meta, rec);
+    if (!rc && st == STORE_CONFLICT) rc = dc_fail(err, DC_E_CONFLICT, "session %s already exists", fsid);
+    else if (!rc && st != STORE_OK) rc = store_error(err, st);
+    if (rc) {
+        quota_give(c->owners, rep->user_id, fsid);
+        return rc;
+    }
+    log_info("session %s: turn %u was taken by another request; it went on in a fork, session %s", rep->session_id,
+             rec->turn, fsid);
+    strcpy(rep->session_id, fsid);
+    return DC_OK;
+}
+
+/* A commit refused as a conflict: what happened, asked of the authoritative
+ * copy (STORE_WANT_LATEST), since the replica the turn was read from may not
+ * have shown it. The turn committed by an earlier try of this very request
+ * (same request_id: its reply was lost on the way, and the retry came here)
+ * is answered with the committed reply. A session gone meanwhile (idle past
+ * its TTL, or deleted, while the turn was generated) is 404, as the next
+ * request would find. A continuation of a stored reply goes on in a fork
+ * (*fork set). Anything else is the 409 it is. */
+static dc_code settle_conflict(ctx *c, const ctx_request *req, uint32_t turn, ctx_reply *rep, bool *fork,
+                               dc_error *err) {
+    const char *sid = rep->session_id;
+    session_meta now;
+    turn_rec *cur = NULL;
+    store_status st;
+    /* the winner's turn may not have reached the replica that answers yet */
+    for (int attempt = 0;; attempt++) {
+        st = store_session_load(c->s, sid, STORE_WANT_LATEST, &now, &cur);
+        if (st != STORE_OK || now.turn >= turn || attempt >= c->p.stale_retries) break;
+        store_turns_free(cur, now.turn);
+        cur = NULL;
+        clock_sleep_ms(c->p.stale_retry_ms);
+    }
+    bool mine = st == STORE_OK && !strcmp(now.user_id, rep->user_id);
+    dc_code rc = DC_OK;
+    if (mine && now.turn == turn && req->request_id && !strcmp(now.request_id, req->request_id)) {
+        if (req->gen.on_token) {
+            /* this try's own reply is already out, token by token */
+            err->expected_turn = turn + 1;
+            rc = dc_fail(err, DC_E_CONFLICT,
+                         "turn %u of session %s was committed by an earlier try of request %s while this one ran; "
+                         "send it again for the committed reply", turn, sid, req->request_id);
+        } else {
+            log_info("session %s: turn %u already committed by request %s elsewhere; replayed", sid, turn,
+                     req->request_id);
+            strbuf_clear(&rep->content);
+            rc = replay(c, &cur[turn - 1], rep, err);
+            rep->context_tokens = (int)now.n_tokens;
+        }
+    } else if (st == STORE_NOT_FOUND && turn > 1) {
+        rc = dc_fail(err, DC_E_NOT_FOUND,
+                     "session %s ended (idle past its TTL, or deleted) while turn %u was generated; nothing was "
+                     "committed", sid, turn);
+    } else if (mine && now.turn >= turn && req->fork_on_conflict) {
+        *fork = true;
+    } else {
+        err->expected_turn = (mine && now.turn >= turn ? now.turn : turn) + 1;
+        rc = dc_fail(err, DC_E_CONFLICT, "turn %u of session %s was committed by another request", turn, sid);
+    }
+    store_turns_free(cur, st == STORE_OK ? now.turn : 0);
+    return rc;
+}
+
 /* Load, build, generate, commit: one run of a turn, under the session lock. */
 static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_reply *rep, bool *stale_view,
                              dc_error *err) {
     session_meta meta = {0};
     turn_rec *turns = NULL, rec = {0};
     tokvec input = {0};
-    bool exists = false;
+    bool exists = false, committed = false;
     load_outcome outcome = LOAD_PROCEED;
     dc_code rc = load_current(c, rep->session_id, req, turn, &meta, &turns, &exists, rep, &outcome, err);
-    uint32_t n_turns = exists ? meta.turn : 0;
+    uint32_t n_loaded = exists ? meta.turn : 0;
     if (!rc && outcome == LOAD_REPLAY) {
         rc = replay(c, &turns[turn - 1], rep, err);
         rep->context_tokens = (int)meta.n_tokens;
         goto done;
     }
-    if (!rc && exists && req->system && outcome == LOAD_PROCEED)
-        rc = dc_fail(err, DC_E_INVALID, "system is accepted on turn 1 only");
+    /* a fork goes on from the turns before the client's, whatever came after */
+    uint32_t n_turns = outcome == LOAD_FORK ? turn - 1 : n_loaded;
+    bool commit = outcome == LOAD_PROCEED || outcome == LOAD_FORK;
+    if (!rc && exists && req->system && commit) rc = dc_fail(err, DC_E_INVALID, "system is accepted on turn 1 only");
     bool creating = !rc && !exists && outcome == LOAD_PROCEED;
     if (creating && (rc = reserve_session(c, rep->user_id, rep->session_id, err))) creating = false;
+    size_t whole = 0;
     if (!rc)
-        rc = req->mode == MODE_TOKENIZED ? build_tokenized(c, req, turns, n_turns, &rec, &input, rep, err)
-                                         : build_raw(c, req, turns, n_turns, &rec, &input, rep, err);
+        rc = req->mode == MODE_TOKENIZED ? build_tokenized(c, req, turns, n_turns, &rec, &input, &whole, rep, err)
+                                         : build_raw(c, req, turns, n_turns, &rec, &input, &whole, rep, err);
+    /* The bound on a session's size (--max-session-tokens): every turn
+     * reads, and copies into the model input, what the session holds, so an
+     * unbounded session is unbounded work per request. Checked before the
+     * generation, on the most the turn can add. */
+    size_t most = whole + (size_t)req->gen.n_predict + llm_turn_end(c->m)->n;
+    if (!rc && commit && c->p.max_session_tokens > 0 && most > (size_t)c->p.max_session_tokens)
+        rc = dc_fail(err, DC_E_SESSION_FULL,
+                     "session %s would pass the %ld tokens a session may hold here (--max-session-tokens): it holds "
+                     "%zu with this message, and n_predict asks for up to %d more; start a new session",
+                     rep->session_id, c->p.max_session_tokens, whole, req->gen.n_predict);
     if (!rc) rc = generate(c, &input, req, &rec.tok[SEG_REPLY], rep, err);
     /* A client gone by now would never see the reply: commit nothing (a
      * streaming client that disconnected mid-reply must not find the turn
      * stored). One gone after this point retries with its request_id. */
-    if (!rc && outcome == LOAD_PROCEED && req->gen.alive && !req->gen.alive(req->gen.alive_ud))
+    if (!rc && commit && req->gen.alive && !req->gen.alive(req->gen.alive_ud))
         rc = dc_fail(err, DC_E_CANCELLED, "the client left before the turn was committed");
-    if (!rc && outcome == LOAD_PROCEED) {
+    if (!rc && commit) {
         rec.turn = turn;
         rec.fingerprint = llm_fingerprint(c->m);
         if (req->mode == MODE_TOKENIZED) {
@@ -360,30 +503,37 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
         meta.last_ms = now;
         snprintf(meta.request_id, sizeof meta.request_id, "%s", req->request_id ? req->request_id : "");
         /* the conversation's length in tokens, as the model would see it whole */
-        if (req->mode == MODE_TOKENIZED) meta.n_tokens += (uint32_t)turn_rec_tokens(&rec);
-        else meta.n_tokens = (uint32_t)(input.n + rec.tok[SEG_REPLY].n + llm_turn_end(c->m)->n);
-        double t0 = clock_mono_ms();
-        store_status st = store_turn_commit(c->s, rep->session_id, &meta, &rec);
-        rep->store_commit_ms = clock_mono_ms() - t0;
-        if (st == STORE_STALE) {
-            *stale_view = true;
-            rc = dc_fail(err, DC_E_STALE, "this node's view of session %s was out of date at commit; retry",
-                         rep->session_id);
-        } else if (st == STORE_CONFLICT) {
-            /* another writer sharing the store got there first */
-            err->expected_turn = turn + 1;
-            rc = dc_fail(err, DC_E_CONFLICT, "turn %u of session %s was committed by another request", turn,
-                         rep->session_id);
-        } else if (st != STORE_OK) {
-            rc = store_error(err, st);
+        meta.n_tokens = (uint32_t)(whole + rec.tok[SEG_REPLY].n + llm_turn_end(c->m)->n);
+        bool fork = outcome == LOAD_FORK;
+        if (!fork) {
+            double t0 = clock_mono_ms();
+            store_status st = store_turn_commit(c->s, rep->session_id, &meta, &rec);
+            rep->store_commit_ms = clock_mono_ms() - t0;
+            if (st == STORE_OK) {
+                committed = true;
+            } else if (st == STORE_STALE) {
+                *stale_view = true;
+                rc = dc_fail(err, DC_E_STALE, "this node's view of session %s was out of date at commit; retry",
+                             rep->session_id);
+            } else if (st == STORE_CONFLICT) {
+                /* another writer sharing the store got there first */
+                rc = settle_conflict(c, req, turn, rep, &fork, err);
+            } else {
+                rc = store_error(err, st);
+            }
+        }
+        if (fork) {
+            double t0 = clock_mono_ms();
+            rc = commit_in_fork(c, turns, &meta, &rec, rep, err);
+            rep->store_commit_ms += clock_mono_ms() - t0;
         }
     }
-    if (rc && creating) quota_give(c->owners, rep->user_id, rep->session_id);
+    if (creating && !committed) quota_give(c->owners, rep->user_id, rep->session_id);
 done:
     if (rc) strbuf_clear(&rep->content);
     tokvec_free(&input);
     turn_rec_free(&rec);
-    store_turns_free(turns, n_turns);
+    store_turns_free(turns, n_loaded);
     return rc;
 }
 
@@ -466,17 +616,40 @@ dc_code ctx_session_turns(ctx *c, const char *sid, const char *user_id, session_
     return owned_session(c, sid, user_id, out, turns, err);
 }
 
+/* Deleting checks the owner as any read does. A session whose records do
+ * not decode (STORE_CORRUPT: damaged, sealed with another key, or planted by
+ * someone who can write to the store) names no owner to check: it is deleted
+ * all the same, since it is unreadable to everyone, its owner included, and
+ * deleting is the only way to free its id and its records. When its meta
+ * still decodes (a turn record is what is damaged), the owner is checked. */
 dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_error *err) {
-    session_meta m;
     if (!id_is_valid(sid)) return dc_fail(err, DC_E_INVALID, "session id must be 1-64 characters of [A-Za-z0-9._-]");
+    if (!user_id) return dc_fail(err, DC_E_INVALID, "user_id is required (query parameter)");
     /* under the session lock, so a delete never interleaves with a commit */
     keylock_entry *lock = keylock_acquire(c->locks, sid);
-    dc_code rc = ctx_session_get(c, sid, user_id, &m, err);
+    session_meta m;
+    turn_rec *turns = NULL;
+    dc_code rc = DC_OK;
+    char why[256] = "";
+    store_status st = store_session_load(c->s, sid, STORE_WANT_LATEST, &m, &turns);
+    if (st == STORE_OK) {
+        store_turns_free(turns, m.turn);
+    } else if (st == STORE_CORRUPT) {
+        snprintf(why, sizeof why, "%s", store_last_error());
+        /* the owner the meta names when it still decodes; else whoever asks */
+        if (store_meta_get(c->s, sid, &m) != STORE_OK) snprintf(m.user_id, sizeof m.user_id, "%s", user_id);
+    } else if (st == STORE_NOT_FOUND) {
+        rc = dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
+    } else {
+        rc = store_error(err, st);
+    }
+    if (!rc && strcmp(m.user_id, user_id) != 0) rc = dc_fail(err, DC_E_FORBIDDEN, "session %s belongs to another user", sid);
     if (!rc) {
-        store_status st = store_session_delete(c->s, sid);
+        st = store_session_delete(c->s, sid);
         if (st == STORE_NOT_FOUND) rc = dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
         else if (st != STORE_OK) rc = store_error(err, st);
         if (st == STORE_OK || st == STORE_NOT_FOUND) quota_give(c->owners, m.user_id, sid);
+        if (st == STORE_OK && why[0]) log_warn("session %s deleted, whose records do not decode: %s", sid, why);
     }
     keylock_release(c->locks, lock);
     return rc;
@@ -504,22 +677,7 @@ dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *use
                      ctx_mode_name(src.mode));
     if (!rc) rc = check_compatible(c, sid, &(ctx_request){.mode = MODE_TOKENIZED}, &src, err);
     bool creating = !rc && !(rc = reserve_session(c, src.user_id, new_sid, err));
-    /* The copy is a new session written turn by turn through the same
-     * compare-and-set as any turn: a second fork racing for new_sid loses
-     * at its first commit. A copy cut short by a failure is never returned
-     * to the client, and expires with the TTL. */
-    session_meta m = src;
-    m.turn = 0;
-    m.n_tokens = 0;
-    m.created_ms = m.last_ms = clock_wall_ms();
-    m.request_id[0] = '\0';
-    for (uint32_t i = 0; !rc && i < upto; i++) {
-        m.turn = i + 1;
-        m.n_tokens += (uint32_t)turn_rec_tokens(&turns[i]);
-        store_status st = store_turn_commit(c->s, new_sid, &m, &turns[i]);
-        if (st == STORE_CONFLICT) rc = dc_fail(err, DC_E_CONFLICT, "session %s already exists", new_sid);
-        else if (st != STORE_OK) rc = store_error(err, st);
-    }
+    if (!rc) rc = copy_turns(c, new_sid, &src, turns, upto, err);
     if (rc && creating) quota_give(c->owners, src.user_id, new_sid);
     if (turns) store_turns_free(turns, src.turn);
     return rc;

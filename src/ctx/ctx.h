@@ -21,6 +21,8 @@ typedef struct {
     int stale_retry_ms;   /* pause between re-reads (paper: 10 ms) */
     int sync_timeout_ms;  /* longest wait for a missing turn to replicate (store_wait) */
     int max_sessions_per_user; /* live sessions a user may create through this node (owners.h); 0: no limit */
+    long max_session_tokens;   /* the longest conversation a session may hold, in tokens (its whole stored context
+                                  plus a turn's message and n_predict); a turn past it is DC_E_SESSION_FULL; 0: no limit */
 } ctx_params;
 
 /* What a client accepts when its turn has not reached this node in time. */
@@ -47,11 +49,14 @@ typedef struct {
     uint32_t turn;          /* 0: not given (allowed only for a new session) */
     const char *request_id; /* optional: a retry with the same id gets the committed reply again */
     ctx_consistency consistency;
+    bool fork_on_conflict;  /* the turn continues a stored reply (a Responses previous_response_id): when another
+                               request has taken the turn meanwhile, the turn goes on in a fork of the session at
+                               turn - 1 (a new session id, in rep->session_id) instead of failing with 409 */
     llm_gen_params gen;
 } ctx_request;
 
 typedef struct {
-    char session_id[ID_MAX + 1]; /* empty in client-side mode */
+    char session_id[ID_MAX + 1]; /* empty in client-side mode; a fork's id when the turn went to one */
     char user_id[ID_MAX + 1];
     session_mode mode;
     uint32_t turn;

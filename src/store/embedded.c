@@ -194,18 +194,25 @@ static store_status embedded_session_load(store *base, const char *sid, uint32_t
     return STORE_OK;
 }
 
-/* Deletes the session's records inside a write transaction. */
-static int delete_in(embedded *s, MDB_txn *txn, const char *sid, uint32_t n_turns) {
+/* Deletes the session's records inside a write transaction: its meta and
+ * every turn record under its key prefix, however many the meta says there
+ * are (a meta that does not decode says nothing, and its turns must not be
+ * left behind). */
+static int delete_in(embedded *s, MDB_txn *txn, const char *sid) {
     MDB_val k = key_of(sid);
     int rc = mdb_del(txn, s->meta, &k, NULL);
     if (rc && rc != MDB_NOTFOUND) return rc;
-    for (uint32_t t = 1; t <= n_turns; t++) {
-        char kb[ID_MAX + 6];
-        MDB_val tk = turn_key(kb, sid, t);
-        rc = mdb_del(txn, s->turns, &tk, NULL);
-        if (rc && rc != MDB_NOTFOUND) return rc;
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, s->turns, &cur))) return rc;
+    char kb[ID_MAX + 6];
+    MDB_val tk = turn_key(kb, sid, 0), tv;
+    size_t plen = tk.mv_size - 4; /* sid NUL */
+    for (rc = mdb_cursor_get(cur, &tk, &tv, MDB_SET_RANGE); !rc; rc = mdb_cursor_get(cur, &tk, &tv, MDB_NEXT)) {
+        if (tk.mv_size != plen + 4 || memcmp(tk.mv_data, kb, plen) != 0) break;
+        if ((rc = mdb_cursor_del(cur, 0))) break;
     }
-    return 0;
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 static store_status embedded_turn_commit(store *base, const char *sid, session_meta *meta, const turn_rec *t) {
@@ -219,10 +226,8 @@ static store_status embedded_turn_commit(store *base, const char *sid, session_m
     if (st == STORE_OK) {
         stored = cur.turn;
     } else if (st == STORE_NOT_FOUND) {
-        /* absent, or expired: an expired session's leftovers go before turn 1 */
-        MDB_val k = key_of(sid), v;
-        if (mdb_get(txn, s->meta, &k, &v) == 0 && meta_decode(s, sid, v, &cur) == STORE_OK &&
-            (rc = delete_in(s, txn, sid, cur.turn)) != 0) {
+        /* absent, or expired: whatever an earlier life left goes before turn 1 */
+        if ((rc = delete_in(s, txn, sid)) != 0) {
             mdb_txn_abort(txn);
             return fail(STORE_IO, "expire", rc);
         }
@@ -276,16 +281,13 @@ static store_status embedded_session_delete(store *base, const char *sid) {
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc) return fail(STORE_IO, "begin write", rc);
-    session_meta cur;
     MDB_val k = key_of(sid), v;
     rc = mdb_get(txn, s->meta, &k, &v);
     if (rc == MDB_NOTFOUND) {
         mdb_txn_abort(txn);
         return STORE_NOT_FOUND;
     }
-    uint32_t n = 0;
-    if (!rc && meta_decode(s, sid, v, &cur) == STORE_OK) n = cur.turn;
-    if (!rc) rc = delete_in(s, txn, sid, n);
+    if (!rc) rc = delete_in(s, txn, sid);
     if (rc) {
         mdb_txn_abort(txn);
         return fail(STORE_IO, "delete", rc);
@@ -305,7 +307,7 @@ static long embedded_expire(store *base, int64_t now_ms) {
     }
     /* Collect first, delete after: deleting under a live cursor is legal in
      * LMDB but its repositioning rules are subtle; this is not a hot path. */
-    typedef struct { char sid[ID_MAX + 1]; uint32_t turns; } victim;
+    typedef struct { char sid[ID_MAX + 1]; } victim;
     victim *vs = NULL;
     size_t nv = 0, cap = 0;
     MDB_val k, v;
@@ -316,11 +318,11 @@ static long embedded_expire(store *base, int64_t now_ms) {
         memcpy(vs[nv].sid, k.mv_data, k.mv_size);
         vs[nv].sid[k.mv_size] = '\0';
         if (meta_decode(s, vs[nv].sid, v, &m) != STORE_OK || !store_expired(&s->base, m.last_ms, now_ms)) continue;
-        vs[nv++].turns = m.turn;
+        nv++;
     }
     mdb_cursor_close(cur);
     int rc = 0;
-    for (size_t i = 0; i < nv && !rc; i++) rc = delete_in(s, txn, vs[i].sid, vs[i].turns);
+    for (size_t i = 0; i < nv && !rc; i++) rc = delete_in(s, txn, vs[i].sid);
     free(vs);
     if (rc) {
         mdb_txn_abort(txn);

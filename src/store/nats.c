@@ -514,9 +514,14 @@ static store_status nats_session_load(store *base, const char *sid, uint32_t wan
             *turns = core_turns;
             *meta = core_meta;
             st = cs;
+        } else if (st == STORE_NOT_FOUND) {
+            /* The core cannot be asked, and the mirror has nothing of the
+             * session: it cannot tell an unknown session from one it has
+             * not received yet. That is unavailable, not absent. */
+            st = STORE_UNAVAILABLE;
         }
-        /* the core unreachable: keep what the mirror has; the turn protocol
-         * decides (strong: 503, available: a stale answer) */
+        /* otherwise keep what the mirror has; the turn protocol decides
+         * (strong: 503, available: a stale answer) */
     }
     if (st == STORE_UNAVAILABLE) {
         /* No store reachable at all (this host's leaf server down, or every
@@ -725,7 +730,11 @@ static store_status bury(nstore *s, const char *sid, const char *subj, int64_t i
         session_meta last;
         uint64_t seq = 0, tomb_seq = 0;
         store_status st = leader_last(s, subj, sid, &last, &seq);
-        if (st != STORE_OK) return st;
+        /* a last record that does not decode is buried all the same
+         * (deleting is the only way out for such a session), under a
+         * tombstone that does */
+        if (st == STORE_CORRUPT && seq) last = (session_meta){.turn = 1, .mode = MODE_TOKENIZED, .user_id = "unreadable"};
+        else if (st != STORE_OK) return st;
         if (last.turn == 0) return STORE_NOT_FOUND;
         if (idle_at > 0 && !store_expired(&s->base, last.last_ms, idle_at)) return STORE_CONFLICT;
         fault_pause(s, "before the tombstone", sid);

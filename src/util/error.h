@@ -12,6 +12,7 @@ typedef enum {
     DC_E_INVALID,       /* 400 invalid_request: a field is missing or wrong */
     DC_E_JSON,          /* 400 invalid_json: the body does not parse */
     DC_E_CTX_LENGTH,    /* 400 context_length_exceeded */
+    DC_E_SESSION_FULL,  /* 400 session_full: the session holds the most tokens allowed (--max-session-tokens) */
     DC_E_MODE_MISMATCH, /* 400 mode_mismatch: session created in another mode */
     DC_E_UNAUTHORIZED,  /* 401 invalid_api_key: no valid Authorization: Bearer key */
     DC_E_FORBIDDEN,     /* 403 forbidden: the session belongs to another user */
