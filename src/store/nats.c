@@ -731,9 +731,9 @@ static store_status bury(nstore *s, const char *sid, const char *subj, int64_t i
         uint64_t seq = 0, tomb_seq = 0;
         store_status st = leader_last(s, subj, sid, &last, &seq);
         /* a last record that does not decode is buried all the same
-         * (deleting is the only way out for such a session), under a
-         * tombstone that does */
-        if (st == STORE_CORRUPT && seq) last = (session_meta){.turn = 1, .mode = MODE_TOKENIZED, .user_id = "unreadable"};
+         * (deleting is the only way out for such a session; the tombstone
+         * below decodes whatever it covers) */
+        if (st == STORE_CORRUPT && seq) last = (session_meta){.turn = 1};
         else if (st != STORE_OK) return st;
         if (last.turn == 0) return STORE_NOT_FOUND;
         if (idle_at > 0 && !store_expired(&s->base, last.last_ms, idle_at)) return STORE_CONFLICT;
