@@ -73,7 +73,13 @@ enum MHD_Result http_send(struct MHD_Connection *conn, int status, const char *t
 enum MHD_Result http_send_json(struct MHD_Connection *conn, int status, json_t *body, const char *const *headers) {
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
-    if (!text) text = strdup("{\"error\":{\"code\":500,\"type\":\"server_error\",\"message\":\"cannot encode response\"}}");
+    if (!text) {
+        /* the status says what the body says: a body that cannot be
+         * encoded (out of memory) is a 500, whatever was meant */
+        status = 500;
+        headers = NULL;
+        text = strdup("{\"error\":{\"code\":500,\"type\":\"server_error\",\"message\":\"cannot encode response\"}}");
+    }
     if (!text) return MHD_NO;
     return http_send(conn, status, "application/json", text, strlen(text), MHD_RESPMEM_MUST_FREE, headers);
 }

@@ -104,6 +104,8 @@ static dc_code common_of(json_t *r, const api_defaults *d, const char *const *ca
     json_t *v = json_object_get(r, "stop");
     if (v && !json_is_null(v)) return dc_fail(err, DC_E_INVALID, "stop sequences are not supported by this node");
     v = json_object_get(r, "tools");
+    if (v && !json_is_null(v) && !json_is_array(v))
+        return dc_fail(err, DC_E_INVALID, "tools must be an array (and tools are not supported by this node)");
     if (json_array_size(v) > 0) return dc_fail(err, DC_E_INVALID, "tools are not supported by this node");
     long long x;
     bool given;
