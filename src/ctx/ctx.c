@@ -329,7 +329,8 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
     if (!rc && exists && req->system && outcome == LOAD_PROCEED)
         rc = dc_fail(err, DC_E_INVALID, "system is accepted on turn 1 only");
     bool creating = !rc && !exists && outcome == LOAD_PROCEED;
-    if (creating && (rc = reserve_session(c, rep->user_id, rep->session_id, err))) creating = false;
+    const char *counted = req->quota_user ? req->quota_user : rep->user_id; /* for the session limit */
+    if (creating && (rc = reserve_session(c, counted, rep->session_id, err))) creating = false;
     if (!rc)
         rc = req->mode == MODE_TOKENIZED ? build_tokenized(c, req, turns, n_turns, &rec, &input, rep, err)
                                          : build_raw(c, req, turns, n_turns, &rec, &input, rep, err);
@@ -378,7 +379,7 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
             rc = store_error(err, st);
         }
     }
-    if (rc && creating) quota_give(c->owners, rep->user_id, rep->session_id);
+    if (rc && creating) quota_give(c->owners, counted, rep->session_id);
 done:
     if (rc) strbuf_clear(&rep->content);
     tokvec_free(&input);
@@ -476,14 +477,15 @@ dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_erro
         store_status st = store_session_delete(c->s, sid);
         if (st == STORE_NOT_FOUND) rc = dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
         else if (st != STORE_OK) rc = store_error(err, st);
-        if (st == STORE_OK || st == STORE_NOT_FOUND) quota_give(c->owners, m.user_id, sid);
+        /* counted under whatever name it was created for (ctx_request.quota_user) */
+        if (st == STORE_OK || st == STORE_NOT_FOUND) quota_give(c->owners, NULL, sid);
     }
     keylock_release(c->locks, lock);
     return rc;
 }
 
-dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *new_sid,
-                         dc_error *err) {
+dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *quota_user,
+                         const char *new_sid, dc_error *err) {
     if (!id_is_valid(sid) || !id_is_valid(new_sid))
         return dc_fail(err, DC_E_INVALID, "session id must be 1-64 characters of [A-Za-z0-9._-]");
     if (upto < 1) return dc_fail(err, DC_E_INVALID, "a fork copies at least one turn");
@@ -503,7 +505,8 @@ dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *use
         rc = dc_fail(err, DC_E_MODE_MISMATCH, "only tokenized sessions can be forked (session %s is %s)", sid,
                      ctx_mode_name(src.mode));
     if (!rc) rc = check_compatible(c, sid, &(ctx_request){.mode = MODE_TOKENIZED}, &src, err);
-    bool creating = !rc && !(rc = reserve_session(c, src.user_id, new_sid, err));
+    const char *counted = quota_user ? quota_user : src.user_id; /* for the session limit */
+    bool creating = !rc && !(rc = reserve_session(c, counted, new_sid, err));
     /* The copy is a new session written turn by turn through the same
      * compare-and-set as any turn: a second fork racing for new_sid loses
      * at its first commit. A copy cut short by a failure is never returned
@@ -520,7 +523,7 @@ dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *use
         if (st == STORE_CONFLICT) rc = dc_fail(err, DC_E_CONFLICT, "session %s already exists", new_sid);
         else if (st != STORE_OK) rc = store_error(err, st);
     }
-    if (rc && creating) quota_give(c->owners, src.user_id, new_sid);
+    if (rc && creating) quota_give(c->owners, counted, new_sid);
     if (turns) store_turns_free(turns, src.turn);
     return rc;
 }
