@@ -62,8 +62,8 @@ typedef struct {
 } conn_life;
 
 http_params http_default_params(void) {
-    return (http_params){.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20, .max_connections = 512,
-                         .max_per_address = 64, .request_timeout_s = 30, .answer_timeout_s = 600};
+    return (http_params){.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20, .max_connections = 1024,
+                         .max_per_address = 128, .request_timeout_s = 30, .answer_timeout_s = 600};
 }
 
 /* Every answer may be read by a page of any origin: the page at / chats
@@ -161,18 +161,14 @@ bool http_conn_alive(void *conn) {
     const union MHD_ConnectionInfo *ctx = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     conn_life *life = ctx ? ctx->socket_context : NULL;
     if (!life || !life->http11) return false;
-    if (!life->probed) {
-        life->probed = true;
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        raw_send(conn, cont, sizeof cont - 1);
-        /* a peer nearby resets within a round trip; a farther one is
-         * caught at the next check (the engine checks every 100 ms) */
-        pfd.revents = 0;
-        pfd.events = 0;
-        if (poll(&pfd, 1, 20) > 0 && (pfd.revents & (POLLHUP | POLLERR | POLLNVAL))) return false;
-        return true;
-    }
-    return true;
+    if (life->probed) return true; /* and no reset since */
+    life->probed = true;
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    raw_send(conn, cont, sizeof cont - 1);
+    /* a peer nearby resets within a round trip; a farther one is caught at
+     * the next check (the engine checks every 100 ms) */
+    pfd = (struct pollfd){.fd = fd};
+    return !(poll(&pfd, 1, 20) > 0 && (pfd.revents & (POLLHUP | POLLERR | POLLNVAL)));
 }
 
 /* The answer to a request refused with cs->err, logged here: it never
@@ -188,7 +184,9 @@ static enum MHD_Result answer_refused(struct MHD_Connection *conn, const conn_st
  * socket directly, the sending side is shut, and the connection closed. */
 static enum MHD_Result cut(struct MHD_Connection *conn, const conn_state *cs, const char *method, const char *url) {
     int status = api_error_status(cs->err.code);
-    char *body = json_dumps(api_error_json(&cs->err), JSON_COMPACT);
+    json_t *j = api_error_json(&cs->err);
+    char *body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
     char head[256];
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\n"
