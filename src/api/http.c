@@ -48,6 +48,7 @@ struct http_server {
 typedef struct {
     strbuf body;
     bool refused;                 /* answered with err, without its body */
+    bool by_gate;                 /* refused by the gate, which logs and counts its refusals */
     dc_error err;
     unsigned long long received;  /* body bytes read */
     double t0;
@@ -171,11 +172,12 @@ bool http_conn_alive(void *conn) {
     return !(poll(&pfd, 1, 20) > 0 && (pfd.revents & (POLLHUP | POLLERR | POLLNVAL)));
 }
 
-/* The answer to a request refused with cs->err, logged here: it never
- * reaches the handler (the gate counts its own refusals). */
+/* The answer to a request refused with cs->err, logged here when it was
+ * refused here (it never reaches the handler; the gate logs its own). */
 static enum MHD_Result answer_refused(struct MHD_Connection *conn, const conn_state *cs, const char *method,
                                       const char *url) {
-    log_info("%s %s %d %.1fms", method, url, api_error_status(cs->err.code), clock_mono_ms() - cs->t0);
+    if (!cs->by_gate)
+        log_info("%s %s %d %.1fms", method, url, api_error_status(cs->err.code), clock_mono_ms() - cs->t0);
     return http_send_error(conn, &cs->err);
 }
 
@@ -240,7 +242,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (s->gate && strcmp(method, "OPTIONS") != 0) {
             http_req head = {.conn = conn, .method = method, .url = url, .body = "", .t0 = cs->t0, .addr = cs->addr,
                              .who = ""};
-            cs->refused = s->gate(s->ud, &head, cs->who, &cs->err) != DC_OK;
+            cs->refused = cs->by_gate = s->gate(s->ud, &head, cs->who, &cs->err) != DC_OK;
         }
         if (!cs->refused && len > s->p.max_body) {
             dc_fail(&cs->err, DC_E_TOO_LARGE, "request body over the limit of %zu bytes", s->p.max_body);
