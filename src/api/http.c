@@ -62,9 +62,15 @@ typedef struct {
     bool probed; /* this request's answer has been preceded by a 100 Continue (http_conn_alive) */
 } conn_life;
 
+/* 512 connections: each is a thread and a descriptor, and libmicrohttpd's
+ * select() loop and the usual descriptor limit stop at 1024, with the
+ * store's and the engine's own descriptors to leave room for. 64 from one
+ * address: eight addresses to fill the table, and well above what one
+ * honest client (a browser opens six) or the load test (64 clients over
+ * two nodes) holds at once. */
 http_params http_default_params(void) {
-    return (http_params){.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20, .max_connections = 1024,
-                         .max_per_address = 128, .request_timeout_s = 30, .answer_timeout_s = 600};
+    return (http_params){.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20, .max_connections = 512,
+                         .max_per_address = 64, .request_timeout_s = 30, .answer_timeout_s = 600};
 }
 
 /* Every answer may be read by a page of any origin: the page at / chats
