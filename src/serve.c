@@ -93,13 +93,23 @@ static void usage(FILE *f) {
             "  --stale-retry-ms MS   pause between re-reads (default 10)\n"
             "  --max-body BYTES      request body limit (default 1048576)\n"
             "  --max-n-predict N     longest reply a request may ask for (default 4096)\n"
-            "  --max-streams-per-key N  generations at once per API key's user (or per\n"
-            "                        user_id without keys); more get 429 (default 4; 0: off)\n"
+            "  --max-streams-per-key N  generations at once per API key's user (without keys:\n"
+            "                        per client address and user it names); more get 429\n"
+            "                        (default 4; 0: off)\n"
             "  --max-sessions-per-user N  live sessions a user may create through this\n"
-            "                        node; more get 429 (default 1000; 0: off)\n"
+            "                        node (without keys: per client address and user it\n"
+            "                        names); more get 429 (default 1000; 0: off)\n"
             "  --max-session-tokens N  longest conversation a session may hold, in tokens\n"
             "                        (its context_tokens); a turn whose message and n_predict\n"
             "                        would pass it gets 400 session_full (default 131072; 0: off)\n"
+            "  --max-connections N   open client connections, all clients together; more are\n"
+            "                        closed at once (default 512, 1-65536)\n"
+            "  --max-connections-per-address N  open connections from one client address\n"
+            "                        (default 64, 1-65536; behind a proxy every client has\n"
+            "                        the proxy's address)\n"
+            "  --request-timeout SECS  silence allowed while a request's headers and body\n"
+            "                        arrive, and between requests on a kept-alive connection;\n"
+            "                        a generation is not bound by it (default 30, 1-3600)\n"
             "  --api-keys FILE       require API keys: FILE has one \"KEY USER_ID\" per line;\n"
             "                        requests need \"Authorization: Bearer KEY\" and the key's\n"
             "                        user owns the sessions it creates (kill -HUP reloads it)\n"
@@ -115,7 +125,7 @@ static void usage(FILE *f) {
 int serve_main(int argc, char **argv) {
     enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_LLM,
            O_KEYS, O_STORE_KEY, O_LOG_CONTENT, O_MAX_NPRED, O_MAX_STREAMS, O_MAX_SESSIONS, O_STORE_CA,
-           O_MAX_SESSION_TOKENS };
+           O_MAX_SESSION_TOKENS, O_MAX_CONNS, O_MAX_PER_ADDR, O_REQ_TIMEOUT };
     static const struct option own[] = {{"model", required_argument, 0, 'm'},
                                         {"llm", required_argument, 0, O_LLM},
                                         {"host", required_argument, 0, 'H'},
@@ -139,6 +149,9 @@ int serve_main(int argc, char **argv) {
                                         {"max-streams-per-key", required_argument, 0, O_MAX_STREAMS},
                                         {"max-sessions-per-user", required_argument, 0, O_MAX_SESSIONS},
                                         {"max-session-tokens", required_argument, 0, O_MAX_SESSION_TOKENS},
+                                        {"max-connections", required_argument, 0, O_MAX_CONNS},
+                                        {"max-connections-per-address", required_argument, 0, O_MAX_PER_ADDR},
+                                        {"request-timeout", required_argument, 0, O_REQ_TIMEOUT},
                                         {"help", no_argument, 0, 'h'},
                                         {0, 0, 0, 0}};
     llm_params lp = llm_default_params();
@@ -150,6 +163,7 @@ int serve_main(int argc, char **argv) {
     cp.node_id = ap.node_id = host;
     struct option *opts = cli_options(own);
     const char *keys_path = NULL, *store_key = NULL;
+    long conns = ap.max_connections, per_addr = ap.max_per_address, req_timeout = ap.request_timeout_s;
     cli_args args;
     if (cli_config_expand("serve", opts, argc, argv, &args) != 0) {
         free(opts);
@@ -188,6 +202,9 @@ int serve_main(int argc, char **argv) {
         case O_MAX_STREAMS: ap.max_streams = atoi(optarg); break;
         case O_MAX_SESSIONS: cp.max_sessions_per_user = atoi(optarg); break;
         case O_MAX_SESSION_TOKENS: cp.max_session_tokens = atol(optarg); break;
+        case O_MAX_CONNS: conns = atol(optarg); break;
+        case O_MAX_PER_ADDR: per_addr = atol(optarg); break;
+        case O_REQ_TIMEOUT: req_timeout = atol(optarg); break;
         case 'h': usage(stdout); free(opts); cli_args_free(&args); return 0;
         default: bad = 1; break;
         }
@@ -198,12 +215,16 @@ int serve_main(int argc, char **argv) {
     else if (ap.port < 0 || ap.port > 65535 || ap.default_n_predict < 1 || cp.stale_retries < 0 ||
              cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 ||
              sp.replicas > 5 || ap.max_n_predict < ap.default_n_predict || ap.max_streams < 0 || cp.max_sessions_per_user < 0 ||
-             cp.max_session_tokens < 0)
+             cp.max_session_tokens < 0 || conns < 1 || conns > 65536 || per_addr < 1 || per_addr > 65536 ||
+             req_timeout < 1 || req_timeout > 3600)
         done = fprintf(stderr, "serve: a numeric option is out of range (see --help)\n") > 0;
     if (done) {
         cli_args_free(&args);
         return 2;
     }
+    ap.max_connections = (unsigned)conns;
+    ap.max_per_address = (unsigned)per_addr;
+    ap.request_timeout_s = (unsigned)req_timeout;
     /* the strings optarg pointed at (the file's settings) live in args */
     int rc = serve_run(&lp, &sp, &cp, &ap, keys_path, store_key);
     cli_args_free(&args);

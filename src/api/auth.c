@@ -8,6 +8,7 @@
 
 #include <ctype.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,4 +145,27 @@ dc_code auth_check(auth *a, const char *header, char user[ID_MAX + 1], dc_error 
     if (found) memcpy(user, a->keys[at].user, ID_MAX + 1);
     pthread_rwlock_unlock(&a->lock);
     return found ? DC_OK : dc_fail(err, DC_E_UNAUTHORIZED, "invalid API key");
+}
+
+/* The prefix of owner ids made from an OpenAI `user` that is not a plain
+ * id. A plain id with this prefix is hashed too, so that no two `user`
+ * strings ever share an owner: a plain id without the prefix maps to
+ * itself, anything else to the prefix and 192 bits of BLAKE2b, which no
+ * other `user` reaches but by a hash collision. */
+#define HASHED "_u_"
+
+void auth_owner_of(const char *user, char out[ID_MAX + 1]) {
+    if (id_is_valid(user) && strncmp(user, HASHED, strlen(HASHED)) != 0) {
+        memcpy(out, user, strlen(user) + 1);
+        return;
+    }
+    unsigned char h[24];
+    crypto_generichash(h, sizeof h, (const unsigned char *)user, strlen(user), NULL, 0);
+    memcpy(out, HASHED, strlen(HASHED));
+    sodium_bin2hex(out + strlen(HASHED), 2 * sizeof h + 1, h, sizeof h);
+}
+
+void auth_limits_key(const char *key_user, const char *owner, const char *addr, char out[AUTH_LIMITS_MAX + 1]) {
+    if (key_user && key_user[0]) snprintf(out, AUTH_LIMITS_MAX + 1, "%s", key_user);
+    else snprintf(out, AUTH_LIMITS_MAX + 1, "%.*s@%.15s", ID_MAX, owner ? owner : "", addr ? addr : "");
 }

@@ -27,4 +27,28 @@ void auth_free(auth *a);
  * header), copied into user; else DC_E_UNAUTHORIZED. */
 dc_code auth_check(auth *a, const char *header, char user[ID_MAX + 1], dc_error *err);
 
+/* Who a request is, for every endpoint, decided here:
+ *  - with keys, the key's user (auth_check), whatever the request says;
+ *  - without, the user the request claims (user_id on /completion and the
+ *    sessions routes, `user` on the OpenAI ones through auth_owner_of), or
+ *    none: then an OpenAI session belongs to "anonymous" (its random id is
+ *    what lets a client continue it) and a /completion session to a random
+ *    user id (ctx.h).
+ * The per-user limits (--max-streams-per-key, --max-sessions-per-user)
+ * count against auth_limits_key: the key's user; without keys the claimed
+ * user at the client's address, or the address alone for a client that
+ * names no one. A claim is free to make, so key-less limits are only fair
+ * shares, never a protection: what they must not do is let one client
+ * exhaust another's (a stranger naming no one, or naming you, from
+ * elsewhere). docs/SECURITY.md, "Who a key-less client is". */
+#define AUTH_LIMITS_MAX (ID_MAX + 1 + 15) /* an owner, "@", a dotted IPv4 address */
+void auth_limits_key(const char *key_user, const char *owner, const char *addr, char out[AUTH_LIMITS_MAX + 1]);
+
+/* The owner id of an OpenAI `user` (any string: OpenAI's is an email, a
+ * name, a hash): the string itself when it is a plain id (ids.h) that does
+ * not start with "_u_", else "_u_" and 48 hex digits of its hash. Distinct
+ * users never get the same owner id; the id is what responses show as
+ * "user" and what GET/DELETE /v1/sessions/{id}?user_id= take. */
+void auth_owner_of(const char *user, char out[ID_MAX + 1]);
+
 #endif

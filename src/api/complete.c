@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../util/clock.h"
+#include "auth.h"
 #include "errors.h"
 #include "openai.h"
 #include "request.h"
@@ -14,13 +15,14 @@ typedef struct {
     const api_env *env;
     call_kind kind;
     const char *route;
-    char user[ID_MAX + 1];
+    char user[ID_MAX + 1];   /* the API key's user; "" without keys */
+    char limits[AUTH_LIMITS_MAX + 1]; /* whom the per-user limits count this call against */
     json_t *root;
     ctx_request req;
     api_chat chat;
     bool stream;
     double t0;
-    char holder[ID_MAX + 1]; /* whose generation this is, once counted (call_take) */
+    char holder[AUTH_LIMITS_MAX + 1]; /* whose generation this is, once counted (call_take) */
     char slot[24];           /* its item in env->inflight */
 } call;
 
@@ -98,21 +100,25 @@ static dc_code call_parse(call *k, const http_req *hr, dc_error *err) {
         k->chat.model = llm_model_name(k->env->m);
         k->chat.node = k->env->node_id;
     }
-    /* with API keys, the key says who the user is, whatever the body says */
+    /* who the call is (auth.h): with API keys the key says, whatever the
+     * body says; without, the body's claim, and an OpenAI session no one
+     * named belongs to "anonymous" */
     if (k->user[0]) k->req.user_id = k->user;
+    auth_limits_key(k->user, k->req.user_id, hr->addr, k->limits);
+    if (!k->req.user_id && k->kind != CALL_COMPLETION && k->chat.session) k->req.user_id = "anonymous";
+    k->req.quota_user = k->limits;
     if (k->req.gen.n_predict > k->env->max_n_predict)
         return dc_fail(err, DC_E_INVALID, "a reply of %d tokens was asked for; this node allows at most %d",
                        k->req.gen.n_predict, k->env->max_n_predict);
     return DC_OK;
 }
 
-/* Counts the generation against its user's limit of generations at once
- * (the key's user; without keys, the user the body names: a claim, but a
- * client that lies only spreads its own load). New anonymous users are not
- * counted: they have no name to count under. */
+/* Counts the generation against its user's limit of generations at once:
+ * the key's user; without keys, the claimed user at the client's address,
+ * or the address (auth_limits_key). */
 static dc_code call_take(call *k, dc_error *err) {
-    const char *who = k->req.user_id;
-    if (!who || k->env->max_streams <= 0 || !id_is_valid(who)) return DC_OK;
+    const char *who = k->limits;
+    if (k->env->max_streams <= 0) return DC_OK;
     snprintf(k->slot, sizeof k->slot, "%p", (void *)k);
     if (!quota_take(k->env->inflight, who, k->slot, k->env->max_streams))
         return dc_fail(err, DC_E_QUOTA, "user %s already has %d generations running, the most allowed at once", who,
@@ -134,7 +140,8 @@ static dc_code call_fork_if_older(call *k, dc_error *err) {
     if (rc || m.turn <= k->chat.prev_turn) return rc;
     char sid[33];
     if (id_random_hex(sid) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
-    if ((rc = ctx_session_fork(k->env->c, k->chat.prev_sid, k->chat.prev_turn, k->req.user_id, sid, err))) return rc;
+    if ((rc = ctx_session_fork(k->env->c, k->chat.prev_sid, k->chat.prev_turn, k->req.user_id, k->limits, sid, err)))
+        return rc;
     api_chat_fork(&k->chat, &k->req, sid);
     return DC_OK;
 }

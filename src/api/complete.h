@@ -24,12 +24,12 @@ typedef struct {
     const char *node_id;
     int default_n_predict;
     int max_n_predict;  /* a longer reply asked for is 400 */
-    int max_streams;    /* generations at once per user (the key's); more get 429; 0: no limit */
+    int max_streams;    /* generations at once per user (auth_limits_key); more get 429; 0: no limit */
     quota *inflight;    /* who is generating now, for max_streams */
 } api_env;
 
 /* user: the API key's user, who then owns the session (NULL without keys:
- * the body's user field, or "anonymous"). */
+ * the body's claim, or no one; auth.h says who a call is). */
 enum MHD_Result api_complete(const api_env *env, const http_req *hr, call_kind kind, const char *route,
                              const char *user);
 

@@ -1,6 +1,10 @@
 /* errors.c - see errors.h. */
 #include "errors.h"
 
+#include <string.h>
+
+#include "../util/utf8.h"
+
 static const struct {
     int status;
     const char *type;
@@ -37,8 +41,15 @@ const char *api_error_type(dc_code code) {
 }
 
 json_t *api_error_json(const dc_error *e) {
+    /* Messages quote what clients sent (a percent-decoded URL such as /%FF,
+     * an id), and dc_fail may cut one inside a multi-byte character: JSON
+     * strings must be valid UTF-8, so the message is made so here, where
+     * every error body is built, or the body would be lost. */
+    strbuf msg = {0};
+    utf8_sanitize(e->message, strnlen(e->message, sizeof e->message), &msg);
     json_t *inner = json_pack("{s:i, s:s, s:s}", "code", api_error_status(e->code), "type", api_error_type(e->code),
-                              "message", e->message);
+                              "message", msg.s);
+    strbuf_free(&msg);
     if (e->code == DC_E_CONFLICT && e->expected_turn)
         json_object_set_new(inner, "expected_turn", json_integer(e->expected_turn));
     return json_pack("{s:o}", "error", inner);

@@ -213,7 +213,17 @@ llm_server *llm_server_start(const llm_server_params *p, llm *m, char *err, size
     if (!s) return NULL;
     s->p = *p;
     s->m = m;
-    if (!(s->h = http_start(p->host, p->port, p->max_body, on_request, s, err, errlen))) {
+    /* its clients are context managers (remote.c), on a private link:
+     * several requests at once from each node's address, so no limit per
+     * address, and their kept-alive connections may idle as long as an
+     * answer may take (a short timeout would only make curl reconnect) */
+    http_params hp = http_default_params();
+    hp.host = p->host;
+    hp.port = p->port;
+    hp.max_body = p->max_body;
+    hp.max_per_address = 0;
+    hp.request_timeout_s = hp.answer_timeout_s;
+    if (!(s->h = http_start(&hp, NULL, on_request, s, err, errlen))) {
         free(s);
         return NULL;
     }

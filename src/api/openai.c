@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth.h"
 #include "errors.h"
 #include "sse.h"
 
@@ -104,11 +105,21 @@ static dc_code common_of(json_t *r, const api_defaults *d, const char *const *ca
     json_t *v = json_object_get(r, "stop");
     if (v && !json_is_null(v)) return dc_fail(err, DC_E_INVALID, "stop sequences are not supported by this node");
     v = json_object_get(r, "tools");
+    if (v && !json_is_null(v) && !json_is_array(v))
+        return dc_fail(err, DC_E_INVALID, "tools must be an array (and tools are not supported by this node)");
     if (json_array_size(v) > 0) return dc_fail(err, DC_E_INVALID, "tools are not supported by this node");
     long long x;
     bool given;
     if ((rc = api_get_integer(r, "n", 1, 1, &x, &given, err))) return rc;
-    if ((rc = api_get_string(r, "user", &req->user_id, err))) return rc;
+    /* OpenAI's `user` is any string (an email, a name): not refused for
+     * not being an id, it is mapped to one (injectively, auth.h), which is
+     * what owns the sessions it starts. An empty one names no one. */
+    const char *user = NULL;
+    if ((rc = api_get_string(r, "user", &user, err))) return rc;
+    if (user && *user) {
+        auth_owner_of(user, chat->owner);
+        req->user_id = chat->owner;
+    }
     req->gen = llm_default_gen_params();
     req->gen.n_predict = d->default_n_predict;
     for (given = false; *cap_names && !given; cap_names++) {
@@ -181,9 +192,6 @@ dc_code api_chat_parse(const char *body, size_t len, const char *hdr_session, co
     if ((rc = get_bool(r, "store", false, &store, err))) return rc;
     chat->session = req->session_id || store;
     if (!chat->session && req->turn) return dc_fail(err, DC_E_INVALID, "turn needs a session (session_id or store:true)");
-    /* Without a user (and without API keys), sessions belong to "anonymous":
-     * the session id (128 random bits) is then what lets a client continue one. */
-    if (chat->session && !req->user_id) req->user_id = "anonymous";
     if (chat->session && !req->session_id) {
         if (req->turn > 1) return dc_fail(err, DC_E_INVALID, "turn %u needs the session_id of turn 1", req->turn);
         if ((rc = new_session(chat, req, err))) return rc;
@@ -229,7 +237,6 @@ dc_code api_responses_parse(const char *body, size_t len, const api_defaults *d,
     if (rc) return rc;
 
     chat->session = store || prev;
-    if (!req->user_id && chat->session) req->user_id = "anonymous";
     if (prev) {
         if (!api_response_id_parse(prev, chat->prev_sid, &chat->prev_turn))
             return dc_fail(err, DC_E_NOT_FOUND, "no stored response %.80s", prev);

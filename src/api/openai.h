@@ -40,6 +40,7 @@ typedef struct {
     long long created;
     int seq;                    /* responses stream: sequence_number */
     const char *model, *node;
+    char owner[ID_MAX + 1];     /* the owner id of the body's `user` (auth_owner_of) */
 } api_chat;
 
 /* Parse a request into req (whose strings borrow from *root and chat:

@@ -23,8 +23,11 @@ struct api_server {
 };
 
 api_params api_default_params(void) {
-    return (api_params){.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20, .node_id = "node",
-                        .default_n_predict = 128, .max_n_predict = 4096, .max_streams = 4};
+    http_params h = http_default_params();
+    return (api_params){.host = h.host, .port = h.port, .max_body = h.max_body, .node_id = "node",
+                        .default_n_predict = 128, .max_n_predict = 4096, .max_streams = 4,
+                        .max_connections = h.max_connections, .max_per_address = h.max_per_address,
+                        .request_timeout_s = h.request_timeout_s};
 }
 
 static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn, const char *method,
@@ -83,6 +86,24 @@ static const char *call_route(const char *url, call_kind *kind) {
     return NULL;
 }
 
+/* What anyone may read: the page, the node's health, and its metrics:
+ * counts and timings, no session ids, keys or content. */
+static bool open_route(const char *method, const char *url) {
+    return !strcmp(method, "GET") && (!strcmp(url, "/") || !strcmp(url, "/health") || !strcmp(url, "/metrics"));
+}
+
+/* The API key is checked as soon as a request's headers are in (http.h):
+ * a client without a valid key has its body dropped unread, and cannot
+ * make the node buffer or parse anything. */
+static dc_code gate(void *ud, const http_req *hr, char who[ID_MAX + 1], dc_error *err) {
+    api_server *s = ud;
+    if (!s->p.keys || open_route(hr->method, hr->url)) return DC_OK;
+    dc_code rc = auth_check(s->p.keys, MHD_lookup_connection_value(hr->conn, MHD_HEADER_KIND, "Authorization"), who,
+                            err);
+    if (rc) observe_request(s->env.obs, hr->method, "unauthorized", api_error_status(rc), clock_mono_ms() - hr->t0, NULL);
+    return rc;
+}
+
 static enum MHD_Result on_request(void *ud, const http_req *hr) {
     api_server *s = ud;
     const char *url = hr->url, *method = hr->method, *route = url;
@@ -98,20 +119,12 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
         return http_send(conn, 200, "text/plain; version=0.0.4; charset=utf-8", text.s, text.n, MHD_RESPMEM_MUST_FREE,
                          NULL);
     }
-    /* What anyone may read: the page, the node's health, and (above) its
-     * metrics: counts and timings, no session ids, keys or content. */
-    bool open = get && (!strcmp(url, "/") || !strcmp(url, "/health"));
-    char user[ID_MAX + 1] = "";
-    bool denied = !open && s->p.keys &&
-                  auth_check(s->p.keys, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"), user, &err);
-    const char *who = user[0] ? user : NULL; /* the key's user; NULL without keys */
+    const char *who = hr->who[0] ? hr->who : NULL; /* the key's user (gate); NULL without keys */
     call_kind kind;
     const char *call = call_route(url, &kind);
     int status = 200;
     enum MHD_Result ok = MHD_NO;
-    if (denied) {
-        route = "unauthorized";
-    } else if (call && !strcmp(method, "POST")) {
+    if (call && !strcmp(method, "POST")) {
         return api_complete(&s->env, hr, kind, call, who); /* it logs and counts the turn */
     } else if (call) {
         dc_fail(&err, DC_E_METHOD, "%s is not allowed on %s: use POST", method, url);
@@ -149,7 +162,14 @@ api_server *api_server_start(const api_params *p, ctx *c, llm *m, char *err, siz
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    if (!(s->h = http_start(p->host, p->port, p->max_body, on_request, s, err, errlen))) {
+    http_params hp = http_default_params();
+    hp.host = p->host;
+    hp.port = p->port;
+    hp.max_body = p->max_body;
+    hp.max_connections = p->max_connections;
+    hp.max_per_address = p->max_per_address;
+    hp.request_timeout_s = p->request_timeout_s;
+    if (!(s->h = http_start(&hp, gate, on_request, s, err, errlen))) {
         observe_free(s->env.obs);
         quota_free(s->env.inflight);
         free(s);

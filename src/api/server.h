@@ -30,7 +30,10 @@ typedef struct {
     auth *keys;            /* NULL: no keys, every route open; borrowed (reloaded by its owner) */
     bool log_content;      /* log prompts and replies (observe.h); off by default */
     int max_n_predict;     /* longest reply a request may ask for */
-    int max_streams;       /* generations at once per user (API key); 0: no limit */
+    int max_streams;       /* generations at once per user (auth.h auth_limits_key); 0: no limit */
+    unsigned max_connections;   /* open connections, all clients together (http.h) */
+    unsigned max_per_address;   /* open connections from one client address */
+    unsigned request_timeout_s; /* silence allowed while a request arrives (http.h) */
 } api_params;
 
 api_params api_default_params(void);

@@ -368,11 +368,11 @@ static dc_code copy_turns(ctx *c, const char *new_sid, const session_meta *src, 
 /* The turn goes on in a fork of its session: a copy of the turns before it
  * (the context the reply was generated from) under a new id, then the turn.
  * rep->session_id becomes the fork's. */
-static dc_code commit_in_fork(ctx *c, const turn_rec *turns, session_meta *meta, const turn_rec *rec, ctx_reply *rep,
-                              dc_error *err) {
+static dc_code commit_in_fork(ctx *c, const turn_rec *turns, session_meta *meta, const turn_rec *rec,
+                              const char *counted, ctx_reply *rep, dc_error *err) {
     char fsid[33];
     if (id_random_hex(fsid) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
-    dc_code rc = reserve_session(c, rep->user_id, fsid, err);
+    dc_code rc = reserve_session(c, counted, fsid, err);
     if (rc) return rc;
     rc = copy_turns(c, fsid, meta, turns, rec->turn - 1, err);
     meta->created_ms = meta->last_ms;
@@ -380,7 +380,7 @@ static dc_code commit_in_fork(ctx *c, const turn_rec *turns, session_meta *meta,
     if (!rc && st == STORE_CONFLICT) rc = dc_fail(err, DC_E_CONFLICT, "session %s already exists", fsid);
     else if (!rc && st != STORE_OK) rc = store_error(err, st);
     if (rc) {
-        quota_give(c->owners, rep->user_id, fsid);
+        quota_give(c->owners, counted, fsid);
         return rc;
     }
     log_info("session %s: turn %u was taken by another request; it went on in a fork, session %s", rep->session_id,
@@ -461,7 +461,8 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
     bool commit = outcome == LOAD_PROCEED || outcome == LOAD_FORK;
     if (!rc && exists && req->system && commit) rc = dc_fail(err, DC_E_INVALID, "system is accepted on turn 1 only");
     bool creating = !rc && !exists && outcome == LOAD_PROCEED;
-    if (creating && (rc = reserve_session(c, rep->user_id, rep->session_id, err))) creating = false;
+    const char *counted = req->quota_user ? req->quota_user : rep->user_id; /* for the session limit */
+    if (creating && (rc = reserve_session(c, counted, rep->session_id, err))) creating = false;
     size_t whole = 0;
     if (!rc)
         rc = req->mode == MODE_TOKENIZED ? build_tokenized(c, req, turns, n_turns, &rec, &input, &whole, rep, err)
@@ -524,11 +525,11 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
         }
         if (fork) {
             double t0 = clock_mono_ms();
-            rc = commit_in_fork(c, turns, &meta, &rec, rep, err);
+            rc = commit_in_fork(c, turns, &meta, &rec, counted, rep, err);
             rep->store_commit_ms += clock_mono_ms() - t0;
         }
     }
-    if (creating && !committed) quota_give(c->owners, rep->user_id, rep->session_id);
+    if (creating && !committed) quota_give(c->owners, counted, rep->session_id);
 done:
     if (rc) strbuf_clear(&rep->content);
     tokvec_free(&input);
@@ -648,15 +649,16 @@ dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_erro
         st = store_session_delete(c->s, sid);
         if (st == STORE_NOT_FOUND) rc = dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
         else if (st != STORE_OK) rc = store_error(err, st);
-        if (st == STORE_OK || st == STORE_NOT_FOUND) quota_give(c->owners, m.user_id, sid);
+        /* counted under whatever name it was created for (ctx_request.quota_user) */
+        if (st == STORE_OK || st == STORE_NOT_FOUND) quota_give(c->owners, NULL, sid);
         if (st == STORE_OK && why[0]) log_warn("session %s deleted, whose records do not decode: %s", sid, why);
     }
     keylock_release(c->locks, lock);
     return rc;
 }
 
-dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *new_sid,
-                         dc_error *err) {
+dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *quota_user,
+                         const char *new_sid, dc_error *err) {
     if (!id_is_valid(sid) || !id_is_valid(new_sid))
         return dc_fail(err, DC_E_INVALID, "session id must be 1-64 characters of [A-Za-z0-9._-]");
     if (upto < 1) return dc_fail(err, DC_E_INVALID, "a fork copies at least one turn");
@@ -676,9 +678,10 @@ dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *use
         rc = dc_fail(err, DC_E_MODE_MISMATCH, "only tokenized sessions can be forked (session %s is %s)", sid,
                      ctx_mode_name(src.mode));
     if (!rc) rc = check_compatible(c, sid, &(ctx_request){.mode = MODE_TOKENIZED}, &src, err);
-    bool creating = !rc && !(rc = reserve_session(c, src.user_id, new_sid, err));
+    const char *counted = quota_user ? quota_user : src.user_id; /* for the session limit */
+    bool creating = !rc && !(rc = reserve_session(c, counted, new_sid, err));
     if (!rc) rc = copy_turns(c, new_sid, &src, turns, upto, err);
-    if (rc && creating) quota_give(c->owners, src.user_id, new_sid);
+    if (rc && creating) quota_give(c->owners, counted, new_sid);
     if (turns) store_turns_free(turns, src.turn);
     return rc;
 }

@@ -46,6 +46,8 @@ typedef struct {
     const char *system;     /* optional system message, first turn only */
     const char *session_id; /* NULL: a new session is created */
     const char *user_id;    /* NULL: one is assigned */
+    const char *quota_user; /* whom --max-sessions-per-user counts a new session against; NULL: its owner
+                               (the API layer decides: auth.h auth_limits_key) */
     uint32_t turn;          /* 0: not given (allowed only for a new session) */
     const char *request_id; /* optional: a retry with the same id gets the committed reply again */
     ctx_consistency consistency;
@@ -83,9 +85,9 @@ dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_erro
 /* Copies turns 1..upto of sid (its owner's, tokenized) into the new session
  * new_sid, for the same user: a conversation continued from an older turn
  * goes on in the copy and leaves the original as it was. Waits for turn
- * upto to replicate here, as a turn would. */
-dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *new_sid,
-                         dc_error *err);
+ * upto to replicate here, as a turn would. quota_user: as in ctx_request. */
+dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *quota_user,
+                         const char *new_sid, dc_error *err);
 
 const char *ctx_mode_name(session_mode m);
 /* Parses "tokenized", "raw", "client-side"; returns 0 if unknown. */

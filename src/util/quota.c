@@ -26,7 +26,7 @@
 
 typedef struct {
     uint64_t h;
-    char user[ID_MAX + 1];
+    char user[QUOTA_NAME_MAX + 1];
     char item[ID_MAX + 1];
     double alive_at; /* when alive() last said yes (monotonic ms); 0: never asked */
 } entry;
@@ -137,7 +137,9 @@ bool quota_take(quota *q, const char *user, const char *item, int max) {
 
 void quota_give(quota *q, const char *user, const char *item) {
     pthread_mutex_lock(&q->mu);
-    size_t at = find(q, hash_of(user), user, item);
+    size_t at = user ? find(q, hash_of(user), user, item) : q->n;
+    for (size_t i = 0; !user && i < q->n; i++) /* under whatever name (quota.h) */
+        if (!strcmp(q->e[i].item, item)) at = i;
     if (at < q->n) q->e[at] = q->e[--q->n];
     pthread_mutex_unlock(&q->mu);
 }

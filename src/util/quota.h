@@ -27,10 +27,17 @@ typedef bool (*quota_alive_fn)(void *ud, const char *item);
 quota *quota_new(quota_alive_fn alive, void *ud);
 void quota_free(quota *q);
 
-/* Takes a place for user's item (an id, at most ID_MAX bytes). False when
- * the user already holds max live items. max <= 0: no limit, nothing kept. */
+#define QUOTA_NAME_MAX 127 /* longest name a place is counted under */
+
+/* Takes a place for user's item (an id, at most ID_MAX bytes; user: a name
+ * of at most QUOTA_NAME_MAX bytes, whom the limit counts: a user, or what
+ * the API counts a key-less client as, auth.h). False when the user
+ * already holds max live items. max <= 0: no limit, nothing kept. */
 bool quota_take(quota *q, const char *user, const char *item, int max);
-/* Gives item back: its work failed or ended, or it was deleted. */
+/* Gives item back: its work failed or ended, or it was deleted. user: the
+ * name it was taken under, or NULL for whatever name holds it (a session
+ * deleted by its owner, who need not be the name it was counted under:
+ * auth.h counts a key-less client's sessions under its address). */
 void quota_give(quota *q, const char *user, const char *item);
 /* Items user holds. */
 int quota_count(quota *q, const char *user);

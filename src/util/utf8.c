@@ -3,6 +3,7 @@
 #include "utf8.h"
 
 static size_t valid_len(const unsigned char *p, size_t n) {
+    if (n == 0) return 0;
     unsigned char c = p[0];
     if (c < 0x80) return 1;
     size_t len;
@@ -22,6 +23,8 @@ static size_t valid_len(const unsigned char *p, size_t n) {
         if (p[i] < 0x80 || p[i] > 0xBF) return 0;
     return len;
 }
+
+size_t utf8_char_len(const char *s, size_t n) { return valid_len((const unsigned char *)s, n); }
 
 void utf8_sanitize(const char *s, size_t n, strbuf *out) {
     const unsigned char *p = (const unsigned char *)s;

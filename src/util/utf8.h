@@ -7,6 +7,10 @@
 
 #include "vec.h"
 
+/* The length (1-4) of the well-formed character at the start of s[0..n),
+ * or 0 when s does not start with one (an invalid or cut sequence, or n 0). */
+size_t utf8_char_len(const char *s, size_t n);
+
 /* Appends s to out with every invalid sequence replaced by U+FFFD. */
 void utf8_sanitize(const char *s, size_t n, strbuf *out);
 
