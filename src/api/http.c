@@ -123,8 +123,10 @@ enum MHD_Result http_send_json(struct MHD_Connection *conn, int status, json_t *
 }
 
 enum MHD_Result http_send_error(struct MHD_Connection *conn, const dc_error *e) {
-    /* a full queue drains within a turn or so; one second is a fair first retry */
-    static const char *const busy[] = {"Retry-After", "1", NULL};
+    /* the engine's estimate of when its queue will have drained (llm_stats) */
+    char secs[16];
+    snprintf(secs, sizeof secs, "%u", e->retry_after_s ? e->retry_after_s : 1);
+    const char *const busy[] = {"Retry-After", secs, NULL};
     return http_send_json(conn, api_error_status(e->code), api_error_json(e), e->code == DC_E_BUSY ? busy : NULL);
 }
 

@@ -138,7 +138,13 @@ static dc_code do_completion(llm_server *s, const http_req *hr, json_t *body, js
         gp.alive_ud = hr->conn;
         switch (llm_generate(s->m, in.v, in.n, &gp, &gen, &t, why, sizeof why)) {
         case LLM_OK: break;
-        case LLM_BUSY: rc = dc_fail(err, DC_E_BUSY, "%s", why); break;
+        case LLM_BUSY: {
+            llm_stats st;
+            llm_stats_get(s->m, &st);
+            rc = dc_fail(err, DC_E_BUSY, "%s", why);
+            err->retry_after_s = st.retry_after_s;
+            break;
+        }
         case LLM_CANCELLED: rc = dc_fail(err, DC_E_CANCELLED, "%s", why); break;
         default: rc = dc_fail(err, DC_E_INTERNAL, "generation failed: %s", why); break;
         }

@@ -105,6 +105,24 @@ static dc_code llm_error(dc_error *err, dc_code code, const char *what) {
     return dc_fail(err, code, "%s", what);
 }
 
+/* 429 with the engine's own estimate of when to retry. */
+static dc_code busy_error(ctx *c, dc_error *err, const char *why) {
+    llm_stats st;
+    llm_stats_get(c->m, &st);
+    dc_fail(err, DC_E_BUSY, "the node is at capacity (%s); retry later", why);
+    err->retry_after_s = st.retry_after_s;
+    return DC_E_BUSY;
+}
+
+/* Refusing must cost next to nothing: under overload most requests are
+ * refused, and work spent on them (rendering, tokenizing, building the
+ * context) is taken from the turns that do run. So a request the engine
+ * would refuse is refused before any of that (llm_admit). */
+static dc_code refuse_if_full(ctx *c, dc_error *err) {
+    if (llm_admit(c->m) == LLM_OK) return DC_OK;
+    return busy_error(c, err, "all sequences busy and the queue is full");
+}
+
 /* Generation and its bookkeeping, shared by all three modes. */
 static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tokvec *out, ctx_reply *rep,
                         dc_error *err) {
@@ -112,7 +130,7 @@ static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tok
     rep->context_tokens = (int)input->n;
     switch (llm_generate(c->m, input->v, input->n, &req->gen, out, &rep->llm, why, sizeof why)) {
     case LLM_OK: break;
-    case LLM_BUSY: return dc_fail(err, DC_E_BUSY, "the node is at capacity (%s); retry later", why);
+    case LLM_BUSY: return busy_error(c, err, why);
     case LLM_CANCELLED: return dc_fail(err, DC_E_CANCELLED, "generation abandoned: %s", why);
     default:
         if (llm_unreachable()) return dc_fail(err, DC_E_LLM_DOWN, "generation failed: %s", why);
@@ -221,7 +239,8 @@ static dc_code build_raw(ctx *c, const ctx_request *req, const turn_rec *turns, 
 static dc_code complete_client_side(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *err) {
     tokvec input = {0}, out = {0};
     double t0 = clock_mono_ms();
-    dc_code rc = DC_OK;
+    dc_code rc = refuse_if_full(c, err);
+    if (rc) return rc;
     if (req->messages ? llm_chat_render(c->m, req->messages, req->n_messages, true, &input) != 0
                       : llm_tokenize(c->m, req->prompt, strlen(req->prompt), true, &input) != 0)
         rc = llm_error(err, DC_E_INVALID, req->messages ? "the messages cannot be rendered with the model's chat template"
@@ -456,6 +475,8 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
         rep->context_tokens = (int)meta.n_tokens;
         goto done;
     }
+    /* after the replay check: a retry of a committed turn needs no sequence */
+    if (!rc) rc = refuse_if_full(c, err);
     /* a fork goes on from the turns before the client's, whatever came after */
     uint32_t n_turns = outcome == LOAD_FORK ? turn - 1 : n_loaded;
     bool commit = outcome == LOAD_PROCEED || outcome == LOAD_FORK;

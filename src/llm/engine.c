@@ -107,6 +107,7 @@ struct engine {
     job *q_head, *q_tail;
     int n_queued;
     uint64_t tick;
+    double svc_ms; /* a sequence's recent time per request, admit to done (moving average); 0: none yet */
     llm_stats stats;
     llama_logit_bias *no_eog; /* -inf on every end-of-generation token, for ignore_eos */
     int n_eog;
@@ -171,6 +172,12 @@ static void job_finish(engine *e, job *j, llm_status rc) {
         e->slots[j->slot].busy = NULL;
         e->slots[j->slot].used = ++e->tick;
         j->t->predicted_ms = j->t->predicted_n ? clock_mono_ms() - j->t_admit - j->t->prompt_ms : 0;
+        /* the pace Retry-After is estimated from: recent requests weigh
+         * most, as the mix of prompt and reply lengths drifts */
+        if (rc == LLM_OK) {
+            double svc = clock_mono_ms() - j->t_admit;
+            e->svc_ms = e->svc_ms > 0 ? 0.8 * e->svc_ms + 0.2 * svc : svc;
+        }
     }
     if (j->smpl) llama_sampler_free(j->smpl);
     j->smpl = NULL;
@@ -548,13 +555,29 @@ void engine_free(engine *e) {
     free(e);
 }
 
+/* Under mu: a request arriving now would be refused. The queue counts
+ * requests beyond the free sequences. */
+static bool engine_full(const engine *e) {
+    return e->stop || e->n_queued >= e->p.n_queue + (e->p.n_parallel - e->n_active);
+}
+
+/* Under mu: seconds until the requests queued now have all reached a
+ * sequence, at the recent pace (n_parallel sequences, each svc_ms a
+ * request). A refused client told this comes back when there is room
+ * again rather than spinning on 429s; clamped to [1, 60] so that one
+ * slow outlier does not send clients away for minutes. */
+static unsigned engine_retry_after_s(const engine *e) {
+    double ms = e->svc_ms > 0 ? e->n_queued * e->svc_ms / e->p.n_parallel : 1000;
+    unsigned s = (unsigned)(ms / 1000.0 + 0.999);
+    return s < 1 ? 1 : s > 60 ? 60 : s;
+}
+
 llm_status engine_generate(engine *e, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
                            llm_timings *t, char *err, size_t errlen) {
     job j = {.in = input, .n = n, .gp = *p, .out = out, .t = t, .state = JOB_QUEUED, .out_n0 = out->n,
              .t_queued = clock_mono_ms()};
     pthread_mutex_lock(&e->mu);
-    if (e->stop || e->n_queued >= e->p.n_queue + (e->p.n_parallel - e->n_active)) {
-        /* the queue counts requests beyond the free sequences */
+    if (engine_full(e)) {
         e->stats.busy++;
         pthread_mutex_unlock(&e->mu);
         snprintf(err, errlen, "%s", e->stop ? "the LLM service is shutting down" : "all sequences busy and the queue is full");
@@ -599,10 +622,19 @@ llm_status engine_generate(engine *e, const int32_t *input, size_t n, const llm_
     return j.rc;
 }
 
+llm_status engine_admit(engine *e) {
+    pthread_mutex_lock(&e->mu);
+    bool full = engine_full(e);
+    e->stats.busy += full;
+    pthread_mutex_unlock(&e->mu);
+    return full ? LLM_BUSY : LLM_OK;
+}
+
 void engine_stats_get(engine *e, llm_stats *out) {
     pthread_mutex_lock(&e->mu);
     *out = e->stats;
     out->active = e->n_active;
     out->queued = e->n_queued;
+    out->retry_after_s = engine_retry_after_s(e);
     pthread_mutex_unlock(&e->mu);
 }

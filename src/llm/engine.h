@@ -32,5 +32,6 @@ llm_status engine_generate(engine *e, const int32_t *input, size_t n, const llm_
                            llm_timings *t, char *err, size_t errlen);
 
 void engine_stats_get(engine *e, llm_stats *out);
+llm_status engine_admit(engine *e); /* llm_admit */
 
 #endif

@@ -166,6 +166,8 @@ void llm_stats_get(llm *m, llm_stats *out) {
     m->ops->stats(m->impl, out);
 }
 
+llm_status llm_admit(llm *m) { return m->ops->admit ? m->ops->admit(m->impl) : LLM_OK; }
+
 llm_status llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
                         llm_timings *t, char *err, size_t errlen) {
     memset(t, 0, sizeof *t);

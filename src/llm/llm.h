@@ -163,10 +163,20 @@ typedef struct {
     size_t spill_bytes;
     int active, queued;
     int n_slots, n_parallel;
+    /* when a refused request should retry, in seconds (>= 1): the engine's
+     * estimate of when the queue now waiting will have reached a sequence */
+    unsigned retry_after_s;
     size_t kv_bytes; /* the KV cache's size */
 } llm_stats;
 
 void llm_stats_get(llm *m, llm_stats *out);
+
+/* Admission ahead of the work: LLM_BUSY when a generation asked for now
+ * would be refused (counted in llm_stats.busy as one), so that a caller
+ * can refuse before rendering and tokenizing for nothing; LLM_OK otherwise.
+ * Racy by design: llm_generate still refuses what it cannot take. A remote
+ * engine always says LLM_OK: its service decides. */
+llm_status llm_admit(llm *m);
 
 /* Physical cores of this machine (for the default thread count). */
 int llm_physical_cores(void);

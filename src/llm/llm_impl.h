@@ -19,6 +19,7 @@ typedef struct {
     llm_status (*generate)(void *impl, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
                            llm_timings *t, char *err, size_t errlen);
     void (*stats)(void *impl, llm_stats *out);
+    llm_status (*admit)(void *impl); /* NULL: always LLM_OK */
     void (*free)(void *impl);
 } llm_ops;
 

@@ -301,11 +301,14 @@ static llm_status local_generate(void *impl, const int32_t *input, size_t n, con
     return engine_generate(((local *)impl)->eng, input, n, p, out, t, err, errlen);
 }
 
+static llm_status local_admit(void *impl) { return engine_admit(((local *)impl)->eng); }
+
 const llm_ops llm_local_ops = {
     .apply_template = local_apply_template,
     .tokenize = local_tokenize,
     .detokenize = local_detokenize,
     .generate = local_generate,
     .stats = local_stats,
+    .admit = local_admit,
     .free = local_free,
 };

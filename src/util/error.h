@@ -35,6 +35,7 @@ typedef enum {
 typedef struct {
     dc_code code;
     uint32_t expected_turn; /* for DC_E_CONFLICT: the turn the client should send */
+    uint32_t retry_after_s; /* for DC_E_BUSY: when to retry (Retry-After); 0: 1 s */
     char message[256];
 } dc_error;
 

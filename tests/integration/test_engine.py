@@ -164,7 +164,7 @@ class ConcurrencyTest(OneNode):
         st, r = self.node.complete(prompt="One more?", user_id="late", turn=1)
         self.assertEqual(st, 429, r)
         self.assertEqual(r["error"]["type"], "server_busy")
-        self.assertEqual(self.node.last_headers.get("Retry-After"), "1")
+        self.assertGreaterEqual(int(self.node.last_headers.get("Retry-After")), 1)
         for t in threads:
             t.join()
         for i in range(3):
@@ -178,6 +178,51 @@ class ConcurrencyTest(OneNode):
         # the queued one waited for a sequence; the first two did not wait for each other
         waits = sorted(results[i][1]["timings"]["queue_ms"] for i in range(3))
         self.assertGreater(waits[2], waits[1])
+
+    def test_refused_client_is_told_when_the_queue_drains(self):
+        """Retry-After is the engine's estimate of when the queue ahead will
+        have reached a sequence, at the pace it has just shown (queued x time
+        per request / sequences), not a constant; and a retry of a committed
+        turn (same request_id) is answered even while the engine is full:
+        refusing happens after the replay check, before any other work."""
+        # the pace: requests long enough that one queued request means a wait
+        # of well over a second (n_predict grows until one takes >= 4 s here)
+        n, svc = 64, []
+        while True:
+            st, r = self.node.complete(prompt="Pace.", user_id="pace", turn=1, n_predict=n, ignore_eos=True)
+            self.assertEqual(st, 200, r)
+            if r["timings"]["prompt_ms"] + r["timings"]["predicted_ms"] >= 4000 or n >= 1024:
+                break
+            n *= 2
+        for _ in range(4):  # the estimate is a moving average: let it settle on this pace
+            st, r = self.node.complete(prompt="Pace.", user_id="pace", turn=1, n_predict=n, ignore_eos=True)
+            self.assertEqual(st, 200, r)
+            svc.append(r["timings"]["prompt_ms"] + r["timings"]["predicted_ms"])
+        st, done = self.node.complete(prompt="Hello.", user_id="rp", turn=1, n_predict=4, request_id="rp-1")
+        self.assertEqual(st, 200, done)
+        results = {}
+        threads = [threading.Thread(target=self.long_turn, args=(results, i), kwargs={"n_predict": n})
+                   for i in range(3)]
+        for t in threads:
+            t.start()
+        wait_for(self.node, lambda e: e["active"] == 2 and e["queued"] == 1, "2 generating, 1 queued")
+        st, r = self.node.complete(prompt="One more?", user_id="late", turn=1)
+        retry_after = int(self.node.last_headers.get("Retry-After"))
+        st2, again = self.node.complete(prompt="Hello.", user_id="rp", turn=1, n_predict=4, request_id="rp-1",
+                                        session_id=done["session_id"])
+        for t in threads:
+            t.join()
+        self.assertEqual(st, 429, r)
+        # one request queued, two sequences, >= 4 s a request: >= 2 s, and
+        # no more than that pace allows (rounded up)
+        expect_max = int(max(svc) * 1 / 2 / 1000) + 2
+        self.assertGreaterEqual(retry_after, 2, svc)
+        self.assertLessEqual(retry_after, expect_max, svc)
+        self.assertEqual(st2, 200, again)
+        self.assertTrue(again.get("replayed"), again)
+        self.assertEqual(again["content"], done["content"])
+        for i in range(3):
+            self.assertEqual(results[i][0], 200, results[i][1])
 
     def test_sessions_generate_together(self):
         """Two sessions' turns run at the same time, each to its own context."""
