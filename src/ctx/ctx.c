@@ -368,8 +368,9 @@ static dc_code replay(ctx *c, const turn_rec *t, ctx_reply *rep, dc_error *err) 
  * copy cut short by a failure is never returned to the client, and expires
  * with the TTL. */
 static dc_code copy_turns(ctx *c, const char *new_sid, const session_meta *src, const turn_rec *turns, uint32_t upto,
-                          dc_error *err) {
+                          session_meta *last, dc_error *err) {
     session_meta m = *src;
+    m.rev = 0; /* a new session: its turn 1 expects none; each commit gives the next one's */
     m.turn = 0;
     m.n_tokens = 0;
     m.created_ms = m.last_ms = clock_wall_ms();
@@ -381,6 +382,7 @@ static dc_code copy_turns(ctx *c, const char *new_sid, const session_meta *src, 
         if (st == STORE_CONFLICT) return dc_fail(err, DC_E_CONFLICT, "session %s already exists", new_sid);
         if (st != STORE_OK) return store_error(err, st);
     }
+    if (last) *last = m; /* the copy's creation time and revision, for the turn after */
     return DC_OK;
 }
 
@@ -393,8 +395,10 @@ static dc_code commit_in_fork(ctx *c, const turn_rec *turns, session_meta *meta,
     if (id_random_hex(fsid) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
     dc_code rc = reserve_session(c, counted, fsid, err);
     if (rc) return rc;
-    rc = copy_turns(c, fsid, meta, turns, rec->turn - 1, err);
-    meta->created_ms = meta->last_ms;
+    session_meta copy;
+    rc = copy_turns(c, fsid, meta, turns, rec->turn - 1, &copy, err);
+    meta->rev = copy.rev;
+    meta->created_ms = copy.created_ms;
     store_status st = rc ? STORE_OK : store_turn_commit(c->s, fsid, meta, rec);
     if (!rc && st == STORE_CONFLICT) rc = dc_fail(err, DC_E_CONFLICT, "session %s already exists", fsid);
     else if (!rc && st != STORE_OK) rc = store_error(err, st);
@@ -701,7 +705,7 @@ dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *use
     if (!rc) rc = check_compatible(c, sid, &(ctx_request){.mode = MODE_TOKENIZED}, &src, err);
     const char *counted = quota_user ? quota_user : src.user_id; /* for the session limit */
     bool creating = !rc && !(rc = reserve_session(c, counted, new_sid, err));
-    if (!rc) rc = copy_turns(c, new_sid, &src, turns, upto, err);
+    if (!rc) rc = copy_turns(c, new_sid, &src, turns, upto, NULL, err);
     if (rc && creating) quota_give(c->owners, counted, new_sid);
     if (turns) store_turns_free(turns, src.turn);
     return rc;

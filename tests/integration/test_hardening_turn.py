@@ -324,6 +324,27 @@ class Replicated(unittest.TestCase):
             time.sleep(0.2)
 
 
+class EmbeddedFork(unittest.TestCase):
+    """The same race on the embedded store, whose commit also checks that the
+    session is the life it read (creation time and owner): the fork's turn
+    must be committed as the copy's next turn, not the original's."""
+    responses = Replicated.responses
+    turns = Replicated.turns
+    assertForked = Replicated.assertForked
+    test_continuations_of_one_response_racing_on_one_node_fork = \
+        Replicated.test_continuations_of_one_response_racing_on_one_node_fork
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="dc-hardening-turn-fork-")
+        cls.a = Node(BIN, MODEL, os.path.join(cls.dir, "a"), "edge-1", ONE_THREAD).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.a.cleanup()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+
 class Embedded(unittest.TestCase):
     """Nodes on the embedded store."""
 
