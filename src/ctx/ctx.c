@@ -110,7 +110,9 @@ static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tok
                         dc_error *err) {
     char why[160];
     rep->context_tokens = (int)input->n;
-    switch (llm_generate(c->m, input->v, input->n, &req->gen, out, &rep->llm, why, sizeof why)) {
+    llm_gen_params gp = req->gen;
+    if (!gp.owner) gp.owner = rep->user_id; /* KV is reused only within one user's requests (llm.h) */
+    switch (llm_generate(c->m, input->v, input->n, &gp, out, &rep->llm, why, sizeof why)) {
     case LLM_OK: break;
     case LLM_BUSY: return dc_fail(err, DC_E_BUSY, "the node is at capacity (%s); retry later", why);
     case LLM_CANCELLED: return dc_fail(err, DC_E_CANCELLED, "generation abandoned: %s", why);
@@ -131,6 +133,7 @@ static size_t turn_body_tokens(const turn_rec *t) {
 static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *turns, uint32_t n_turns,
                                turn_rec *rec, tokvec *input, ctx_reply *rep, dc_error *err) {
     double t0 = clock_mono_ms();
+    if (n_turns == 0) llm_add_bos(c->m, &rec->tok[SEG_SYSTEM]); /* the conversation's start: kept whatever is cut */
     if (n_turns == 0 && req->system) {
         llm_msg sys = {"system", req->system};
         if (llm_chat_render(c->m, &sys, 1, false, &rec->tok[SEG_SYSTEM]) != 0)
@@ -181,6 +184,7 @@ static dc_code build_raw(ctx *c, const ctx_request *req, const turn_rec *turns, 
         }
         msgs[n++] = (llm_msg){"user", req->prompt};
         tokvec_clear(input);
+        llm_add_bos(c->m, input);
         if (llm_chat_render(c->m, msgs, n, true, input) != 0) {
             rc = llm_error(err, DC_E_INVALID, "the model's chat template cannot render this conversation");
             break;
@@ -205,12 +209,13 @@ static dc_code complete_client_side(ctx *c, const ctx_request *req, ctx_reply *r
     tokvec input = {0}, out = {0};
     double t0 = clock_mono_ms();
     dc_code rc = DC_OK;
+    size_t bos = llm_add_bos(c->m, &input);
     if (req->messages ? llm_chat_render(c->m, req->messages, req->n_messages, true, &input) != 0
                       : llm_tokenize(c->m, req->prompt, strlen(req->prompt), true, &input) != 0)
         rc = llm_error(err, DC_E_INVALID, req->messages ? "the messages cannot be rendered with the model's chat template"
                                                         : "the prompt cannot be tokenized");
     rep->tokenize_ms = clock_mono_ms() - t0;
-    if (!rc && input.n == 0) rc = dc_fail(err, DC_E_INVALID, "prompt is empty");
+    if (!rc && input.n == bos) rc = dc_fail(err, DC_E_INVALID, "prompt is empty");
     if (!rc && input.n + (size_t)req->gen.n_predict > (size_t)llm_n_ctx(c->m))
         rc = dc_fail(err, DC_E_CTX_LENGTH, "the prompt (%zu tokens) plus n_predict (%d) does not fit the context window (%d tokens)",
                      input.n, req->gen.n_predict, llm_n_ctx(c->m));
