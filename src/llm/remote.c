@@ -127,7 +127,7 @@ static long request(remote *r, const char *path, json_t *body, const llm_gen_par
         snprintf(err, errlen, "the client went away");
     } else {
         log_warn("remote: %s%s: %s", r->where, path, curl_easy_strerror(cc));
-        snprintf(err, errlen, "%s: the LLM service cannot be reached", path);
+        snprintf(err, errlen, "%s: cannot reach the LLM service", path);
         llm_set_unreachable(err);
     }
     curl_slist_free_all(hdr);
