@@ -242,7 +242,8 @@ static void spill_reclaim(const char *dir) {
             if (n > 6 && !strcmp(f->d_name + n - 6, ".state")) unlinkat(fd, f->d_name, 0);
         }
         closedir(sub); /* closes fd and drops the lock */
-        if (unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) == 0) log_info("engine: removed KV spill files left by a crash in %s/%s", dir, de->d_name);
+        if (unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) == 0)
+            log_info("engine: removed the KV spill folder %s/%s, left by a crash", dir, de->d_name);
     }
     closedir(d);
 }
@@ -350,7 +351,8 @@ static void admit(engine *e) {
         size_t best_p = 0;
         for (int s = 0; s < e->p.n_slots; s++) {
             if (e->slots[s].busy) continue;
-            size_t p = reuse && same_owner(e->slots[s].owner, j->gp.owner) ? common_prefix(&e->slots[s].toks, j->in, j->n) : 0;
+            bool mine = reuse && same_owner(e->slots[s].owner, j->gp.owner);
+            size_t p = mine ? common_prefix(&e->slots[s].toks, j->in, j->n) : 0;
             if (best < 0 || p > best_p || (p == best_p && e->slots[s].used < e->slots[best].used)) {
                 best = s;
                 best_p = p;

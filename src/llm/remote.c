@@ -299,7 +299,8 @@ static void url_where(const char *url, char *out, size_t n) {
     snprintf(out, n, "the --llm URL");
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL;
-    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK && curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
         curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
         curl_url_get(u, CURLUPART_PORT, &port, 0);
         snprintf(out, n, "%s://%s%s%s", scheme, host, port ? ":" : "", port ? port : "");
@@ -350,7 +351,8 @@ static int check_parse_special(remote *r, const char *eos, const char *bos, char
         tokvec_free(&plain);
     }
     if (rc && probed < 0)
-        snprintf(err, errlen, "the LLM service at %s gives no special-token text to check parse_special with", r->where);
+        snprintf(err, errlen, "the LLM service at %s gives no special-token text to check parse_special with",
+                 r->where);
     strbuf_free(&end);
     return rc;
 }
@@ -361,8 +363,9 @@ static int32_t probe_bos(remote *r) {
     json_t *resp;
     char err[256];
     tokvec with = {0}, without = {0};
-    long st = request(r, "/tokenize", json_pack("{s:s, s:b, s:b}", "content", "a", "add_special", 1, "parse_special", 0),
-                      NULL, 30, &resp, err, sizeof err);
+    long st = request(r, "/tokenize",
+                      json_pack("{s:s, s:b, s:b}", "content", "a", "add_special", 1, "parse_special", 0), NULL, 30,
+                      &resp, err, sizeof err);
     if (st == 200) ids_append(json_object_get(resp, "tokens"), &with);
     json_decref(resp);
     int32_t bos = -1;
@@ -391,7 +394,8 @@ void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t err
     json_t *props;
     long st = request(r, "/props", NULL, NULL, 30, &props, err, errlen);
     if (st != 200) {
-        if (st > 0) snprintf(err, errlen, "%s/props answered HTTP %ld: not a llama-server compatible engine?", r->where, st);
+        if (st > 0)
+            snprintf(err, errlen, "%s/props answered HTTP %ld: not a llama-server compatible engine?", r->where, st);
         else snprintf(err, errlen, "cannot reach the LLM service at %s (/props)", r->where);
         json_decref(props);
         remote_free(r);
