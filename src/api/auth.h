@@ -40,7 +40,8 @@ dc_code auth_check(auth *a, const char *header, char user[ID_MAX + 1], dc_error 
  * names no one. A claim is free to make, so key-less limits are only fair
  * shares, never a protection: what they must not do is let one client
  * exhaust another's (a stranger naming no one, or naming you, from
- * elsewhere). docs/SECURITY.md, "Who a key-less client is". */
+ * elsewhere). The engine reuses cached KV only within one such client
+ * (ctx_request.quota_user). docs/SECURITY.md, "Who a key-less client is". */
 #define AUTH_LIMITS_MAX (ID_MAX + 1 + 15) /* an owner, "@", a dotted IPv4 address */
 void auth_limits_key(const char *key_user, const char *owner, const char *addr, char out[AUTH_LIMITS_MAX + 1]);
 

@@ -48,8 +48,8 @@ static dc_code do_tokenize(llm_server *s, json_t *body, json_t **out, dc_error *
     if (json_unpack_ex(body, &je, 0, "{s:s%, s?b, s?b}", "content", &content, &len, "add_special", &add_special,
                        "parse_special", &parse_special) != 0)
         return dc_fail(err, DC_E_INVALID, "/tokenize: %s", je.text);
-    if (add_special) return dc_fail(err, DC_E_INVALID, "/tokenize: add_special is not supported (no BOS is added)");
     tokvec t = {0};
+    if (add_special) llm_add_bos(s->m, &t); /* as llama-server: the BOS the model's metadata asks for */
     if (llm_tokenize(s->m, content, len, parse_special, &t) != 0) {
         tokvec_free(&t);
         return dc_fail(err, DC_E_INVALID, "/tokenize: the content cannot be tokenized");
@@ -99,14 +99,15 @@ static dc_code do_apply_template(llm_server *s, json_t *body, json_t **out, dc_e
 /* Returns DC_E_CANCELLED when the caller went away (nothing to answer). */
 static dc_code do_completion(llm_server *s, const http_req *hr, json_t *body, json_t **out, dc_error *err) {
     json_t *prompt = NULL;
+    const char *owner = NULL;
     json_int_t n_predict = -1, top_k = 40, seed = -1;
     double temperature = 0.8, top_p = 0.95;
     int cache = 1, return_tokens = 0, stream = 0, ignore_eos = 0;
     json_error_t je;
-    if (json_unpack_ex(body, &je, 0, "{s:o, s?I, s?F, s?F, s?I, s?I, s?b, s?b, s?b, s?b}", "prompt", &prompt,
+    if (json_unpack_ex(body, &je, 0, "{s:o, s?I, s?F, s?F, s?I, s?I, s?b, s?b, s?b, s?b, s?s}", "prompt", &prompt,
                        "n_predict", &n_predict, "temperature", &temperature, "top_p", &top_p, "top_k", &top_k, "seed",
                        &seed, "cache_prompt", &cache, "return_tokens", &return_tokens, "stream", &stream,
-                       "ignore_eos", &ignore_eos) != 0)
+                       "ignore_eos", &ignore_eos, "discedge_owner", &owner) != 0)
         return dc_fail(err, DC_E_INVALID, "/completion: %s", je.text);
     if (stream) return dc_fail(err, DC_E_INVALID, "/completion: stream:true is not supported by llm-serve");
     if (n_predict == 0 || n_predict < -1 || n_predict > 1 << 20)
@@ -115,10 +116,15 @@ static dc_code do_completion(llm_server *s, const http_req *hr, json_t *body, js
         return dc_fail(err, DC_E_INVALID, "/completion: temperature 0..100, top_p 0..1, top_k >= 0");
     tokvec in = {0}, gen = {0};
     dc_code rc = DC_OK;
-    if (json_is_array(prompt)) rc = ids_parse(s->m, prompt, "prompt", &in, err);
-    else if (json_is_string(prompt) && llm_tokenize(s->m, json_string_value(prompt), json_string_length(prompt), true, &in))
-        rc = dc_fail(err, DC_E_INVALID, "/completion: the prompt cannot be tokenized");
-    else if (!json_is_string(prompt)) rc = dc_fail(err, DC_E_INVALID, "/completion: prompt must be a string or an array of token ids");
+    if (json_is_array(prompt)) {
+        rc = ids_parse(s->m, prompt, "prompt", &in, err);
+    } else if (json_is_string(prompt)) {
+        llm_add_bos(s->m, &in); /* a text prompt is a whole conversation, as in llama-server */
+        if (llm_tokenize(s->m, json_string_value(prompt), json_string_length(prompt), true, &in))
+            rc = dc_fail(err, DC_E_INVALID, "/completion: the prompt cannot be tokenized");
+    } else {
+        rc = dc_fail(err, DC_E_INVALID, "/completion: prompt must be a string or an array of token ids");
+    }
     if (!rc && in.n == 0) rc = dc_fail(err, DC_E_INVALID, "/completion: prompt is empty");
     if (!rc && in.n >= (size_t)llm_n_ctx(s->m))
         rc = dc_fail(err, DC_E_CTX_LENGTH, "/completion: %zu prompt tokens do not fit the context of %d", in.n,
@@ -134,6 +140,7 @@ static dc_code do_completion(llm_server *s, const http_req *hr, json_t *body, js
         gp.seed = seed >= 0 ? (uint32_t)seed : (uint32_t)(clock_mono_ms() * 1000);
         gp.cache_prompt = cache;
         gp.ignore_eos = ignore_eos;
+        gp.owner = owner; /* whose KV this may reuse (remote.c sends it); none: nobody's */
         gp.alive = http_conn_alive;
         gp.alive_ud = hr->conn;
         switch (llm_generate(s->m, in.v, in.n, &gp, &gen, &t, why, sizeof why)) {
@@ -175,10 +182,12 @@ static json_t *props_json(llm_server *s) {
     llm_stats_get(s->m, &ls);
     char fp[24];
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)llm_fingerprint(s->m));
-    return json_pack("{s:{s:i}, s:i, s:s, s:{s:s, s:s, s:i, s:i, s:s}}", "default_generation_settings", "n_ctx",
-                     llm_n_ctx(s->m), "total_slots", ls.n_parallel, "model_path",
-                     s->p.model_path ? s->p.model_path : "", "discedge", "model", llm_model_name(s->m), "fingerprint",
-                     fp, "n_vocab", llm_n_vocab(s->m), "n_threads", llm_n_threads(s->m), "backend", llm_backend(s->m));
+    return json_pack("{s:{s:i}, s:i, s:s, s:s, s:s, s:{s:s, s:s, s:i, s:i, s:s, s:s}}", "default_generation_settings",
+                     "n_ctx", llm_n_ctx(s->m), "total_slots", ls.n_parallel, "model_path",
+                     s->p.model_path ? s->p.model_path : "", "bos_token", llm_bos_text(s->m), "eos_token",
+                     llm_eos_text(s->m), "discedge", "model", llm_model_name(s->m), "fingerprint", fp, "n_vocab",
+                     llm_n_vocab(s->m), "n_threads", llm_n_threads(s->m), "backend", llm_backend(s->m),
+                     "kv_isolation", "owner");
 }
 
 static enum MHD_Result on_request(void *ud, const http_req *hr) {

@@ -10,7 +10,13 @@
  * The connection thread detokenizes all the ids it has so far and sends
  * what is new (whole characters only): a token's text can depend on its
  * neighbours, so the text of the sequence is what counts, not the sum of
- * its pieces. The replies are short; the repeated work is negligible. */
+ * its pieces. The replies are short; the repeated work is negligible.
+ *
+ * Whole characters: ids that end inside a character give text that ends in
+ * an incomplete sequence (local engine), or, from a remote engine, whose
+ * JSON replies are valid UTF-8, in U+FFFD put there for it. Both are held
+ * back until more ids (or the end) say what the character is; anything
+ * else would send text that the next, longer text does not start with. */
 #include "sse.h"
 
 #include <pthread.h>
@@ -121,8 +127,12 @@ static void wait_a_while(sse *s) {
     pthread_cond_timedwait(&s->cv, &s->mu, &ts);
 }
 
+/* Sends what text adds to the text already sent, up to its last whole
+ * character (see the top). */
 static void send_text(sse *s, const char *text, size_t n) {
+    static const char fffd[] = "\xef\xbf\xbd";
     size_t end = utf8_complete_prefix(text, n);
+    while (end >= 3 && !memcmp(text + end - 3, fffd, 3)) end -= 3;
     if (end > s->sent) s->f->delta(s->ud, text + s->sent, end - s->sent, &s->out);
     if (end > s->sent) s->sent = end;
 }
@@ -239,8 +249,11 @@ enum MHD_Result sse_run(struct MHD_Connection *conn, ctx *c, llm *m, const ctx_r
     } else if (failed) {
         ok = http_send_error(conn, &s->err);
     } else {
-        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, s,
-                                                                   sse_response_free);
+        /* DC_FAULT_SSE_NO_RESPONSE: the tests' way to fail the allocation */
+        struct MHD_Response *r = getenv("DC_FAULT_SSE_NO_RESPONSE")
+                                     ? NULL
+                                     : MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, s,
+                                                                         sse_response_free);
         if (r) {
             MHD_add_response_header(r, "Content-Type", "text/event-stream");
             MHD_add_response_header(r, "Cache-Control", "no-cache");
@@ -249,6 +262,11 @@ enum MHD_Result sse_run(struct MHD_Connection *conn, ctx *c, llm *m, const ctx_r
             MHD_destroy_response(r); /* the reference moved to the response */
             return ok;
         }
+        /* Nobody will read this turn: the generation is cancelled, so it
+         * commits nothing (the connection closes; a retry runs it again). */
+        pthread_mutex_lock(&s->mu);
+        s->gone = true;
+        pthread_mutex_unlock(&s->mu);
     }
     sse_unref(s);
     return ok;

@@ -128,7 +128,13 @@ static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tok
                         dc_error *err) {
     char why[160];
     rep->context_tokens = (int)input->n;
-    switch (llm_generate(c->m, input->v, input->n, &req->gen, out, &rep->llm, why, sizeof why)) {
+    llm_gen_params gp = req->gen;
+    /* KV is reused only within one client's requests (llm.h), the client
+     * as the per-user limits know it (ctx_request.quota_user: the key's
+     * user; without keys, the claimed user at its address): key-less
+     * strangers, all "anonymous" on the OpenAI routes, never share. */
+    if (!gp.owner) gp.owner = req->quota_user ? req->quota_user : rep->user_id;
+    switch (llm_generate(c->m, input->v, input->n, &gp, out, &rep->llm, why, sizeof why)) {
     case LLM_OK: break;
     case LLM_BUSY: return busy_error(c, err, why);
     case LLM_CANCELLED: return dc_fail(err, DC_E_CANCELLED, "generation abandoned: %s", why);
@@ -152,6 +158,7 @@ static size_t turn_body_tokens(const turn_rec *t) {
 static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *turns, uint32_t n_turns,
                                turn_rec *rec, tokvec *input, size_t *whole, ctx_reply *rep, dc_error *err) {
     double t0 = clock_mono_ms();
+    if (n_turns == 0) llm_add_bos(c->m, &rec->tok[SEG_SYSTEM]); /* the conversation's start: kept whatever is cut */
     if (n_turns == 0 && req->system) {
         llm_msg sys = {"system", req->system};
         if (llm_chat_render(c->m, &sys, 1, false, &rec->tok[SEG_SYSTEM]) != 0)
@@ -201,6 +208,7 @@ static dc_code build_raw(ctx *c, const ctx_request *req, const turn_rec *turns, 
     tokvec sys = {0}, last = {0}, *parts = calloc(n_turns ? n_turns : 1, sizeof *parts);
     if (!parts) return dc_fail(err, DC_E_INTERNAL, "out of memory");
     double t0 = clock_mono_ms();
+    llm_add_bos(c->m, &sys); /* the conversation's start, counted with the system message: never cut */
     bool ok = !system || llm_chat_render(c->m, &(llm_msg){"system", system}, 1, false, &sys) == 0;
     for (uint32_t i = 0; ok && i < n_turns; i++) {
         llm_msg pair[2] = {{"user", text_of(&turns[i].text[SEG_USER])}, {"assistant", text_of(&turns[i].text[SEG_REPLY])}};
@@ -241,12 +249,13 @@ static dc_code complete_client_side(ctx *c, const ctx_request *req, ctx_reply *r
     double t0 = clock_mono_ms();
     dc_code rc = refuse_if_full(c, err);
     if (rc) return rc;
+    size_t bos = llm_add_bos(c->m, &input);
     if (req->messages ? llm_chat_render(c->m, req->messages, req->n_messages, true, &input) != 0
                       : llm_tokenize(c->m, req->prompt, strlen(req->prompt), true, &input) != 0)
         rc = llm_error(err, DC_E_INVALID, req->messages ? "the messages cannot be rendered with the model's chat template"
                                                         : "the prompt cannot be tokenized");
     rep->tokenize_ms = clock_mono_ms() - t0;
-    if (!rc && input.n == 0) rc = dc_fail(err, DC_E_INVALID, "prompt is empty");
+    if (!rc && input.n == bos) rc = dc_fail(err, DC_E_INVALID, "prompt is empty");
     if (!rc && input.n + (size_t)req->gen.n_predict > (size_t)llm_n_ctx(c->m))
         rc = dc_fail(err, DC_E_CTX_LENGTH, "the prompt (%zu tokens) plus n_predict (%d) does not fit the context window (%d tokens)",
                      input.n, req->gen.n_predict, llm_n_ctx(c->m));

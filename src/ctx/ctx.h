@@ -46,8 +46,10 @@ typedef struct {
     const char *system;     /* optional system message, first turn only */
     const char *session_id; /* NULL: a new session is created */
     const char *user_id;    /* NULL: one is assigned */
-    const char *quota_user; /* whom --max-sessions-per-user counts a new session against; NULL: its owner
-                               (the API layer decides: auth.h auth_limits_key) */
+    const char *quota_user; /* the client as limits and the KV cache know it: whom --max-sessions-per-user
+                               counts a new session against, and whose cached prefixes the engine may reuse
+                               (llm_gen_params.owner); NULL: the session's owner (the API layer decides:
+                               auth.h auth_limits_key) */
     uint32_t turn;          /* 0: not given (allowed only for a new session) */
     const char *request_id; /* optional: a retry with the same id gets the committed reply again */
     ctx_consistency consistency;

@@ -17,14 +17,31 @@
  * node, an evicted slot) simply matches less and prefills more. Correct
  * first, fast second.
  *
+ * Owners: a slot (and a spilled state) also remembers whose KV it holds
+ * (llm_gen_params.owner), and only a request of the same owner sees its
+ * prefix; for anyone else it counts as 0. Otherwise the prefix length a
+ * reply reports (cache_n, cached_tokens), its prefill time, and the choice
+ * of slot itself (a probe matching a victim's system prompt would take and
+ * truncate the victim's slot) tell one user, token by token, whether a
+ * guess of another user's prompt is right. docs/SECURITY.md says what is
+ * left (queueing and eviction, which depend on load, not on content).
+ *
  * Spill: when a conversation's sequence is taken for another, its KV
  * state can go to a file (llama_state_seq_get_data) instead of being
  * dropped, and come back when a request extends it again: reading a few MB
  * costs far less than prefilling the same tokens (bench/RESULTS.md has both
  * measured). Spilled states are a cache of this process: files live in
  * spill_dir, bounded by spill_budget bytes (least recently used out first),
- * and are deleted at start and exit. The file I/O runs on the engine thread
- * outside the lock, between steps.
+ * and are deleted at exit. The file I/O runs on the engine thread outside
+ * the lock, between steps.
+ *
+ * The files hold conversations, so each engine keeps them in a folder of
+ * its own, created by mkdtemp (0700, a random name) in spill_dir, and opens
+ * them with O_NOFOLLOW | O_EXCL: nothing planted in a shared or predictable
+ * place is followed or overwritten. The engine holds an flock on its folder
+ * for its life; at start it removes the folders whose lock is free (their
+ * engine crashed: the kernel dropped the lock with the process, whatever
+ * PID namespace it ran in) and touches nothing else in spill_dir.
  *
  * Each step of the loop decodes one batch: one token for every generating
  * request and prompt chunks of the requests still prefilling, up to n_batch
@@ -44,10 +61,10 @@
 #include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -82,6 +99,7 @@ typedef struct job {
 
 typedef struct {
     tokvec toks; /* the tokens whose KV this sequence holds: positions 0..n-1 */
+    char *owner; /* whose they are (engine thread); NULL: nobody's to reuse */
     job *busy;
     uint64_t used; /* LRU tick */
 } slot;
@@ -89,6 +107,7 @@ typedef struct {
 /* A sequence state on disk, and the tokens it holds. */
 typedef struct {
     tokvec toks;
+    char *owner;
     char path[600];
     size_t bytes;
     uint64_t used;
@@ -112,6 +131,8 @@ struct engine {
     llama_logit_bias *no_eog; /* -inf on every end-of-generation token, for ignore_eos */
     int n_eog;
     /* engine thread only */
+    char *spill_own; /* this engine's private folder in spill_dir (NULL: spill off) */
+    int spill_lock;  /* an fd holding an flock on it for the engine's life, or -1 */
     spilled *sp;
     int n_sp;
     size_t sp_bytes;
@@ -136,6 +157,11 @@ static struct llama_sampler *sampler_new(const engine *e, const llm_gen_params *
     llama_sampler_chain_add(s, llama_sampler_init_temp(p->temperature));
     llama_sampler_chain_add(s, llama_sampler_init_dist(p->seed));
     return s;
+}
+
+/* KV is shared only between requests of one owner (see the top). */
+static bool same_owner(const char *kept, const char *asker) {
+    return kept && asker && *asker && !strcmp(kept, asker);
 }
 
 static size_t common_prefix(const tokvec *a, const int32_t *b, size_t n) {
@@ -192,6 +218,7 @@ static void spill_drop(engine *e, int i) {
     unlink(e->sp[i].path);
     e->sp_bytes -= e->sp[i].bytes;
     tokvec_free(&e->sp[i].toks);
+    free(e->sp[i].owner);
     e->sp[i] = e->sp[--e->n_sp];
 }
 
@@ -201,22 +228,61 @@ static int spill_find(const engine *e, uint64_t id) {
     return -1;
 }
 
-/* Removes every spill file of ours in the folder (left by a crash, or at exit). */
-static void spill_clear(engine *e) {
-    while (e->n_sp) spill_drop(e, 0);
-    DIR *d = e->p.spill_dir ? opendir(e->p.spill_dir) : NULL;
+/* Removes the folders in spill_dir of engines that ended without cleaning
+ * up (a crash): those whose flock nobody holds. Only names of the form
+ * mkdtemp gave them ("kv-XXXXXX"), and in them only our "*.state" files;
+ * unlinkat removes a symlink itself, never what it points to. */
+static void spill_reclaim(const char *dir) {
+    DIR *d = opendir(dir);
     if (!d) return;
     for (struct dirent *de; (de = readdir(d));) {
-        /* ours, or left by an engine that no longer runs (another live
-         * one may share the folder) */
-        int pid;
-        if (sscanf(de->d_name, "kv-%d-", &pid) != 1) continue;
-        if (pid != (int)getpid() && (kill(pid, 0) == 0 || errno != ESRCH)) continue;
-        char path[600];
-        snprintf(path, sizeof path, "%s/%s", e->p.spill_dir, de->d_name);
-        unlink(path);
+        if (strncmp(de->d_name, "kv-", 3) != 0 || strlen(de->d_name) != 9) continue;
+        int fd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) continue;
+        DIR *sub = flock(fd, LOCK_EX | LOCK_NB) == 0 ? fdopendir(fd) : NULL;
+        if (!sub) {
+            close(fd); /* a live engine's (or not a folder of ours) */
+            continue;
+        }
+        for (struct dirent *f; (f = readdir(sub));) {
+            size_t n = strlen(f->d_name);
+            if (n > 6 && !strcmp(f->d_name + n - 6, ".state")) unlinkat(fd, f->d_name, 0);
+        }
+        closedir(sub); /* closes fd and drops the lock */
+        if (unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) == 0)
+            log_info("engine: removed the KV spill folder %s/%s, left by a crash", dir, de->d_name);
     }
     closedir(d);
+}
+
+/* Creates this engine's private folder in spill_dir and locks it. The
+ * folder is made under a name spill_reclaim ignores and renamed once
+ * locked, so another engine starting at the same moment never takes a new
+ * (still unlocked) folder for a crashed one's. -1 on failure. */
+static int spill_open(engine *e) {
+    char tmpl[600], final[600];
+    snprintf(tmpl, sizeof tmpl, "%s/new-XXXXXX", e->p.spill_dir);
+    if (!mkdtemp(tmpl)) return -1; /* mode 0700 */
+    int fd = open(tmpl, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    snprintf(final, sizeof final, "%s/kv-%s", e->p.spill_dir, strrchr(tmpl, '-') + 1);
+    if (fd < 0 || flock(fd, LOCK_EX) != 0 || rename(tmpl, final) != 0) {
+        if (fd >= 0) close(fd);
+        rmdir(tmpl);
+        return -1;
+    }
+    e->spill_lock = fd;
+    e->spill_own = dc_xstrdup(final);
+    return 0;
+}
+
+/* Deletes this engine's spill files and folder (at exit). */
+static void spill_close(engine *e) {
+    while (e->n_sp) spill_drop(e, 0);
+    if (e->spill_own) rmdir(e->spill_own);
+    if (e->spill_lock >= 0) close(e->spill_lock);
+    free(e->spill_own);
+    e->spill_own = NULL;
+    e->spill_lock = -1;
 }
 
 /* Writes slot s's state to a file and indexes it. Failures only cost the
@@ -233,18 +299,20 @@ static void spill_save(engine *e, int s) {
     }
     uint8_t *buf = malloc(size);
     spilled sp = {.bytes = size, .used = ++e->tick, .id = ++e->sp_seq};
-    snprintf(sp.path, sizeof sp.path, "%s/kv-%d-%llu.state", e->p.spill_dir, (int)getpid(), (unsigned long long)sp.id);
+    snprintf(sp.path, sizeof sp.path, "%s/%llu.state", e->spill_own, (unsigned long long)sp.id);
     int fd = -1;
     bool ok = buf && llama_state_seq_get_data(e->ctx, buf, size, s) == size &&
-              (fd = open(sp.path, O_WRONLY | O_CREAT | O_TRUNC, 0600)) >= 0 && write(fd, buf, size) == (ssize_t)size;
+              (fd = open(sp.path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)) >= 0 &&
+              write(fd, buf, size) == (ssize_t)size;
     if (fd >= 0) close(fd);
     free(buf);
     if (!ok) {
-        unlink(sp.path);
+        if (fd >= 0) unlink(sp.path); /* only a file this call created */
         log_warn("engine: cannot spill a sequence state to %s", sp.path);
         return;
     }
     tokvec_append(&sp.toks, sl->toks.v, sl->toks.n);
+    sp.owner = dc_xstrdup(sl->owner);
     e->sp = dc_xrealloc(e->sp, (size_t)(e->n_sp + 1) * sizeof *e->sp);
     e->sp[e->n_sp++] = sp;
     e->sp_bytes += size;
@@ -258,7 +326,7 @@ static void spill_restore(engine *e, int i, int s) {
     llama_memory_seq_rm(e->mem, s, -1, -1);
     sl->toks.n = 0;
     uint8_t *buf = malloc(e->sp[i].bytes);
-    int fd = open(e->sp[i].path, O_RDONLY);
+    int fd = open(e->sp[i].path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     bool ok = buf && fd >= 0 && read(fd, buf, e->sp[i].bytes) == (ssize_t)e->sp[i].bytes &&
               llama_state_seq_set_data(e->ctx, buf, e->sp[i].bytes, s) == e->sp[i].bytes;
     if (fd >= 0) close(fd);
@@ -290,7 +358,8 @@ static void admit(engine *e) {
         size_t best_p = 0;
         for (int s = 0; s < e->p.n_slots; s++) {
             if (e->slots[s].busy) continue;
-            size_t p = reuse ? common_prefix(&e->slots[s].toks, j->in, j->n) : 0;
+            bool mine = reuse && same_owner(e->slots[s].owner, j->gp.owner);
+            size_t p = mine ? common_prefix(&e->slots[s].toks, j->in, j->n) : 0;
             if (best < 0 || p > best_p || (p == best_p && e->slots[s].used < e->slots[best].used)) {
                 best = s;
                 best_p = p;
@@ -300,6 +369,7 @@ static void admit(engine *e) {
          * worth loading when it covers clearly more than the best slot. */
         j->restore = 0;
         for (int i = 0; reuse && i < e->n_sp; i++) {
+            if (!same_owner(e->sp[i].owner, j->gp.owner)) continue;
             size_t p = common_prefix(&e->sp[i].toks, j->in, j->n);
             if (p >= best_p + (size_t)e->p.spill_min) {
                 best_p = p;
@@ -323,9 +393,10 @@ static void admit(engine *e) {
  * when that is worth it (spill on, and at least spill_min tokens lost). */
 static void prepare(engine *e, job *j) {
     slot *sl = &e->slots[j->slot];
-    bool reuse = e->p.reuse && j->gp.cache_prompt, spill = e->p.spill_dir && reuse;
-    size_t keep = reuse ? common_prefix(&sl->toks, j->in, j->n) : 0;
-    if (spill && sl->toks.n >= keep + (size_t)e->p.spill_min) spill_save(e, j->slot);
+    bool reuse = e->p.reuse && j->gp.cache_prompt, spill = e->spill_own && reuse;
+    size_t keep = reuse && same_owner(sl->owner, j->gp.owner) ? common_prefix(&sl->toks, j->in, j->n) : 0;
+    /* (KV nobody may reuse is not worth the disk) */
+    if (spill && sl->owner && sl->toks.n >= keep + (size_t)e->p.spill_min) spill_save(e, j->slot);
     /* the entry chosen at admission may be gone: another job took it first,
      * or the save above dropped it for the budget */
     int entry = j->restore ? spill_find(e, j->restore) : -1;
@@ -335,6 +406,9 @@ static void prepare(engine *e, job *j) {
     }
     if (keep >= j->n) keep = j->n - 1; /* the last input token must run again for its logits */
     slot_truncate(e, j->slot, keep);
+    /* what stays is j's owner's (or nothing); what j computes will be too */
+    free(sl->owner);
+    sl->owner = j->gp.owner && *j->gp.owner ? dc_xstrdup(j->gp.owner) : NULL;
     j->t->cached_n = (int)sl->toks.n;
     j->t->prompt_n = (int)(j->n - sl->toks.n);
     j->prepared = true;
@@ -496,6 +570,7 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     e->slots = calloc((size_t)p->n_slots, sizeof *e->slots);
     e->active = calloc((size_t)p->n_parallel, sizeof *e->active);
     e->stats.n_slots = p->n_slots;
+    e->spill_lock = -1;
     if (p->spill_dir) {
         /* the folder and its parent (a node's --data-dir may not exist yet) */
         char parent[512];
@@ -505,11 +580,10 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
             *slash = '\0';
             mkdir(parent, 0700);
         }
-        if (mkdir(p->spill_dir, 0700) != 0 && errno != EEXIST) {
-            log_warn("engine: cannot create %s (%s); KV spill off", p->spill_dir, strerror(errno));
-            e->p.spill_dir = NULL;
-        }
-        spill_clear(e);
+        bool ok = mkdir(p->spill_dir, 0700) == 0 || errno == EEXIST;
+        if (ok) spill_reclaim(p->spill_dir);
+        if (!ok || spill_open(e) != 0)
+            log_warn("engine: cannot create a private folder in %s (%s); KV spill off", p->spill_dir, strerror(errno));
     }
     int nv = llama_vocab_n_tokens(vocab);
     for (int i = 0; i < nv; i++) e->n_eog += llama_vocab_is_eog(vocab, i);
@@ -542,9 +616,12 @@ void engine_free(engine *e) {
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->thread, NULL);
-    spill_clear(e);
+    spill_close(e);
     free(e->sp);
-    for (int s = 0; s < e->p.n_slots; s++) tokvec_free(&e->slots[s].toks);
+    for (int s = 0; s < e->p.n_slots; s++) {
+        tokvec_free(&e->slots[s].toks);
+        free(e->slots[s].owner);
+    }
     free(e->slots);
     free(e->active);
     free(e->no_eog);

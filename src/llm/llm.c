@@ -133,6 +133,7 @@ llm *llm_load(const llm_params *p, char *err, size_t errlen) {
     llm *m = calloc(1, sizeof *m);
     if (!m) return NULL;
     m->ops = p->url ? &llm_remote_ops : &llm_local_ops;
+    m->info.bos = -1; /* unless the implementation finds one */
     m->impl = p->url ? llm_remote_open(p, &m->info, err, errlen) : llm_local_open(p, &m->info, err, errlen);
     if (!m->impl) {
         free(m);
@@ -151,6 +152,16 @@ void llm_free(llm *m) {
     if (m->impl) m->ops->free(m->impl);
     tokvec_free(&m->turn_end);
     free(m);
+}
+
+int32_t llm_bos(const llm *m) { return m->info.bos; }
+const char *llm_bos_text(const llm *m) { return m->info.bos_text; }
+const char *llm_eos_text(const llm *m) { return m->info.eos_text; }
+
+size_t llm_add_bos(const llm *m, tokvec *out) {
+    if (m->info.bos < 0) return 0;
+    tokvec_push(out, m->info.bos);
+    return 1;
 }
 
 const char *llm_model_name(const llm *m) { return m->info.name; }

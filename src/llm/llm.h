@@ -69,6 +69,21 @@ int llm_cpu_name(char *out, size_t outlen);
  * -1 if the text cannot be tokenized. */
 int llm_tokenize(const llm *m, const char *text, size_t len, bool parse_special, tokvec *out);
 
+/* The token a conversation must start with: the model's BOS when its
+ * metadata asks for one (tokenizer.ggml.add_bos_token: Llama, Gemma,
+ * Mistral), else -1 (SmolLM2, Qwen). A remote engine says through /tokenize
+ * with add_special. */
+int32_t llm_bos(const llm *m);
+/* Appends llm_bos() to out when there is one; returns the tokens appended
+ * (0 or 1). Whoever builds the start of a conversation calls it exactly once
+ * (the context manager: turn 1's first stored segment, a raw or client-side
+ * input), so the model sees BOS once, at position 0. */
+size_t llm_add_bos(const llm *m, tokvec *out);
+/* The text of the model's BOS and EOS tokens (llama-server's /props
+ * bos_token, eos_token); "" when it has none. */
+const char *llm_bos_text(const llm *m);
+const char *llm_eos_text(const llm *m);
+
 /* A chat message for rendering. role is "system", "user" or "assistant". */
 typedef struct {
     const char *role;
@@ -111,6 +126,13 @@ typedef struct {
     int top_k;           /* <= 0: off */
     uint32_t seed;       /* for sampling when temperature > 0 */
     bool cache_prompt;   /* reuse KV of a previous request sharing a prefix (default true) */
+    /* Whose KV this is. A request reuses only KV computed for requests of the
+     * same owner (byte-equal strings): another owner's cached prefix counts
+     * as 0, is never reused, and its length is never reported (cached_n), so
+     * one user cannot probe another's prompts through the cache (engine.c;
+     * docs/SECURITY.md). NULL or "": shares with nobody. The context manager
+     * passes the request's user. */
+    const char *owner;
     bool ignore_eos;     /* never stop at an end-of-generation token: exactly n_predict tokens */
     /* Polled while the request waits or runs (about every 100 ms); returning
      * false abandons it (LLM_CANCELLED). NULL: never abandoned. */
@@ -136,7 +158,7 @@ llm_gen_params llm_default_gen_params(void);
 
 typedef struct {
     int prompt_n;        /* tokens prefilled (input tokens not found in the KV cache) */
-    int cached_n;        /* input tokens whose KV was reused */
+    int cached_n;        /* input tokens whose KV was reused (the owner's own, see owner) */
     double queue_ms;     /* waiting for a free sequence */
     double prompt_ms;
     int predicted_n;     /* tokens generated (end-of-generation token not counted) */

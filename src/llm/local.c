@@ -189,6 +189,12 @@ static int local_detokenize(void *impl, const int32_t *toks, size_t n, strbuf *o
 
 static void local_free(void *impl);
 
+/* A special token's text ("<eos>"), as llama-server's /props gives it. */
+static void token_text(const local *m, llama_token t, char *out, size_t n) {
+    int32_t got = t == LLAMA_TOKEN_NULL ? 0 : llama_token_to_piece(m->vocab, t, out, (int32_t)n - 1, 0, true);
+    out[got > 0 ? got : 0] = '\0';
+}
+
 void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errlen) {
     if (!p->model_path) {
         snprintf(err, errlen, "no model given (--model PATH)");
@@ -277,6 +283,13 @@ void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errl
     }
     info->fingerprint = compute_fingerprint(m);
     info->n_vocab = llama_vocab_n_tokens(m->vocab);
+    /* tokenizer.ggml.add_bos_token: llama_tokenize would add it with
+     * add_special, but we tokenize pieces of a conversation, so the context
+     * manager places it once at the start (llm_add_bos) */
+    llama_token bos = llama_vocab_bos(m->vocab), eos = llama_vocab_eos(m->vocab);
+    info->bos = llama_vocab_get_add_bos(m->vocab) && bos != LLAMA_TOKEN_NULL ? bos : -1;
+    token_text(m, bos, info->bos_text, sizeof info->bos_text);
+    token_text(m, eos, info->eos_text, sizeof info->eos_text);
     return m;
 }
 

@@ -20,7 +20,18 @@
  * Connections: a small pool of curl easy handles keeps TCP connections to
  * the engine open between calls. A request whose caller went away
  * (llm_gen_params.alive) is aborted from curl's progress callback; the
- * engine sees the connection close and frees its sequence. */
+ * engine sees the connection close and frees its sequence.
+ *
+ * Trust: the URL may carry credentials (http://user:pass@host), and the
+ * engine's error texts are its own: neither reaches a client. Errors say
+ * what failed in our words; the detail goes to the log, where the engine
+ * is named by scheme, host and port only. At start the engine must show
+ * that it keeps special-token text as text when asked (parse_special
+ * false), or user text could forge control tokens (check_parse_special).
+ * Requests carry their owner ("discedge_owner"); a DisCEdge llm-serve
+ * confines KV reuse to it (props "discedge.kv_isolation": "owner"). Any
+ * other engine shares its cache between users, so the prefix lengths it
+ * reports are not passed on (docs/SECURITY.md). */
 #include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -29,12 +40,15 @@
 #include <string.h>
 
 #include "../util/clock.h"
+#include "../util/log.h"
 #include "llm_impl.h"
 
 #define POOL_MAX 16
 
 typedef struct {
     char *base; /* "http://host:port", no trailing slash */
+    char where[300]; /* base without credentials or path: for logs */
+    bool isolates;   /* the engine confines KV reuse to one owner */
     pthread_mutex_t mu;
     CURL *pool[POOL_MAX];
     int n_pool;
@@ -112,7 +126,8 @@ static long request(remote *r, const char *path, json_t *body, const llm_gen_par
         status = -1;
         snprintf(err, errlen, "the client went away");
     } else {
-        snprintf(err, errlen, "%s: cannot reach the LLM service at %s: %s", path, r->base, curl_easy_strerror(cc));
+        log_warn("remote: %s%s: %s", r->where, path, curl_easy_strerror(cc));
+        snprintf(err, errlen, "%s: cannot reach the LLM service", path);
         llm_set_unreachable(err);
     }
     curl_slist_free_all(hdr);
@@ -121,9 +136,15 @@ static long request(remote *r, const char *path, json_t *body, const llm_gen_par
     handle_give(r, h);
     if (status > 0 && !*out) status = 0;
     if (status >= 400 && *out) {
+        /* the engine's words, which may name its files or hosts: to the log
+         * (one line: control characters out), not to the client */
         json_t *msg = json_object_get(json_object_get(*out, "error"), "message");
-        snprintf(err, errlen, "%s: HTTP %ld from the LLM service: %s", path, status,
-                 json_is_string(msg) ? json_string_value(msg) : "(no message)");
+        char detail[200];
+        snprintf(detail, sizeof detail, "%s", json_is_string(msg) ? json_string_value(msg) : "(no message)");
+        for (char *q = detail; *q; q++)
+            if ((unsigned char)*q < 0x20 || *q == 0x7f) *q = '?';
+        log_warn("remote: %s%s answered HTTP %ld: %s", r->where, path, status, detail);
+        snprintf(err, errlen, "%s: the LLM service answered HTTP %ld", path, status);
     }
     return status;
 }
@@ -206,6 +227,7 @@ static llm_status remote_generate(void *impl, const int32_t *input, size_t n, co
                              "n_predict", p->n_predict, "temperature", (double)p->temperature, "top_p",
                              (double)p->top_p, "top_k", p->top_k, "seed", (json_int_t)p->seed, "cache_prompt",
                              p->cache_prompt, "ignore_eos", p->ignore_eos, "return_tokens", 1, "stream", 0);
+    if (p->owner && *p->owner) json_object_set_new(body, "discedge_owner", json_string(p->owner));
     json_t *resp;
     double t0 = clock_mono_ms();
     long st = request(r, "/completion", body, p, 3600, &resp, err, errlen);
@@ -229,6 +251,10 @@ static llm_status remote_generate(void *impl, const int32_t *input, size_t n, co
             json_t *tm = json_object_get(resp, "timings");
             t->prompt_n = (int)num(tm, "prompt_n");
             t->cached_n = (int)num(tm, "cache_n");
+            if (!r->isolates) { /* maybe another user's prefix: the client learns nothing of it */
+                t->prompt_n += t->cached_n;
+                t->cached_n = 0;
+            }
             t->queue_ms = num(tm, "queue_ms");
             t->prompt_ms = num(tm, "prompt_ms");
             t->predicted_n = (int)(out->n - n0);
@@ -268,9 +294,92 @@ static void remote_free(void *impl) {
     free(r);
 }
 
+/* scheme://host[:port] of url, without user, password or path. */
+static void url_where(const char *url, char *out, size_t n) {
+    snprintf(out, n, "the --llm URL");
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL;
+    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+        curl_url_get(u, CURLUPART_PORT, &port, 0);
+        snprintf(out, n, "%s://%s%s%s", scheme, host, port ? ":" : "", port ? port : "");
+    }
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+}
+
+/* Does the engine keep special-token text as text when asked? Each probe
+ * (its EOS and BOS texts, e.g. "<|im_end|>", and the markup its template
+ * ends a turn with) is tokenized with parse_special true and false: an
+ * engine that honours the flag gives two different answers for any text
+ * that holds a special token. One that answers the same for all of them
+ * turns user text into control tokens (older llama-servers ignore the
+ * flag), or gives us nothing to tell by: refuse either way. 0 or -1. */
+static int check_parse_special(remote *r, const char *eos, const char *bos, char *err, size_t errlen) {
+    strbuf end = {0};
+    llm_msg cm[2] = {{"user", "u"}, {"assistant", "\x1e" "dcend" "\x1f"}};
+    if (remote_apply_template(r, cm, 2, false, &end) == 0 && end.s && strstr(end.s, cm[1].content)) {
+        const char *at = strstr(end.s, cm[1].content) + strlen(cm[1].content);
+        memmove(end.s, at, strlen(at) + 1);
+        end.n = strlen(end.s);
+    }
+    const char *probes[] = {eos, bos, end.s};
+    int rc = -1, probed = -1;
+    for (size_t i = 0; rc && i < sizeof probes / sizeof *probes; i++) {
+        if (!probes[i] || !*probes[i]) continue;
+        tokvec sp = {0}, plain = {0};
+        if (remote_tokenize(r, probes[i], strlen(probes[i]), true, &sp) != 0 ||
+            remote_tokenize(r, probes[i], strlen(probes[i]), false, &plain) != 0) {
+            snprintf(err, errlen, "%s/tokenize does not work", r->where);
+            tokvec_free(&sp);
+            tokvec_free(&plain);
+            strbuf_free(&end);
+            return -1;
+        }
+        if (sp.n != plain.n || memcmp(sp.v, plain.v, sp.n * sizeof *sp.v) != 0) rc = 0;
+        else if (probed < 0 && sp.n) probed = (int)i;
+        if (rc && probed == (int)i)
+            snprintf(err, errlen,
+                     "the LLM service at %s ignores parse_special:false: it tokenizes \"%.40s\" as control "
+                     "token %d, so user text could forge control tokens; use one that honours the flag (a recent "
+                     "llama-server, or `discedge llm-serve`)",
+                     r->where, probes[i], sp.v[0]);
+        tokvec_free(&sp);
+        tokvec_free(&plain);
+    }
+    if (rc && probed < 0)
+        snprintf(err, errlen, "the LLM service at %s gives no special-token text to check parse_special with",
+                 r->where);
+    strbuf_free(&end);
+    return rc;
+}
+
+/* The BOS the engine would add (llama-server's /tokenize with add_special):
+ * what "a" gains in front with it. -1 when none (or no add_special). */
+static int32_t probe_bos(remote *r) {
+    json_t *resp;
+    char err[256];
+    tokvec with = {0}, without = {0};
+    long st = request(r, "/tokenize",
+                      json_pack("{s:s, s:b, s:b}", "content", "a", "add_special", 1, "parse_special", 0), NULL, 30,
+                      &resp, err, sizeof err);
+    if (st == 200) ids_append(json_object_get(resp, "tokens"), &with);
+    json_decref(resp);
+    int32_t bos = -1;
+    if (with.n && remote_tokenize(r, "a", 1, false, &without) == 0 && with.n > without.n &&
+        memcmp(with.v + 1, without.v, without.n * sizeof *without.v) == 0)
+        bos = with.v[0];
+    tokvec_free(&with);
+    tokvec_free(&without);
+    return bos;
+}
+
 void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t errlen) {
     if (strncmp(p->url, "http://", 7) != 0 && strncmp(p->url, "https://", 8) != 0) {
-        snprintf(err, errlen, "--llm %s: expected http://HOST:PORT", p->url);
+        snprintf(err, errlen, "--llm: expected http://HOST:PORT");
         return NULL;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -279,12 +388,15 @@ void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t err
     r->base = dc_xstrdup(p->url);
     size_t len = strlen(r->base);
     while (len && r->base[len - 1] == '/') r->base[--len] = '\0';
+    url_where(r->base, r->where, sizeof r->where);
     pthread_mutex_init(&r->mu, NULL);
 
     json_t *props;
     long st = request(r, "/props", NULL, NULL, 30, &props, err, errlen);
     if (st != 200) {
-        if (st > 0) snprintf(err, errlen, "%s/props answered HTTP %ld: not a llama-server compatible engine?", r->base, st);
+        if (st > 0)
+            snprintf(err, errlen, "%s/props answered HTTP %ld: not a llama-server compatible engine?", r->where, st);
+        else snprintf(err, errlen, "cannot reach the LLM service at %s (/props)", r->where);
         json_decref(props);
         remote_free(r);
         return NULL;
@@ -295,8 +407,9 @@ void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t err
     const char *path = json_string_value(json_object_get(props, "model_path"));
     const char *name = json_string_value(json_object_get(dc, "model"));
     const char *fp = json_string_value(json_object_get(dc, "fingerprint"));
+    const char *iso = json_string_value(json_object_get(dc, "kv_isolation"));
     if (info->n_ctx < 16) {
-        snprintf(err, errlen, "%s/props gives no usable n_ctx", r->base);
+        snprintf(err, errlen, "%s/props gives no usable n_ctx", r->where);
         json_decref(props);
         remote_free(r);
         return NULL;
@@ -315,7 +428,21 @@ void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t err
     info->n_vocab = (int)num(dc, "n_vocab");
     const char *backend = json_string_value(json_object_get(dc, "backend"));
     snprintf(info->backend, sizeof info->backend, "remote%s%.200s", backend ? ", " : "", backend ? backend : "");
+    const char *bos = json_string_value(json_object_get(props, "bos_token"));
+    const char *eos = json_string_value(json_object_get(props, "eos_token"));
+    snprintf(info->bos_text, sizeof info->bos_text, "%s", bos ? bos : "");
+    snprintf(info->eos_text, sizeof info->eos_text, "%s", eos ? eos : "");
+    r->isolates = iso && !strcmp(iso, "owner");
     json_decref(props);
+    if (check_parse_special(r, info->eos_text, info->bos_text, err, errlen) != 0) {
+        remote_free(r);
+        return NULL;
+    }
+    info->bos = probe_bos(r);
+    if (!r->isolates)
+        log_warn("remote: the LLM service at %s shares its KV cache between users (not a DisCEdge llm-serve): "
+                 "cached-token counts are not passed on to clients, and prompt timings may still show a shared "
+                 "prefix (docs/SECURITY.md)", r->where);
     return r;
 }
 
