@@ -154,7 +154,6 @@ void llm_free(llm *m) {
     free(m);
 }
 
-int32_t llm_bos(const llm *m) { return m->info.bos; }
 const char *llm_bos_text(const llm *m) { return m->info.bos_text; }
 const char *llm_eos_text(const llm *m) { return m->info.eos_text; }
 

@@ -69,13 +69,10 @@ int llm_cpu_name(char *out, size_t outlen);
  * -1 if the text cannot be tokenized. */
 int llm_tokenize(const llm *m, const char *text, size_t len, bool parse_special, tokvec *out);
 
-/* The token a conversation must start with: the model's BOS when its
- * metadata asks for one (tokenizer.ggml.add_bos_token: Llama, Gemma,
- * Mistral), else -1 (SmolLM2, Qwen). A remote engine says through /tokenize
- * with add_special. */
-int32_t llm_bos(const llm *m);
-/* Appends llm_bos() to out when there is one; returns the tokens appended
- * (0 or 1). Whoever builds the start of a conversation calls it exactly once
+/* Appends the token a conversation must start with to out: the model's BOS
+ * when its metadata asks for one (tokenizer.ggml.add_bos_token: Llama,
+ * Gemma, Mistral; not SmolLM2, Qwen; a remote engine says through /tokenize
+ * with add_special). Returns the tokens appended (0 or 1). Whoever builds the start of a conversation calls it exactly once
  * (the context manager: turn 1's first stored segment, a raw or client-side
  * input), so the model sees BOS once, at position 0. */
 size_t llm_add_bos(const llm *m, tokvec *out);

@@ -31,7 +31,7 @@ typedef struct {
     int n_vocab;   /* 0 when not known (remote): ids are then checked there */
     uint64_t fingerprint;
     char backend[256]; /* llm_backend() */
-    int32_t bos;       /* llm_bos(): the BOS id when the model adds one, else -1 */
+    int32_t bos;       /* the BOS id when the model adds one, else -1 (llm_add_bos) */
     char bos_text[64], eos_text[64]; /* llm_bos_text(), llm_eos_text() */
 } llm_info;
 

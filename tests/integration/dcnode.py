@@ -191,6 +191,41 @@ def raw_post(port, body, path="/completion"):
     return s
 
 
+def turns_of(node, sid, user):
+    """The session as its owner sees it, with its turns' token segments
+    (GET /v1/sessions/{sid}?include=turns); the request must succeed."""
+    st, info = node.request("GET", "/v1/sessions/%s?user_id=%s&include=turns" % (sid, user))
+    assert st == 200, (st, info)
+    return info
+
+
+def wait_replicated(a, b, limit_s=60):
+    """Until a commit on node a shows on node b: a new mirror takes a moment
+    to start following the core stream, as a deployment waits before taking
+    traffic. The limit only bounds a hang."""
+    st, r = a.complete(prompt="warm-up", user_id="warmup", n_predict=1)
+    assert st == 200, r
+    deadline = time.monotonic() + limit_s
+    while b.request("GET", "/v1/sessions/%s?user_id=warmup" % r["session_id"])[0] != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError("%s's mirror did not catch up in %d s" % (b.node_id, limit_s))
+        time.sleep(0.1)
+
+
+def stop_all(nodes=(), servers=(), workdir=None):
+    """A test's tear-down: its nodes (None for one that never started), then
+    the nats-servers they used, then its folder, whatever fails on the way."""
+    try:
+        for n in nodes:
+            if n:
+                n.cleanup()
+    finally:
+        for s in servers:
+            s.kill()
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def free_port():
     """A port nobody listens on right now (for servers that need theirs in
     advance, such as NATS cluster routes), never one this process handed out

@@ -22,7 +22,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import LlmServer, Node, raw_post  # noqa: E402
+from dcnode import LlmServer, Node, raw_post, turns_of  # noqa: E402
 from fake_llama import FakeLlama  # noqa: E402
 
 BIN = MODEL = GEMMA = None
@@ -38,12 +38,6 @@ def engine(node):
     st, h = node.request("GET", "/health")
     assert st == 200, h
     return h["engine"]
-
-
-def turns_of(node, sid, user):
-    st, s = node.request("GET", "/v1/sessions/%s?user_id=%s&include=turns" % (sid, user))
-    assert st == 200, s
-    return s
 
 
 def stream_text(node, body):

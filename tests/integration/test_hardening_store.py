@@ -20,7 +20,6 @@ usage: test_hardening_store.py DISCEDGE_BINARY MODEL.gguf NATS_SERVER STORE_DRIV
 import itertools
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import NatsServer, Node  # noqa: E402
+from dcnode import NatsServer, Node, stop_all, wait_replicated  # noqa: E402
 
 BIN = MODEL = NATS = DRIVER = None
 ONE_THREAD = ("--threads", "1")
@@ -112,26 +111,14 @@ class StoreHardening(unittest.TestCase):
             cls.a, cls.b = cls.nodes
             cls.embedded = Node(BIN, MODEL, os.path.join(cls.dir, "e"), "edge-e", ONE_THREAD).start()
             cls.nodes.append(cls.embedded)
-            # a new mirror takes a moment to follow the core (as in test_nats.py)
-            st, r = cls.a.complete(prompt="warm-up", user_id="warmup", n_predict=1)
-            deadline = time.monotonic() + 60
-            while cls.b.request("GET", "/v1/sessions/%s?user_id=warmup" % r["session_id"])[0] != 200:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("edge-2's mirror did not catch up in 60 s")
-                time.sleep(0.1)
+            wait_replicated(cls.a, cls.b)
         except BaseException:
             cls.tearDownClass()
             raise
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            for n in cls.nodes:
-                n.cleanup()
-        finally:
-            for srv in cls.servers:
-                srv.kill()
-            shutil.rmtree(cls.dir, ignore_errors=True)
+        stop_all(cls.nodes, cls.servers, cls.dir)
 
     def node_stream(self, conn):
         """The nodes' stream (the model's keygroup) and its subject prefix."""

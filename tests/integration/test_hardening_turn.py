@@ -28,7 +28,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import LlmServer, NatsServer, Node  # noqa: E402
+from dcnode import LlmServer, NatsServer, Node, stop_all, turns_of  # noqa: E402
 
 BIN = MODEL = NATS = None
 # Nodes on one 2-core host must not oversubscribe it: ggml threads spin.
@@ -190,18 +190,10 @@ class Replicated(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            for n in cls.nodes:
-                n.cleanup()
-        finally:
-            for s in cls.servers:
-                s.kill()
-            shutil.rmtree(cls.dir, ignore_errors=True)
+        stop_all(cls.nodes, cls.servers, cls.dir)
 
     def turns(self, node, sid, user):
-        st, info = node.request("GET", "/v1/sessions/%s?user_id=%s&include=turns" % (sid, user))
-        self.assertEqual(st, 200, info)
-        return info
+        return turns_of(node, sid, user)
 
     def test_retry_on_a_node_whose_mirror_is_behind_gets_the_committed_reply(self):
         user = "retrier"

@@ -12,7 +12,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import NatsServer, Node, model_variant, nats_cluster, segment_tokens  # noqa: E402
+from dcnode import (NatsServer, Node, model_variant, nats_cluster, segment_tokens, stop_all, turns_of,  # noqa: E402
+                    wait_replicated)
 
 BIN = MODEL = NATS = SCEN = None
 # Nodes on one 2-core host must not oversubscribe it: ggml threads spin.
@@ -62,19 +63,10 @@ class OneServer(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            for n in (cls.a, cls.b):
-                if n:
-                    n.cleanup()
-        finally:
-            for srv in cls.servers:
-                srv.kill()
-            shutil.rmtree(cls.dir, ignore_errors=True)
+        stop_all((cls.a, cls.b), cls.servers, cls.dir)
 
     def turns(self, node, sid, user):
-        st, info = node.request("GET", "/v1/sessions/%s?user_id=%s&include=turns" % (sid, user))
-        self.assertEqual(st, 200, info)
-        return info
+        return turns_of(node, sid, user)
 
     def wait_for_turns(self, node, sid, user, n, deadline):
         """Until node shows turns 1..n of sid (a recovering store catching
@@ -294,15 +286,7 @@ class LeafNodes(OneServer):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        # A new mirror takes a moment to start following the core stream:
-        # wait until a commit on one edge shows on the other, as a deployment
-        # would before taking traffic.
-        st, r = cls.a.complete(prompt="warm-up", user_id="warmup", n_predict=1)
-        deadline = time.monotonic() + 60
-        while cls.b.request("GET", "/v1/sessions/%s?user_id=warmup" % r["session_id"])[0] != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("edge-2's mirror did not catch up in 60 s")
-            time.sleep(0.1)
+        wait_replicated(cls.a, cls.b)
 
     def test_core_down_reads_go_on_from_the_mirror(self):
         st, r = self.a.complete(prompt="Hello", user_id="island", n_predict=4)

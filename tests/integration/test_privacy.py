@@ -15,7 +15,7 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import NatsServer, Node  # noqa: E402
+from dcnode import NatsServer, Node, stop_all  # noqa: E402
 
 BIN = MODEL = NATS = None
 ONE_THREAD = ("--threads", "1")
@@ -65,12 +65,7 @@ class SealedStore(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            for n in cls.nodes:
-                n.cleanup()
-        finally:
-            cls.nats.kill()
-            shutil.rmtree(cls.dir, ignore_errors=True)
+        stop_all(cls.nodes, (cls.nats,), cls.dir)
 
     def keygroup(self):
         """The model's keygroup, from the one stream the nodes created."""
