@@ -10,7 +10,7 @@
 #include "util/log.h"
 #include "util/vec.h"
 
-enum { O_CTX = CLI_ENGINE_FIRST, O_THREADS, O_PARALLEL, O_QUEUE, O_KVSESS, O_SPILL_MIB, O_SPILL_DIR, O_BACKEND, O_LOG };
+enum { O_CTX = CLI_ENGINE_FIRST, O_THREADS, O_PARALLEL, O_QUEUE, O_KVSESS, O_SPILL_MIB, O_SPILL_DIR, O_BACKEND, O_LOG, O_KV_TYPE };
 
 static const struct option engine_opts[] = {{"ctx-size", required_argument, 0, O_CTX},
                                             {"threads", required_argument, 0, O_THREADS},
@@ -21,6 +21,7 @@ static const struct option engine_opts[] = {{"ctx-size", required_argument, 0, O
                                             {"kv-spill-dir", required_argument, 0, O_SPILL_DIR},
                                             {"backend-dir", required_argument, 0, O_BACKEND},
                                             {"log-level", required_argument, 0, O_LOG},
+                                            {"kv-type", required_argument, 0, O_KV_TYPE},
                                             {0, 0, 0, 0}};
 
 struct option *cli_options(const struct option *own) {
@@ -51,6 +52,10 @@ int cli_engine_option(const char *cmd, int code, const char *arg, llm_params *lp
     case O_SPILL_MIB: lp->spill_mib = (size_t)number(arg, 0, 1 << 24, &ok); break;
     case O_SPILL_DIR: lp->spill_dir = arg; break;
     case O_BACKEND: lp->backend_dir = arg; break;
+    case O_KV_TYPE:
+        ok = !strcmp(arg, "f16") || !strcmp(arg, "q8_0");
+        lp->kv_type = arg;
+        break;
     case O_LOG:
         ok = log_level_parse(arg) >= 0;
         if (ok) log_set_level(log_level_parse(arg));
@@ -73,6 +78,9 @@ void cli_engine_usage(FILE *f) {
           "  --kv-spill-mib N      disk for the KV of conversations pushed out of memory,\n"
           "                        restored when they return (default 1024; 0: off)\n"
           "  --kv-spill-dir DIR    where (serve: DATA-DIR/kv-spill; llm-serve: off unless given)\n"
+          "  --kv-type T           KV cache element type: f16 (default) or q8_0 (about half\n"
+          "                        the memory, spill and KV transfer bytes; a KV state moves\n"
+          "                        only between nodes of the same type)\n"
           "  --backend-dir DIR     folder with libggml-cpu-*.so (default: the build's)\n"
           "  --log-level LEVEL     debug|info|warn|error (default info)\n",
           f);

@@ -142,6 +142,7 @@ struct engine {
     pthread_cond_t done; /* callers: a job finished (or time to poll alive) */
     pthread_t thread;
     bool stop;
+    struct ctl *c_head, *c_tail; /* control jobs (KV transfer), under mu; run by the engine thread */
 };
 
 static struct llama_sampler *sampler_new(const engine *e, const llm_gen_params *p) {
@@ -195,6 +196,7 @@ static void job_finish(engine *e, job *j, llm_status rc) {
         e->stats.kv_hits += j->t->cached_n > 0;
         e->stats.cached_tokens += (uint64_t)j->t->cached_n;
         e->stats.prefilled_tokens += (uint64_t)j->t->prompt_n;
+        e->stats.prompt_ms += j->t->prompt_ms;
         e->slots[j->slot].busy = NULL;
         e->slots[j->slot].used = ++e->tick;
         j->t->predicted_ms = j->t->predicted_n ? clock_mono_ms() - j->t_admit - j->t->prompt_ms : 0;
@@ -526,17 +528,195 @@ static void reap(engine *e, bool cancelled_only) {
     }
 }
 
+/* --- KV transfer between nodes (issue 15): control jobs -----------------
+ *
+ * A node that must serve a session it holds no KV for may load the KV of
+ * the session's stored prefix from the node that served the previous turn
+ * (ctx.c, api/peer.c). The engine's part is three small jobs on its own
+ * thread, run between steps (engine_main), so that they never race a live
+ * request on a sequence: llama.cpp is only ever touched by this thread, and
+ * a busy slot is never read or written by them.
+ *   held:   the longest prefix of T whose KV this owner has here (slots or
+ *           spill), so the caller knows whether a transfer could help;
+ *   export: the state of the owner's slot or spilled entry whose tokens are
+ *           the longest *whole* prefix of T. An entry holding tokens past
+ *           its common prefix with T is never handed out, not trimmed:
+ *           trimming would cut a live cache entry (or copy a whole state to
+ *           cut it), and an entry that diverges from the stored tokens is
+ *           not the session's stored prefix anyway. A slot holds a turn's
+ *           input and generated tokens, which the stored tokens extend (they
+ *           add the turn-end markup), so after a turn its slot qualifies.
+ *   import: loads a state into a free slot at once (the LRU one, whose KV
+ *           is spilled first when that is worth it, as prepare() does), so
+ *           that llama_state_seq_set_data and the positions it left are
+ *           checked now, and the next request of that owner extending the
+ *           tokens finds the slot through admit() as any cached prefix: no
+ *           new path in admission. (Not a spill file: those are checked
+ *           only when restored, and a state that fails then costs a
+ *           prefill without anyone being told.) Refused when every slot is
+ *           busy or KV reuse is off. */
+typedef enum { CTL_HELD, CTL_EXPORT, CTL_IMPORT } ctl_kind;
+
+typedef struct ctl {
+    ctl_kind kind;
+    const char *owner;
+    const int32_t *toks; /* T (held, export) or the state's tokens (import) */
+    size_t n;
+    const void *state; /* import */
+    size_t state_n;
+    strbuf *out;  /* export: the state bytes are appended */
+    size_t result; /* tokens held, exported or imported */
+    int rc;        /* 0, or -1 with err */
+    char err[160];
+    bool done;
+    struct ctl *next;
+} ctl;
+
+/* Under mu: the control jobs queued now. */
+static ctl *ctl_take(engine *e) {
+    ctl *c = e->c_head;
+    e->c_head = e->c_tail = NULL;
+    return c;
+}
+
+/* Under mu: hands finished control jobs back (their callers may return at once). */
+static void ctl_finish(engine *e, ctl *c) {
+    if (!c) return;
+    while (c) {
+        ctl *next = c->next;
+        c->done = true;
+        c = next;
+    }
+    pthread_cond_broadcast(&e->done);
+}
+
+/* Whether the whole of toks is a prefix of T. */
+static bool whole_prefix(const tokvec *toks, const int32_t *t, size_t n) {
+    return toks->n > 0 && toks->n <= n && common_prefix(toks, t, n) == toks->n;
+}
+
+static void ctl_held(engine *e, ctl *c) {
+    size_t best = 0;
+    for (int s = 0; s < e->p.n_slots; s++)
+        if (same_owner(e->slots[s].owner, c->owner)) {
+            size_t p = common_prefix(&e->slots[s].toks, c->toks, c->n);
+            if (p > best) best = p;
+        }
+    for (int i = 0; i < e->n_sp; i++)
+        if (same_owner(e->sp[i].owner, c->owner)) {
+            size_t p = common_prefix(&e->sp[i].toks, c->toks, c->n);
+            if (p > best) best = p;
+        }
+    c->result = best;
+    c->rc = 0;
+}
+
+static void ctl_export(engine *e, ctl *c) {
+    int from = -1, entry = -1;
+    size_t best = 0;
+    for (int s = 0; s < e->p.n_slots; s++) {
+        const slot *sl = &e->slots[s];
+        if (!sl->busy && same_owner(sl->owner, c->owner) && whole_prefix(&sl->toks, c->toks, c->n) && sl->toks.n > best) {
+            best = sl->toks.n;
+            from = s;
+        }
+    }
+    for (int i = 0; i < e->n_sp; i++)
+        if (same_owner(e->sp[i].owner, c->owner) && whole_prefix(&e->sp[i].toks, c->toks, c->n) &&
+            e->sp[i].toks.n > best) {
+            best = e->sp[i].toks.n;
+            entry = i;
+            from = -1;
+        }
+    c->rc = -1;
+    if (!best) {
+        snprintf(c->err, sizeof c->err, "no KV of this session's stored tokens here");
+        return;
+    }
+    size_t size = from >= 0 ? llama_state_seq_get_size(e->ctx, from) : e->sp[entry].bytes;
+    size_t at = c->out->n;
+    strbuf_reserve(c->out, at + size + 1);
+    bool ok;
+    if (from >= 0) {
+        ok = size && llama_state_seq_get_data(e->ctx, (uint8_t *)c->out->s + at, size, from) == size;
+    } else {
+        int fd = open(e->sp[entry].path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        ok = fd >= 0 && read(fd, c->out->s + at, size) == (ssize_t)size;
+        if (fd >= 0) close(fd);
+        if (ok) e->sp[entry].used = ++e->tick;
+    }
+    if (!ok) {
+        snprintf(c->err, sizeof c->err, "cannot read the sequence state");
+        return;
+    }
+    c->out->n = at + size;
+    c->result = best;
+    c->rc = 0;
+}
+
+static void ctl_import(engine *e, ctl *c) {
+    c->rc = -1;
+    if (!e->p.reuse) {
+        snprintf(c->err, sizeof c->err, "KV reuse is off here (--kv-cache-sessions 0)");
+        return;
+    }
+    if (c->n == 0 || c->n >= (size_t)e->p.n_ctx_seq || !c->owner || !*c->owner) {
+        snprintf(c->err, sizeof c->err, "a state of %zu tokens does not fit a sequence of %d", c->n, e->p.n_ctx_seq);
+        return;
+    }
+    int s = -1;
+    for (int i = 0; i < e->p.n_slots; i++)
+        if (!e->slots[i].busy && (s < 0 || e->slots[i].used < e->slots[s].used)) s = i;
+    if (s < 0) {
+        snprintf(c->err, sizeof c->err, "every sequence is busy");
+        return;
+    }
+    slot *sl = &e->slots[s];
+    if (e->spill_own && sl->owner && sl->toks.n >= (size_t)e->p.spill_min) spill_save(e, s);
+    llama_memory_seq_rm(e->mem, s, -1, -1);
+    sl->toks.n = 0;
+    free(sl->owner);
+    sl->owner = NULL;
+    /* llama.cpp checks the state's layout against this context (layers,
+     * KV types, row sizes, cell count); the positions it restored must be
+     * exactly 0..n-1, one per token the header names */
+    bool ok = llama_state_seq_set_data(e->ctx, c->state, c->state_n, s) == c->state_n &&
+              llama_memory_seq_pos_min(e->mem, s) == 0 && llama_memory_seq_pos_max(e->mem, s) == (llama_pos)c->n - 1;
+    if (!ok) {
+        llama_memory_seq_rm(e->mem, s, -1, -1);
+        snprintf(c->err, sizeof c->err, "the state does not load into this context");
+        return;
+    }
+    tokvec_append(&sl->toks, c->toks, c->n);
+    sl->owner = dc_xstrdup(c->owner);
+    sl->used = ++e->tick; /* the most recently used: the request it is for comes next */
+    c->result = c->n;
+    c->rc = 0;
+}
+
+/* Engine thread, without mu. */
+static void ctl_run(engine *e, ctl *c) {
+    for (; c; c = c->next) {
+        if (c->kind == CTL_HELD) ctl_held(e, c);
+        else if (c->kind == CTL_EXPORT) ctl_export(e, c);
+        else ctl_import(e, c);
+    }
+}
+
 static void *engine_main(void *arg) {
     engine *e = arg;
     pthread_mutex_lock(&e->mu);
     for (;;) {
-        while (!e->stop && !e->n_active && !e->q_head) pthread_cond_wait(&e->wake, &e->mu);
+        while (!e->stop && !e->n_active && !e->q_head && !e->c_head) pthread_cond_wait(&e->wake, &e->mu);
         if (e->stop) break;
         admit(e);
         reap(e, true); /* a client that went away leaves between steps */
+        struct ctl *cl = ctl_take(e);
         pthread_mutex_unlock(&e->mu);
+        ctl_run(e, cl);
         step(e);
         pthread_mutex_lock(&e->mu);
+        ctl_finish(e, cl);
         e->stats.spill_saves = e->sp_saves;
         e->stats.spill_restores = e->sp_restores;
         e->stats.spill_bytes = e->sp_bytes;
@@ -554,6 +734,7 @@ static void *engine_main(void *arg) {
     }
     e->q_tail = NULL;
     e->n_queued = 0;
+    ctl_finish(e, ctl_take(e)); /* not run: they fail */
     pthread_mutex_unlock(&e->mu);
     return NULL;
 }
@@ -714,4 +895,41 @@ void engine_stats_get(engine *e, llm_stats *out) {
     out->queued = e->n_queued;
     out->retry_after_s = engine_retry_after_s(e);
     pthread_mutex_unlock(&e->mu);
+}
+
+/* Queues a control job and waits until the engine thread has run it
+ * (between two steps: at most one batch away). */
+static int engine_ctl(engine *e, ctl *c, char *err, size_t errlen) {
+    c->rc = -1;
+    snprintf(c->err, sizeof c->err, "the LLM service is shutting down");
+    pthread_mutex_lock(&e->mu);
+    if (!e->stop) {
+        if (e->c_tail) e->c_tail->next = c;
+        else e->c_head = c;
+        e->c_tail = c;
+        pthread_cond_signal(&e->wake);
+        while (!c->done) pthread_cond_wait(&e->done, &e->mu);
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (c->rc && err) snprintf(err, errlen, "%s", c->err);
+    return c->rc;
+}
+
+size_t engine_kv_held(engine *e, const char *owner, const int32_t *toks, size_t n) {
+    ctl c = {.kind = CTL_HELD, .owner = owner, .toks = toks, .n = n};
+    return engine_ctl(e, &c, NULL, 0) == 0 ? c.result : 0;
+}
+
+int engine_kv_export(engine *e, const char *owner, const int32_t *toks, size_t n, strbuf *out, size_t *n_held,
+                     char *err, size_t errlen) {
+    ctl c = {.kind = CTL_EXPORT, .owner = owner, .toks = toks, .n = n, .out = out};
+    int rc = engine_ctl(e, &c, err, errlen);
+    *n_held = rc == 0 ? c.result : 0;
+    return rc;
+}
+
+int engine_kv_import(engine *e, const char *owner, const int32_t *toks, size_t n, const void *state, size_t state_n,
+                     char *err, size_t errlen) {
+    ctl c = {.kind = CTL_IMPORT, .owner = owner, .toks = toks, .n = n, .state = state, .state_n = state_n};
+    return engine_ctl(e, &c, err, errlen);
 }

@@ -34,4 +34,17 @@ llm_status engine_generate(engine *e, const int32_t *input, size_t n, const llm_
 void engine_stats_get(engine *e, llm_stats *out);
 llm_status engine_admit(engine *e); /* llm_admit */
 
+/* KV transfer between nodes (engine.c, "KV transfer"); each runs on the
+ * engine thread between two steps and blocks the caller until then.
+ * held: the longest prefix of toks whose KV owner has here (0: none).
+ * export: appends to out the state of owner's slot or spilled entry whose
+ * tokens are the longest whole prefix of toks, their count in *n_held.
+ * import: loads a state of exactly toks[0..n) into a free slot for owner.
+ * 0, or -1 with the reason in err. */
+size_t engine_kv_held(engine *e, const char *owner, const int32_t *toks, size_t n);
+int engine_kv_export(engine *e, const char *owner, const int32_t *toks, size_t n, strbuf *out, size_t *n_held,
+                     char *err, size_t errlen);
+int engine_kv_import(engine *e, const char *owner, const int32_t *toks, size_t n, const void *state, size_t state_n,
+                     char *err, size_t errlen);
+
 #endif

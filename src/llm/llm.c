@@ -24,6 +24,7 @@ struct llm {
     void *impl;
     llm_info info;
     tokvec turn_end;
+    uint64_t kv_exports, kv_imports, kv_refused; /* atomics */
 };
 
 /* llm_unreachable(): per thread, cleared by every public call that can fail. */
@@ -174,6 +175,32 @@ bool llm_is_remote(const llm *m) { return m->ops == &llm_remote_ops; }
 void llm_stats_get(llm *m, llm_stats *out) {
     memset(out, 0, sizeof *out);
     m->ops->stats(m->impl, out);
+    out->kv_exports = __atomic_load_n(&m->kv_exports, __ATOMIC_RELAXED);
+    out->kv_imports = __atomic_load_n(&m->kv_imports, __ATOMIC_RELAXED);
+    out->kv_import_refused = __atomic_load_n(&m->kv_refused, __ATOMIC_RELAXED);
+}
+
+size_t llm_kv_held(llm *m, const char *owner, const int32_t *toks, size_t n) {
+    return m->ops->kv_held && owner && *owner && n ? m->ops->kv_held(m->impl, owner, toks, n) : 0;
+}
+
+int llm_kv_export(llm *m, const char *owner, const int32_t *toks, size_t n, strbuf *out, char *err, size_t errlen) {
+    if (!m->ops->kv_export) return snprintf(err, errlen, "not supported by a remote LLM service"), -1;
+    if (!owner || !*owner || !n) return snprintf(err, errlen, "no tokens"), -1;
+    int rc = m->ops->kv_export(m->impl, owner, toks, n, out, err, errlen);
+    if (!rc) __atomic_add_fetch(&m->kv_exports, 1, __ATOMIC_RELAXED);
+    return rc;
+}
+
+int llm_kv_import(llm *m, const char *owner, const int32_t *want, size_t n_want, const void *blob, size_t len,
+                  size_t *n_imported, char *err, size_t errlen) {
+    *n_imported = 0;
+    int rc = -1;
+    if (!m->ops->kv_import) snprintf(err, errlen, "not supported by a remote LLM service");
+    else if (!owner || !*owner || !ids_valid(m, want, n_want)) snprintf(err, errlen, "no owner, or invalid tokens");
+    else rc = m->ops->kv_import(m->impl, owner, want, n_want, blob, len, n_imported, err, errlen);
+    __atomic_add_fetch(rc ? &m->kv_refused : &m->kv_imports, 1, __ATOMIC_RELAXED);
+    return rc;
 }
 
 llm_status llm_admit(llm *m) { return m->ops->admit ? m->ops->admit(m->impl) : LLM_OK; }

@@ -33,6 +33,8 @@ typedef struct {
     int kv_sessions;         /* conversations whose KV cache is kept (>= n_parallel); 0 = no reuse */
     const char *spill_dir;   /* KV of conversations pushed out of memory goes here; NULL = dropped */
     size_t spill_mib;        /* disk budget for those (default 1024) */
+    const char *kv_type;     /* the KV cache's element type: "f16" (default) or "q8_0" (half the bytes to keep,
+                                spill and transfer; llama.cpp then computes attention with flash attention) */
     bool progress;           /* print loading progress (when stderr is a terminal) */
 } llm_params;
 
@@ -186,6 +188,9 @@ typedef struct {
      * estimate of when the queue now waiting will have reached a sequence */
     unsigned retry_after_s;
     size_t kv_bytes; /* the KV cache's size */
+    double prompt_ms; /* summed over requests: prefilled_tokens / prompt_ms is the measured prefill rate */
+    /* KV transfer between nodes (llm_kv_export/import) */
+    uint64_t kv_exports, kv_imports, kv_import_refused;
 } llm_stats;
 
 void llm_stats_get(llm *m, llm_stats *out);
@@ -196,6 +201,29 @@ void llm_stats_get(llm *m, llm_stats *out);
  * Racy by design: llm_generate still refuses what it cannot take. A remote
  * engine always says LLM_OK: its service decides. */
 llm_status llm_admit(llm *m);
+
+/* KV transfer between nodes (issue 15; api/peer.c, ctx.c).
+ *
+ * A state travels as one blob: a header naming everything the receiver must
+ * share for the KV to mean the same thing there (local.c: the tokenizer
+ * fingerprint, the model's size, parameters and shape, the KV element
+ * types, the tokens per sequence), then the token ids whose KV it is, then
+ * llama.cpp's sequence state. A remote engine supports none of it (-1,
+ * "not supported").
+ *
+ * held: how many leading tokens of toks owner's KV covers here (0: none).
+ * export: appends the blob of owner's cached entry whose tokens are the
+ * longest whole prefix of toks to out; an entry holding tokens past what
+ * toks holds is never exported. 0, or -1 (nothing held; reason in err).
+ * import: verifies blob against this model and against want, the tokens
+ * the caller read from its own store (the blob's tokens must be exactly a
+ * prefix of them, at least one), then loads it for owner, so that the next
+ * generation of owner extending those tokens reuses it. *n_imported: the
+ * tokens loaded. 0, or -1 (refused, counted in kv_import_refused). */
+size_t llm_kv_held(llm *m, const char *owner, const int32_t *toks, size_t n);
+int llm_kv_export(llm *m, const char *owner, const int32_t *toks, size_t n, strbuf *out, char *err, size_t errlen);
+int llm_kv_import(llm *m, const char *owner, const int32_t *want, size_t n_want, const void *blob, size_t len,
+                  size_t *n_imported, char *err, size_t errlen);
 
 /* Physical cores of this machine (for the default thread count). */
 int llm_physical_cores(void);

@@ -20,6 +20,12 @@ typedef struct {
                            llm_timings *t, char *err, size_t errlen);
     void (*stats)(void *impl, llm_stats *out);
     llm_status (*admit)(void *impl); /* NULL: always LLM_OK */
+    /* KV transfer (llm.h); NULL: not supported (remote) */
+    size_t (*kv_held)(void *impl, const char *owner, const int32_t *toks, size_t n);
+    int (*kv_export)(void *impl, const char *owner, const int32_t *toks, size_t n, strbuf *out, char *err,
+                     size_t errlen);
+    int (*kv_import)(void *impl, const char *owner, const int32_t *want, size_t n_want, const void *blob, size_t len,
+                     size_t *n_imported, char *err, size_t errlen);
     void (*free)(void *impl);
 } llm_ops;
 

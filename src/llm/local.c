@@ -31,6 +31,10 @@ typedef struct {
     char *tmpl;          /* the model's chat template, or "chatml" */
     size_t kv_bytes;
     engine *eng;
+    int n_ctx_seq;
+    enum ggml_type kv_type; /* K and V (--kv-type) */
+    uint64_t fingerprint;
+    uint64_t desc_hash; /* llama_model_desc and general.name */
 } local;
 
 int llm_physical_cores(void) {
@@ -260,17 +264,28 @@ void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errl
     cp.n_threads = info->n_threads;
     cp.n_threads_batch = info->n_threads;
     cp.no_perf = true;
+    /* --kv-type: llama.cpp quantizes V only with flash attention, which
+     * the default (auto) turns on where the backend has it */
+    m->kv_type = GGML_TYPE_F16;
+    if (p->kv_type && !strcmp(p->kv_type, "q8_0")) m->kv_type = GGML_TYPE_Q8_0;
+    else if (p->kv_type && strcmp(p->kv_type, "f16") != 0) {
+        snprintf(err, errlen, "unknown KV type %s (f16 or q8_0)", p->kv_type);
+        local_free(m);
+        return NULL;
+    }
+    cp.type_k = cp.type_v = m->kv_type;
     m->ctx = llama_init_from_model(m->model, cp);
     if (!m->ctx) {
         snprintf(err, errlen, "cannot create a context of %d sequences of %d tokens", n_slots, info->n_ctx);
         local_free(m);
         return NULL;
     }
-    /* f16 K and V for every cell of every layer */
+    /* K and V (of --kv-type) for every cell of every layer */
     int n_head = llama_model_n_head(m->model);
     size_t head_dim = n_head > 0 ? (size_t)llama_model_n_embd(m->model) / (size_t)n_head : 0;
-    m->kv_bytes = (size_t)n_slots * (size_t)info->n_ctx * (size_t)llama_model_n_layer(m->model) *
-                  (size_t)llama_model_n_head_kv(m->model) * head_dim * 2 * 2;
+    m->kv_bytes = (size_t)n_slots * (size_t)info->n_ctx * (size_t)llama_model_n_layer(m->model) * 2 *
+                  ggml_row_size(m->kv_type, (int64_t)((size_t)llama_model_n_head_kv(m->model) * head_dim));
+    m->n_ctx_seq = info->n_ctx;
     engine_params ep = {.n_slots = n_slots, .n_parallel = p->n_parallel, .n_queue = p->n_queue,
                         .n_ctx_seq = info->n_ctx, .n_batch = n_batch, .reuse = p->kv_sessions > 0,
                         .spill_dir = p->spill_mib ? p->spill_dir : NULL, .spill_budget = p->spill_mib << 20,
@@ -281,7 +296,12 @@ void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errl
         local_free(m);
         return NULL;
     }
-    info->fingerprint = compute_fingerprint(m);
+    info->fingerprint = m->fingerprint = compute_fingerprint(m);
+    {
+        char desc[256];
+        llama_model_desc(m->model, desc, sizeof desc);
+        m->desc_hash = hash_fnv1a(hash_fnv1a(HASH_FNV_BASIS, desc, strlen(desc)), info->name, strlen(info->name));
+    }
     info->n_vocab = llama_vocab_n_tokens(m->vocab);
     /* tokenizer.ggml.add_bos_token: llama_tokenize would add it with
      * add_special, but we tokenize pieces of a conversation, so the context
@@ -316,6 +336,118 @@ static llm_status local_generate(void *impl, const int32_t *input, size_t n, con
 
 static llm_status local_admit(void *impl) { return engine_admit(((local *)impl)->eng); }
 
+/* --- KV transfer: the blob (llm.h) ---------------------------------------
+ *
+ * Little endian:
+ *   "DCKV" | u32 version (1) | u64 fingerprint (tokenizer and template) |
+ *   u64 model desc hash (llama_model_desc, general.name) | u64 model size |
+ *   u64 model parameters | u32 layers | u32 n_embd | u32 KV heads |
+ *   u32 K type | u32 V type (ggml_type) | u32 tokens per sequence (the
+ *   sender's; informative) | u32 n | n x u32 token ids | u64 state bytes |
+ *   llama_state_seq_get_data's bytes
+ * Every model fact must equal the receiver's: a state computed by other
+ * weights (another quantization of the same model shares the tokenizer
+ * fingerprint, not the size) or with another KV type is not this model's
+ * KV. What llama.cpp checks again when loading (layers, types, row sizes)
+ * is checked here first, so a mismatch is told by name. The header cannot
+ * prove that the KV was computed from those tokens: only that it claims
+ * to be, by a node holding the peer key (docs/SECURITY.md). */
+#define KV_MAGIC "DCKV"
+#define KV_VERSION 1
+enum { KV_HEADER = 4 + 4 + 8 * 4 + 4 * 7 };
+
+static void put32(strbuf *b, uint32_t v) {
+    unsigned char t[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16), (unsigned char)(v >> 24)};
+    strbuf_append(b, t, 4);
+}
+
+static void put64(strbuf *b, uint64_t v) {
+    put32(b, (uint32_t)v);
+    put32(b, (uint32_t)(v >> 32));
+}
+
+static uint64_t get_n(const unsigned char *p, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* The model facts of the header, in its order. */
+static void kv_facts(const local *m, uint64_t f64[4], uint32_t f32[6]) {
+    f64[0] = m->fingerprint;
+    f64[1] = m->desc_hash;
+    f64[2] = llama_model_size(m->model);
+    f64[3] = llama_model_n_params(m->model);
+    f32[0] = (uint32_t)llama_model_n_layer(m->model);
+    f32[1] = (uint32_t)llama_model_n_embd(m->model);
+    f32[2] = (uint32_t)llama_model_n_head_kv(m->model);
+    f32[3] = f32[4] = (uint32_t)m->kv_type;
+    f32[5] = (uint32_t)m->n_ctx_seq;
+}
+
+static size_t local_kv_held(void *impl, const char *owner, const int32_t *toks, size_t n) {
+    return engine_kv_held(((local *)impl)->eng, owner, toks, n);
+}
+
+static int local_kv_export(void *impl, const char *owner, const int32_t *toks, size_t n, strbuf *out, char *err,
+                           size_t errlen) {
+    local *m = impl;
+    strbuf state = {0};
+    size_t held = 0;
+    if (engine_kv_export(m->eng, owner, toks, n, &state, &held, err, errlen) != 0) {
+        strbuf_free(&state);
+        return -1;
+    }
+    uint64_t f64[4];
+    uint32_t f32[6];
+    kv_facts(m, f64, f32);
+    strbuf_reserve(out, out->n + KV_HEADER + 4 * held + 8 + state.n);
+    strbuf_append(out, KV_MAGIC, 4);
+    put32(out, KV_VERSION);
+    for (int i = 0; i < 4; i++) put64(out, f64[i]);
+    for (int i = 0; i < 6; i++) put32(out, f32[i]);
+    put32(out, (uint32_t)held);
+    for (size_t i = 0; i < held; i++) put32(out, (uint32_t)toks[i]);
+    put64(out, state.n);
+    strbuf_append(out, state.s, state.n);
+    strbuf_free(&state);
+    return 0;
+}
+
+static int local_kv_import(void *impl, const char *owner, const int32_t *want, size_t n_want, const void *blob,
+                           size_t len, size_t *n_imported, char *err, size_t errlen) {
+    static const char *const what64[4] = {"tokenizer fingerprint", "model", "model size", "model parameters"};
+    static const char *const what32[5] = {"layer count", "embedding size", "KV head count", "K type", "V type"};
+    local *m = impl;
+    const unsigned char *p = blob, *end = p + len;
+    if (len < KV_HEADER || memcmp(p, KV_MAGIC, 4) != 0) return snprintf(err, errlen, "not a KV state"), -1;
+    if (get_n(p + 4, 4) != KV_VERSION) return snprintf(err, errlen, "unsupported KV state version"), -1;
+    uint64_t f64[4];
+    uint32_t f32[6];
+    kv_facts(m, f64, f32);
+    p += 8;
+    for (int i = 0; i < 4; i++, p += 8)
+        if (get_n(p, 8) != f64[i]) return snprintf(err, errlen, "the state's %s differs from this node's", what64[i]), -1;
+    for (int i = 0; i < 6; i++, p += 4)
+        if (i < 5 && get_n(p, 4) != f32[i])
+            return snprintf(err, errlen, "the state's %s differs from this node's", what32[i]), -1;
+    uint64_t n = get_n(p, 4);
+    p += 4;
+    /* exactly a prefix of the stored tokens, at least one */
+    if (n == 0 || n > n_want || n > (uint64_t)(end - p) / 4)
+        return snprintf(err, errlen, "the state holds %llu tokens; the stored context has %zu", (unsigned long long)n,
+                        n_want), -1;
+    for (size_t i = 0; i < n; i++, p += 4)
+        if (get_n(p, 4) != (uint32_t)want[i])
+            return snprintf(err, errlen, "the state's tokens differ from the stored ones at %zu", i), -1;
+    if (end - p < 8 || get_n(p, 8) != (uint64_t)(end - p - 8))
+        return snprintf(err, errlen, "the state's length does not match its header"), -1;
+    p += 8;
+    if (engine_kv_import(m->eng, owner, want, (size_t)n, p, (size_t)(end - p), err, errlen) != 0) return -1;
+    *n_imported = (size_t)n;
+    return 0;
+}
+
 const llm_ops llm_local_ops = {
     .apply_template = local_apply_template,
     .tokenize = local_tokenize,
@@ -323,5 +455,8 @@ const llm_ops llm_local_ops = {
     .generate = local_generate,
     .stats = local_stats,
     .admit = local_admit,
+    .kv_held = local_kv_held,
+    .kv_export = local_kv_export,
+    .kv_import = local_kv_import,
     .free = local_free,
 };
