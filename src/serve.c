@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "api/auth.h"
+#include "api/peer.h"
 #include "api/server.h"
 #include "cli.h"
 #include "ctx/ctx.h"
@@ -42,8 +43,8 @@ static void keygroup_of(const llm *m, char *out, size_t n) {
     snprintf(out, n, "%s_%016llx", clean, (unsigned long long)h);
 }
 
-static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, const char *keys_path,
-                     const char *store_key);
+static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, peer_params *ppp,
+                     const char *keys_path, const char *store_key);
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -116,6 +117,17 @@ static void usage(FILE *f) {
             "  --store-key FILE      encrypt and authenticate every stored record with the\n"
             "                        deployment key in FILE (`discedge keygen FILE`); every\n"
             "                        node sharing a store needs the same key\n"
+            "  --advertise-url URL   how other nodes reach this one (http://HOST:PORT), recorded\n"
+            "                        with every turn it commits, so that the node serving the\n"
+            "                        session's next turn can fetch this node's KV of it; every\n"
+            "                        node sharing the store must run a version that reads it\n"
+            "  --peer-key-file FILE  the key nodes present to each other (one line, 16+ bytes,\n"
+            "                        mode 600, the same on every node); turns on KV transfer:\n"
+            "                        a turn whose session this node holds no KV of fetches it\n"
+            "                        from the node that served the previous turn when that is\n"
+            "                        predicted faster than prefilling (GET /v1/peer/kv/{id})\n"
+            "  --peer-link-mbps N    the throughput assumed for a link to a peer until one\n"
+            "                        transfer has measured it (default 100)\n"
             "  --log-content         also log each turn's prompt and reply (never logged\n"
             "                        otherwise); for debugging, not for shared logs\n"
             "\n");
@@ -125,7 +137,7 @@ static void usage(FILE *f) {
 int serve_main(int argc, char **argv) {
     enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_LLM,
            O_KEYS, O_STORE_KEY, O_LOG_CONTENT, O_MAX_NPRED, O_MAX_STREAMS, O_MAX_SESSIONS, O_STORE_CA,
-           O_MAX_SESSION_TOKENS, O_MAX_CONNS, O_MAX_PER_ADDR, O_REQ_TIMEOUT };
+           O_MAX_SESSION_TOKENS, O_MAX_CONNS, O_MAX_PER_ADDR, O_REQ_TIMEOUT, O_ADVERTISE, O_PEER_KEY, O_PEER_MBPS };
     static const struct option own[] = {{"model", required_argument, 0, 'm'},
                                         {"llm", required_argument, 0, O_LLM},
                                         {"host", required_argument, 0, 'H'},
@@ -152,6 +164,9 @@ int serve_main(int argc, char **argv) {
                                         {"max-connections", required_argument, 0, O_MAX_CONNS},
                                         {"max-connections-per-address", required_argument, 0, O_MAX_PER_ADDR},
                                         {"request-timeout", required_argument, 0, O_REQ_TIMEOUT},
+                                        {"advertise-url", required_argument, 0, O_ADVERTISE},
+                                        {"peer-key-file", required_argument, 0, O_PEER_KEY},
+                                        {"peer-link-mbps", required_argument, 0, O_PEER_MBPS},
                                         {"help", no_argument, 0, 'h'},
                                         {0, 0, 0, 0}};
     llm_params lp = llm_default_params();
@@ -163,6 +178,7 @@ int serve_main(int argc, char **argv) {
     cp.node_id = ap.node_id = host;
     struct option *opts = cli_options(own);
     const char *keys_path = NULL, *store_key = NULL;
+    peer_params pp = peer_default_params();
     long conns = ap.max_connections, per_addr = ap.max_per_address, req_timeout = ap.request_timeout_s;
     cli_args args;
     if (cli_config_expand("serve", opts, argc, argv, &args) != 0) {
@@ -205,6 +221,9 @@ int serve_main(int argc, char **argv) {
         case O_MAX_CONNS: conns = atol(optarg); break;
         case O_MAX_PER_ADDR: per_addr = atol(optarg); break;
         case O_REQ_TIMEOUT: req_timeout = atol(optarg); break;
+        case O_ADVERTISE: cp.advertise_url = optarg; break;
+        case O_PEER_KEY: pp.key_file = optarg; break;
+        case O_PEER_MBPS: pp.link_mbps = atof(optarg); break;
         case 'h': usage(stdout); free(opts); cli_args_free(&args); return 0;
         default: bad = 1; break;
         }
@@ -216,7 +235,9 @@ int serve_main(int argc, char **argv) {
              cp.sync_timeout_ms < 0 || cp.stale_retry_ms < 0 || sp.ttl_ms < 0 || ap.max_body < 1 || sp.replicas < 1 ||
              sp.replicas > 5 || ap.max_n_predict < ap.default_n_predict || ap.max_streams < 0 || cp.max_sessions_per_user < 0 ||
              cp.max_session_tokens < 0 || conns < 1 || conns > 65536 || per_addr < 1 || per_addr > 65536 ||
-             req_timeout < 1 || req_timeout > 3600)
+             req_timeout < 1 || req_timeout > 3600 || !(pp.link_mbps > 0 && pp.link_mbps <= 1e6) ||
+             (cp.advertise_url && (strlen(cp.advertise_url) > 200 || (strncmp(cp.advertise_url, "http://", 7) != 0 &&
+                                                                       strncmp(cp.advertise_url, "https://", 8) != 0))))
         done = fprintf(stderr, "serve: a numeric option is out of range (see --help)\n") > 0;
     if (done) {
         cli_args_free(&args);
@@ -226,13 +247,13 @@ int serve_main(int argc, char **argv) {
     ap.max_per_address = (unsigned)per_addr;
     ap.request_timeout_s = (unsigned)req_timeout;
     /* the strings optarg pointed at (the file's settings) live in args */
-    int rc = serve_run(&lp, &sp, &cp, &ap, keys_path, store_key);
+    int rc = serve_run(&lp, &sp, &cp, &ap, &pp, keys_path, store_key);
     cli_args_free(&args);
     return rc;
 }
 
-static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, const char *keys_path,
-                     const char *store_key) {
+static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, peer_params *ppp,
+                     const char *keys_path, const char *store_key) {
     llm_params lp = *lpp;
     store_params sp = *spp;
     ctx_params cp = *cpp;
@@ -279,6 +300,16 @@ static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_pa
         goto out;
     }
     long expired = store_expire(s, clock_wall_ms());
+    if (ppp->key_file) {
+        peer_params pp = *ppp;
+        pp.m = m;
+        if (!(ap.peer = peer_new(&pp, err, sizeof err))) {
+            fprintf(stderr, "serve: --peer-key-file: %s\n", err);
+            goto out;
+        }
+        cp.kv_fetch = peer_kv_fetch;
+        cp.kv_fetch_ud = ap.peer;
+    }
     cx = ctx_new(&cp, m, s);
     if (!(srv = api_server_start(&ap, cx, m, err, sizeof err))) {
         fprintf(stderr, "serve: %s\n", err);
@@ -324,6 +355,7 @@ out:
     ctx_free(cx);
     store_close(s);
     llm_free(m);
+    peer_free(ap.peer);
     auth_free(ap.keys);
     seal_free(sealer);
     return rc;

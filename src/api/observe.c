@@ -61,6 +61,11 @@ observe *observe_new(bool log_content) {
                    NULL, 0);
     metrics_define(m, "discedge_kv_cached_tokens_total", METRIC_COUNTER, "Input tokens whose KV was reused.", NULL, 0);
     metrics_define(m, "discedge_kv_prefilled_tokens_total", METRIC_COUNTER, "Input tokens prefilled.", NULL, 0);
+    metrics_define(m, "discedge_kv_transfers_total", METRIC_COUNTER,
+                   "KV states fetched from a peer, verified and loaded (issue 15 KV transfer).", NULL, 0);
+    metrics_define(m, "discedge_kv_transfer_refused_total", METRIC_COUNTER,
+                   "KV states from a peer refused: another model or KV type, or tokens not the stored ones.", NULL, 0);
+    metrics_define(m, "discedge_kv_exports_total", METRIC_COUNTER, "KV states sent to peers.", NULL, 0);
     metrics_define(m, "discedge_engine_active", METRIC_GAUGE, "Requests generating now.", NULL, 0);
     metrics_define(m, "discedge_engine_queued", METRIC_GAUGE, "Requests waiting for a sequence.", NULL, 0);
     return o;
@@ -160,6 +165,9 @@ void observe_render(observe *o, llm *m, strbuf *out) {
     metrics_set(o->mx, "discedge_kv_cache_hits_total", NULL, (double)ls.kv_hits);
     metrics_set(o->mx, "discedge_kv_cached_tokens_total", NULL, (double)ls.cached_tokens);
     metrics_set(o->mx, "discedge_kv_prefilled_tokens_total", NULL, (double)ls.prefilled_tokens);
+    metrics_set(o->mx, "discedge_kv_transfers_total", NULL, (double)ls.kv_imports);
+    metrics_set(o->mx, "discedge_kv_transfer_refused_total", NULL, (double)ls.kv_import_refused);
+    metrics_set(o->mx, "discedge_kv_exports_total", NULL, (double)ls.kv_exports);
     metrics_set(o->mx, "discedge_engine_active", NULL, ls.active);
     metrics_set(o->mx, "discedge_engine_queued", NULL, ls.queued);
     metrics_render(o->mx, out);

@@ -145,6 +145,9 @@ json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *
         "predicted_per_token_ms", t->predicted_n ? t->predicted_ms / t->predicted_n : 0.0, "predicted_per_second",
         per_second(t->predicted_n, t->predicted_ms), "tokenize_ms", rep->tokenize_ms, "store_read_ms",
         rep->store_read_ms, "store_commit_ms", rep->store_commit_ms);
+    /* KV transfer (issue 15): how the turn started; 0 when it was not moved */
+    json_object_set_new(timings, "kv_transfer_ms", json_real(rep->kv_transfer_ms));
+    json_object_set_new(timings, "kv_transfer_n", json_integer(rep->kv_transfer_tokens));
     json_t *o = json_pack("{s:o, s:i, s:i, s:b, s:b, s:b, s:s, s:o}", "content", api_text_json(&rep->content),
                           "tokens_predicted", t->predicted_n, "tokens_evaluated", t->prompt_n + t->cached_n, "stop", 1,
                           "stopped_eos", t->stopped_eog, "stopped_limit", t->stopped_limit, "model", model, "timings",
@@ -203,5 +206,8 @@ json_t *api_engine_json(llm *m) {
     json_object_set_new(o, "spill_saves", json_integer((json_int_t)ls.spill_saves));
     json_object_set_new(o, "spill_restores", json_integer((json_int_t)ls.spill_restores));
     json_object_set_new(o, "spill_bytes", json_integer((json_int_t)ls.spill_bytes));
+    json_object_set_new(o, "kv_transfers", json_integer((json_int_t)ls.kv_imports));
+    json_object_set_new(o, "kv_transfer_refused", json_integer((json_int_t)ls.kv_import_refused));
+    json_object_set_new(o, "kv_exports", json_integer((json_int_t)ls.kv_exports));
     return o;
 }

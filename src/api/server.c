@@ -97,6 +97,14 @@ static bool open_route(const char *method, const char *url) {
  * make the node buffer or parse anything. */
 static dc_code gate(void *ud, const http_req *hr, char who[ID_MAX + 1], dc_error *err) {
     api_server *s = ud;
+    /* the peer routes take the peer key and nothing else: not a client's
+     * API key, and not open when the node has no API keys (peer.c) */
+    if (!strncmp(hr->url, "/v1/peer/", 9)) {
+        if (!s->p.peer) return DC_OK; /* on_request answers 404: no such route here */
+        dc_code rc = peer_check(s->p.peer, MHD_lookup_connection_value(hr->conn, MHD_HEADER_KIND, PEER_KEY_HEADER), err);
+        if (rc) observe_request(s->env.obs, hr->method, "unauthorized", api_error_status(rc), clock_mono_ms() - hr->t0, NULL);
+        return rc;
+    }
     if (!s->p.keys || open_route(hr->method, hr->url)) return DC_OK;
     dc_code rc = auth_check(s->p.keys, MHD_lookup_connection_value(hr->conn, MHD_HEADER_KIND, "Authorization"), who,
                             err);
@@ -135,6 +143,13 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
         ok = http_send_json(conn, 200, health_json(s), NULL);
     } else if (get && !strcmp(url, "/v1/models")) {
         ok = http_send_json(conn, 200, api_models_json(llm_model_name(s->env.m)), NULL);
+    } else if (s->p.peer && !strncmp(url, "/v1/peer/kv/", 12) && url[12] && !strchr(url + 12, '/')) {
+        route = "/v1/peer/kv/{id}"; /* gate() checked the peer key */
+        strbuf blob = {0};
+        if (!get) dc_fail(&err, DC_E_METHOD, "%s is not allowed on /v1/peer/kv/{id}: use GET", method);
+        else if (!ctx_kv_export(s->env.c, url + 12, &blob, &err))
+            ok = http_send(conn, 200, "application/octet-stream", blob.s, blob.n, MHD_RESPMEM_MUST_FREE, NULL);
+        if (err.code) strbuf_free(&blob);
     } else if (!strncmp(url, "/v1/sessions/", 13) && url[13] && !strchr(url + 13, '/')) {
         route = "/v1/sessions/{id}";
         ok = handle_session(s, conn, method, url + 13, who, &status);

@@ -6,6 +6,7 @@
  *   GET    /v1/models             the model this node serves
  *   GET    /v1/sessions/{id}      session metadata (the owner only: the key's user, or ?user_id=)
  *   DELETE /v1/sessions/{id}      remove a session (the owner only)
+ *   GET    /v1/peer/kv/{id}      a session's KV state, for peer nodes only (peer.h)
  *   GET    /health                node, model, and the engine's state      (open)
  *   GET    /metrics               Prometheus text (observe.h)              (open)
  *   GET    /                      a page that chats with the nodes (web/)  (open)
@@ -18,6 +19,7 @@
 
 #include "../ctx/ctx.h"
 #include "auth.h"
+#include "peer.h"
 
 typedef struct api_server api_server;
 
@@ -34,6 +36,7 @@ typedef struct {
     unsigned max_connections;   /* open connections, all clients together (http.h) */
     unsigned max_per_address;   /* open connections from one client address */
     unsigned request_timeout_s; /* silence allowed while a request arrives (http.h) */
+    peer *peer;            /* the peer key (--peer-key-file); NULL: the peer routes do not exist; borrowed */
 } api_params;
 
 api_params api_default_params(void);

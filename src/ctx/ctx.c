@@ -123,12 +123,22 @@ static dc_code refuse_if_full(ctx *c, dc_error *err) {
     return busy_error(c, err, "all sequences busy and the queue is full");
 }
 
+/* Whose KV a stored session's turns are (llm_gen_params.owner): the
+ * session's own, so that its KV is reused within the session only and can
+ * be found again by its id (KV transfer). Ids cannot contain ':'. */
+static void session_owner(const char *sid, char out[ID_MAX + 9]) { snprintf(out, ID_MAX + 9, "session:%s", sid); }
+
 /* Generation and its bookkeeping, shared by all three modes. */
 static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tokvec *out, ctx_reply *rep,
                         dc_error *err) {
     char why[160];
     rep->context_tokens = (int)input->n;
     llm_gen_params gp = req->gen;
+    char sowner[ID_MAX + 9];
+    if (!gp.owner && rep->session_id[0]) {
+        session_owner(rep->session_id, sowner);
+        gp.owner = sowner;
+    }
     /* KV is reused only within one client's requests (llm.h), the client
      * as the per-user limits know it (ctx_request.quota_user: the key's
      * user; without keys, the claimed user at its address): key-less
@@ -384,6 +394,7 @@ static dc_code copy_turns(ctx *c, const char *new_sid, const session_meta *src, 
     m.n_tokens = 0;
     m.created_ms = m.last_ms = clock_wall_ms();
     m.request_id[0] = '\0';
+    m.node_url[0] = '\0'; /* no node holds KV of the copy */
     for (uint32_t i = 0; i < upto; i++) {
         m.turn = i + 1;
         m.n_tokens += (uint32_t)turn_rec_tokens(&turns[i]);
@@ -473,6 +484,66 @@ static dc_code settle_conflict(ctx *c, const ctx_request *req, uint32_t turn, ct
     return rc;
 }
 
+/* KV transfer (issue 15 item 3), the fetching side: when this node holds
+ * clearly less KV of the session's stored tokens than the node that served
+ * the previous turn could send, and the fetch hook (api/peer.c) predicts
+ * that fetching beats prefilling, the state is fetched, verified against
+ * the tokens this node read from its own store and against its model
+ * (llm_kv_import), and loaded; the generation that follows then finds it
+ * as any cached prefix. Anything that fails costs the fetch only: the turn
+ * prefills as it would have. Only a whole, untruncated stored context: the
+ * previous node computed exactly those tokens. */
+static void kv_transfer(ctx *c, const char *sid, const session_meta *meta, const tokvec *input, size_t n_stored,
+                        ctx_reply *rep) {
+    if (!c->p.kv_fetch || !meta->node_url[0] || rep->truncated_turns || !n_stored) return;
+    if (c->p.advertise_url && !strcmp(meta->node_url, c->p.advertise_url)) return; /* served here */
+    char owner[ID_MAX + 9];
+    session_owner(sid, owner);
+    size_t held = llm_kv_held(c->m, owner, input->v, n_stored);
+    /* what a spilled state must gain to be loaded (engine.c spill_min) */
+    if (held + 64 > n_stored) return;
+    double t0 = clock_mono_ms();
+    strbuf blob = {0};
+    int got = c->p.kv_fetch(c->p.kv_fetch_ud, meta->node_url, sid, n_stored, n_stored - held, &blob);
+    char why[160] = "";
+    size_t n = 0;
+    if (got == 1 && llm_kv_import(c->m, owner, input->v, n_stored, blob.s, blob.n, &n, why, sizeof why) == 0) {
+        rep->kv_transfer_ms = clock_mono_ms() - t0;
+        rep->kv_transfer_tokens = (int)n;
+        log_info("session %s: KV of %zu stored tokens (%zu bytes) from %s in %.1f ms", sid, n, blob.n, meta->node_url,
+                 rep->kv_transfer_ms);
+    } else if (got == 1) {
+        log_warn("session %s: the KV state from %s was refused (%s); prefilling", sid, meta->node_url, why);
+    }
+    strbuf_free(&blob);
+}
+
+dc_code ctx_kv_export(ctx *c, const char *sid, strbuf *blob, dc_error *err) {
+    if (!id_is_valid(sid)) return dc_fail(err, DC_E_INVALID, "session id must be 1-64 characters of [A-Za-z0-9._-]");
+    session_meta meta;
+    turn_rec *turns = NULL;
+    store_status st = store_session_load(c->s, sid, 0, &meta, &turns);
+    if (st == STORE_NOT_FOUND) return dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);
+    if (st != STORE_OK) return store_error(err, st);
+    dc_code rc = DC_OK;
+    if (meta.mode != MODE_TOKENIZED || !meta.turn || meta.fingerprint != llm_fingerprint(c->m)) {
+        rc = dc_fail(err, DC_E_NOT_FOUND, "no KV of session %s here", sid);
+    } else {
+        /* the stored tokens, whole, as build_tokenized lays them out */
+        tokvec t = {0};
+        tokvec_append(&t, turns[0].tok[SEG_SYSTEM].v, turns[0].tok[SEG_SYSTEM].n);
+        for (uint32_t i = 0; i < meta.turn; i++)
+            for (int g = SEG_USER; g <= SEG_END; g++) tokvec_append(&t, turns[i].tok[g].v, turns[i].tok[g].n);
+        char owner[ID_MAX + 9], why[160];
+        session_owner(sid, owner);
+        if (llm_kv_export(c->m, owner, t.v, t.n, blob, why, sizeof why) != 0)
+            rc = dc_fail(err, DC_E_NOT_FOUND, "no KV of session %s here (%s)", sid, why);
+        tokvec_free(&t);
+    }
+    store_turns_free(turns, meta.turn);
+    return rc;
+}
+
 /* Load, build, generate, commit: one run of a turn, under the session lock. */
 static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_reply *rep, bool *stale_view,
                              dc_error *err) {
@@ -511,6 +582,9 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
                      "session %s would pass the %ld tokens a session may hold here (--max-session-tokens): it holds "
                      "%zu with this message, and n_predict asks for up to %d more; start a new session",
                      rep->session_id, c->p.max_session_tokens, whole, req->gen.n_predict);
+    if (!rc && outcome == LOAD_PROCEED && n_turns && req->mode == MODE_TOKENIZED && req->gen.cache_prompt &&
+        !req->gen.owner)
+        kv_transfer(c, rep->session_id, &meta, &input, input.n - rec.tok[SEG_USER].n, rep);
     if (!rc) rc = generate(c, &input, req, &rec.tok[SEG_REPLY], rep, err);
     /* A client gone by now would never see the reply: commit nothing (a
      * streaming client that disconnected mid-reply must not find the turn
@@ -536,6 +610,8 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
         }
         meta.turn = turn;
         meta.last_ms = now;
+        /* where this turn's KV is now (KV transfer; codec.h node_url) */
+        snprintf(meta.node_url, sizeof meta.node_url, "%s", c->p.advertise_url ? c->p.advertise_url : "");
         snprintf(meta.request_id, sizeof meta.request_id, "%s", req->request_id ? req->request_id : "");
         /* the conversation's length in tokens, as the model would see it whole */
         meta.n_tokens = (uint32_t)(whole + rec.tok[SEG_REPLY].n + llm_turn_end(c->m)->n);

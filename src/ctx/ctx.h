@@ -23,6 +23,15 @@ typedef struct {
     int max_sessions_per_user; /* live sessions a user may create through this node (owners.h); 0: no limit */
     long max_session_tokens;   /* the longest conversation a session may hold, in tokens (its whole stored context
                                   plus a turn's message and n_predict); a turn past it is DC_E_SESSION_FULL; 0: no limit */
+    /* KV transfer between nodes (issue 15 item 3). advertise_url: how peers reach this node, recorded with
+     * every turn it commits (session_meta.node_url); NULL: not recorded. kv_fetch: asked, for a turn whose
+     * session this node holds too little KV of, to fetch the KV state blob (llm_kv_export's) of session sid
+     * from the node at url that served the previous turn, when that is predicted faster than prefilling the
+     * n_missing tokens of the n stored ones (api/peer.c decides and fetches). 1: fetched into blob; 0: not
+     * worth it or not configured; -1: failed. NULL: no transfer. */
+    const char *advertise_url;
+    int (*kv_fetch)(void *ud, const char *url, const char *sid, size_t n, size_t n_missing, strbuf *blob);
+    void *kv_fetch_ud;
 } ctx_params;
 
 /* What a client accepts when its turn has not reached this node in time. */
@@ -73,6 +82,8 @@ typedef struct {
     bool replayed;           /* a retry of a committed turn: the committed reply, not a new one */
     llm_timings llm;
     double tokenize_ms, store_read_ms, store_commit_ms;
+    double kv_transfer_ms;   /* fetching and loading a peer's KV of the stored context (0: none) */
+    int kv_transfer_tokens;  /* the stored tokens whose KV came from that peer (0: none, or refused) */
 } ctx_reply;
 
 dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *err);
@@ -90,6 +101,12 @@ dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_erro
  * upto to replicate here, as a turn would. quota_user: as in ctx_request. */
 dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *quota_user,
                          const char *new_sid, dc_error *err);
+
+/* KV transfer, the serving side (api/peer.c): appends to blob the KV state
+ * this node holds of session sid's stored tokens (llm_kv_export), read from
+ * this node's store. No owner check: the caller is an authenticated peer.
+ * DC_E_NOT_FOUND when there is no such session or no KV of it here. */
+dc_code ctx_kv_export(ctx *c, const char *sid, strbuf *blob, dc_error *err);
 
 const char *ctx_mode_name(session_mode m);
 /* Parses "tokenized", "raw", "client-side"; returns 0 if unknown. */

@@ -260,6 +260,7 @@ void codec_meta_encode(const session_meta *m, strbuf *out) {
     put_bytes(out, m->user_id, strlen(m->user_id));
     put_bytes(out, m->model, strlen(m->model));
     put_bytes(out, m->request_id, strlen(m->request_id));
+    if (m->node_url[0]) put_bytes(out, m->node_url, strlen(m->node_url)); /* optional (codec.h) */
     put_crc(out, start);
 }
 
@@ -297,8 +298,11 @@ codec_status codec_meta_decode(const void *data, size_t n, session_meta *out) {
     const unsigned char *u = get_span(&r, &ulen);
     const unsigned char *mo = get_span(&r, &mlen);
     const unsigned char *rq = get_span(&r, &rlen);
+    size_t nlen = 0;
+    const unsigned char *nu = !r.st && r.p != r.end ? get_span(&r, &nlen) : NULL; /* optional (codec.h) */
     if (r.st) return r.st;
     if (r.p != r.end) return CODEC_BAD_VALUE;
+    if (nu && (!nlen || !copy_str(out->node_url, sizeof out->node_url, nu, nlen))) return CODEC_BAD_VALUE;
     if (out->mode < MODE_TOKENIZED || out->mode > MODE_RAW) return CODEC_BAD_VALUE;
     /* a tombstone (turn 0, nats.c) names no owner */
     if (!copy_str(out->user_id, sizeof out->user_id, u, ulen) || (!ulen && out->turn) || !stored_id_ok(out->user_id))

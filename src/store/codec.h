@@ -31,7 +31,20 @@
  * Meta record, version 1:
  *   "DM" | u8 version | u8 mode | u32 turn | u64 created_ms | u64 last_ms
  *   | u64 fingerprint | u32 n_tokens | varint+bytes user_id | varint+bytes model
- *   | varint+bytes request_id (of the turn that wrote it; may be empty) | u32 CRC-32
+ *   | varint+bytes request_id (of the turn that wrote it; may be empty)
+ *   [| varint+bytes node_url] | u32 CRC-32
+ * node_url (issue 15, KV transfer): how peers reach the node that committed
+ * the turn (its --advertise-url), so that the node serving the next turn
+ * can fetch that node's KV of the session. Optional and written only by a
+ * node that advertises a URL, so a deployment that does not use KV
+ * transfer writes records exactly as before. It is in the meta rather than
+ * in a node-id -> URL table learned from announcements because the meta is
+ * what every node already reads before a turn, replicated with the turn
+ * itself: no second channel to keep current, nothing lost on a restart,
+ * and it names the node of exactly the turn read. Readers from before it
+ * refuse a record with it (they allow no trailing bytes): turn on
+ * --advertise-url only once every node sharing the store runs a version
+ * that reads it (docs/DEPLOY.md).
  *
  * Commit record (what the NATS store publishes per turn): varint length of a
  * meta record, the meta record, then the turn record. One message carries a
@@ -73,6 +86,7 @@ typedef struct {
     char user_id[ID_MAX + 1];
     char model[128];
     char request_id[ID_MAX + 1]; /* the client's id for the last turn: a retry of it is answered, not refused */
+    char node_url[256];          /* the committing node's --advertise-url; "" when it has none (optional field) */
     /* Not encoded: where the store read this meta (store.h, store_turn_commit).
      * NATS: the stream sequence of the message; 0: not read from the store. */
     uint64_t rev;

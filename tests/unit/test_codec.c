@@ -158,6 +158,32 @@ static void meta_round_trip_and_damage(void **state) {
     strbuf_free(&b);
 }
 
+/* Issue 15 item 3: the committing node's URL is an optional trailing field
+ * of the meta: absent, the record is byte for byte what it was before; present,
+ * it round-trips; a record with it differs from one without only by it. */
+static void meta_node_url_is_optional(void **state) {
+    (void)state;
+    session_meta m = {.mode = MODE_TOKENIZED, .turn = 3, .created_ms = 1, .last_ms = 2, .fingerprint = 7, .n_tokens = 99};
+    strcpy(m.user_id, "u1");
+    strcpy(m.model, "SmolLM2");
+    strbuf plain = {0}, with = {0};
+    codec_meta_encode(&m, &plain);
+    /* the version-1 layout: 3 + 1 + 4 + 8 + 8 + 8 + 4, three spans, the CRC */
+    assert_int_equal(plain.n, 36 + 1 + 2 + 1 + 7 + 1 + 0 + 4);
+    session_meta out;
+    assert_int_equal(codec_meta_decode(plain.s, plain.n, &out), CODEC_OK);
+    assert_string_equal(out.node_url, "");
+    strcpy(m.node_url, "http://10.0.0.7:8080");
+    codec_meta_encode(&m, &with);
+    assert_int_equal(with.n, plain.n + 1 + strlen(m.node_url));
+    assert_memory_equal(with.s + 3, plain.s + 3, plain.n - 4 - 3); /* same fields before it */
+    assert_int_equal(codec_meta_decode(with.s, with.n, &out), CODEC_OK);
+    assert_memory_equal(&m, &out, sizeof m);
+    for (size_t n = 0; n < with.n; n++) assert_int_not_equal(codec_meta_decode(with.s, n, &out), CODEC_OK);
+    strbuf_free(&plain);
+    strbuf_free(&with);
+}
+
 static void crc_known_value(void **state) {
     (void)state;
     assert_int_equal(codec_crc32("123456789", 9), 0xCBF43926u);
@@ -188,7 +214,7 @@ int main(void) {
         cmocka_unit_test(text_round_trip),       cmocka_unit_test(every_truncation_is_refused),
         cmocka_unit_test(every_bit_flip_is_refused), cmocka_unit_test(bad_fields_are_refused),
         cmocka_unit_test(meta_round_trip_and_damage), cmocka_unit_test(crc_known_value),
-        cmocka_unit_test(crc_table_is_constant_and_correct),
+        cmocka_unit_test(crc_table_is_constant_and_correct), cmocka_unit_test(meta_node_url_is_optional),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
