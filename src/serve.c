@@ -309,6 +309,8 @@ static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_pa
         }
         cp.kv_fetch = peer_kv_fetch;
         cp.kv_fetch_ud = ap.peer;
+    } else if (cp.advertise_url) {
+        log_warn("--advertise-url without --peer-key-file: this node records its URL but serves no KV to peers");
     }
     cx = ctx_new(&cp, m, s);
     if (!(srv = api_server_start(&ap, cx, m, err, sizeof err))) {

@@ -267,6 +267,8 @@ class KvTransfer(unittest.TestCase):
         st, body = self.peer_get(self.a, sid, key=PEER_KEY)
         self.assertEqual(st, 200)
         self.assertEqual(body[:4], b"DCKV")
+        n = struct.unpack("<I", body[HEADER:HEADER + 4])[0]
+        print("state: %d bytes for %d tokens (%.0f a token, header and ids included)" % (len(body), n, len(body) / n))
         # and the peer key opens no client route
         st, r = a_request(self.a, "GET", "/v1/sessions/%s?user_id=%s" % (sid, USER),
                           headers={"X-DisCEdge-Peer-Key": PEER_KEY})
