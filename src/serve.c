@@ -62,6 +62,7 @@ static void usage(FILE *f) {
             "\n"
             "Endpoints: POST /v1/chat/completions, POST /v1/responses, GET /v1/models\n"
             "(OpenAI's), POST /completion (llama.cpp's), GET|DELETE /v1/sessions/{id},\n"
+            "POST /v1/sessions/{id}/warm (the handover hint),\n"
             "GET /health, GET /metrics (Prometheus), GET / (a chat page).\n"
             "\n"
             "  --config FILE         read settings from FILE: one \"name = value\" per line,\n"
@@ -111,6 +112,15 @@ static void usage(FILE *f) {
             "  --request-timeout SECS  silence allowed while a request's headers and body\n"
             "                        arrive, and between requests on a kept-alive connection;\n"
             "                        a generation is not bound by it (default 30, 1-3600)\n"
+            "  --warm-sessions N     warm handover: conversations served by other nodes whose\n"
+            "                        KV this node prefills in the background, on idle engine\n"
+            "                        time, so that their next turn here prefills only the new\n"
+            "                        message; among --kv-cache-sessions (default 4 with --store,\n"
+            "                        0 without; 0: off; 0-256)\n"
+            "  --warm-window SECS    warm only turns committed this recently; a warmed\n"
+            "                        conversation unused this long is evicted first (default 600)\n"
+            "  --warm-peers LIST     warm only turns committed by these nodes, e.g.\n"
+            "                        edge-1,edge-3 (neighbour cells; default: every node)\n"
             "  --api-keys FILE       require API keys: FILE has one \"KEY USER_ID\" per line;\n"
             "                        requests need \"Authorization: Bearer KEY\" and the key's\n"
             "                        user owns the sessions it creates (kill -HUP reloads it)\n"
@@ -137,7 +147,8 @@ static void usage(FILE *f) {
 int serve_main(int argc, char **argv) {
     enum { O_STORE = 256, O_REPLICAS, O_DOMAIN, O_SYNC, O_TTL, O_NPRED, O_RETRIES, O_RETRY_MS, O_MAXBODY, O_LLM,
            O_KEYS, O_STORE_KEY, O_LOG_CONTENT, O_MAX_NPRED, O_MAX_STREAMS, O_MAX_SESSIONS, O_STORE_CA,
-           O_MAX_SESSION_TOKENS, O_MAX_CONNS, O_MAX_PER_ADDR, O_REQ_TIMEOUT, O_ADVERTISE, O_PEER_KEY, O_PEER_MBPS };
+           O_MAX_SESSION_TOKENS, O_MAX_CONNS, O_MAX_PER_ADDR, O_REQ_TIMEOUT, O_WARM_SESSIONS, O_WARM_WINDOW,
+           O_WARM_PEERS, O_ADVERTISE, O_PEER_KEY, O_PEER_MBPS };
     static const struct option own[] = {{"model", required_argument, 0, 'm'},
                                         {"llm", required_argument, 0, O_LLM},
                                         {"host", required_argument, 0, 'H'},
@@ -164,6 +175,9 @@ int serve_main(int argc, char **argv) {
                                         {"max-connections", required_argument, 0, O_MAX_CONNS},
                                         {"max-connections-per-address", required_argument, 0, O_MAX_PER_ADDR},
                                         {"request-timeout", required_argument, 0, O_REQ_TIMEOUT},
+                                        {"warm-sessions", required_argument, 0, O_WARM_SESSIONS},
+                                        {"warm-window", required_argument, 0, O_WARM_WINDOW},
+                                        {"warm-peers", required_argument, 0, O_WARM_PEERS},
                                         {"advertise-url", required_argument, 0, O_ADVERTISE},
                                         {"peer-key-file", required_argument, 0, O_PEER_KEY},
                                         {"peer-link-mbps", required_argument, 0, O_PEER_MBPS},
@@ -180,6 +194,7 @@ int serve_main(int argc, char **argv) {
     const char *keys_path = NULL, *store_key = NULL;
     peer_params pp = peer_default_params();
     long conns = ap.max_connections, per_addr = ap.max_per_address, req_timeout = ap.request_timeout_s;
+    long warm_sessions = -1; /* not given: on (4) with a shared store, off without */
     cli_args args;
     if (cli_config_expand("serve", opts, argc, argv, &args) != 0) {
         free(opts);
@@ -221,6 +236,9 @@ int serve_main(int argc, char **argv) {
         case O_MAX_CONNS: conns = atol(optarg); break;
         case O_MAX_PER_ADDR: per_addr = atol(optarg); break;
         case O_REQ_TIMEOUT: req_timeout = atol(optarg); break;
+        case O_WARM_SESSIONS: warm_sessions = strtol(optarg, NULL, 10); bad = warm_sessions < 0 || warm_sessions > 256; break;
+        case O_WARM_WINDOW: cp.warm.window_s = lp.warm_window_s = atoi(optarg); bad = lp.warm_window_s < 1; break;
+        case O_WARM_PEERS: cp.warm.peers = optarg; break;
         case O_ADVERTISE: cp.advertise_url = optarg; break;
         case O_PEER_KEY: pp.key_file = optarg; break;
         case O_PEER_MBPS: pp.link_mbps = atof(optarg); break;
@@ -243,6 +261,9 @@ int serve_main(int argc, char **argv) {
         cli_args_free(&args);
         return 2;
     }
+    /* warm handover pays only where another node commits turns */
+    lp.warm_sessions = (int)(warm_sessions >= 0 ? warm_sessions : sp.url ? 4 : 0);
+    sp.node_id = cp.node_id;
     ap.max_connections = (unsigned)conns;
     ap.max_per_address = (unsigned)per_addr;
     ap.request_timeout_s = (unsigned)req_timeout;

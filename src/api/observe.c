@@ -68,6 +68,15 @@ observe *observe_new(bool log_content) {
     metrics_define(m, "discedge_kv_exports_total", METRIC_COUNTER, "KV states sent to peers.", NULL, 0);
     metrics_define(m, "discedge_engine_active", METRIC_GAUGE, "Requests generating now.", NULL, 0);
     metrics_define(m, "discedge_engine_queued", METRIC_GAUGE, "Requests waiting for a sequence.", NULL, 0);
+    /* warm handover (warm.h): what it prefilled, and what that bought */
+    metrics_define(m, "discedge_warm_tokens_total", METRIC_COUNTER, "Tokens prefilled by warm-up.", NULL, 0);
+    metrics_define(m, "discedge_warm_seconds_total", METRIC_COUNTER, "Engine time spent on warm-up.", NULL, 0);
+    metrics_define(m, "discedge_warm_used_total", METRIC_COUNTER,
+                   "Warmed conversations whose next turn came here and used the warmed KV.", NULL, 0);
+    metrics_define(m, "discedge_warm_unused_total", METRIC_COUNTER,
+                   "Warmed conversations evicted or dropped before a turn used them.", NULL, 0);
+    metrics_define(m, "discedge_warm_unused_seconds_total", METRIC_COUNTER,
+                   "Engine time spent warming conversations that were then dropped unused.", NULL, 0);
     return o;
 }
 
@@ -170,5 +179,10 @@ void observe_render(observe *o, llm *m, strbuf *out) {
     metrics_set(o->mx, "discedge_kv_exports_total", NULL, (double)ls.kv_exports);
     metrics_set(o->mx, "discedge_engine_active", NULL, ls.active);
     metrics_set(o->mx, "discedge_engine_queued", NULL, ls.queued);
+    metrics_set(o->mx, "discedge_warm_tokens_total", NULL, (double)ls.warm_tokens);
+    metrics_set(o->mx, "discedge_warm_seconds_total", NULL, ls.warm_ms / 1000.0);
+    metrics_set(o->mx, "discedge_warm_used_total", NULL, (double)ls.warm_used);
+    metrics_set(o->mx, "discedge_warm_unused_total", NULL, (double)ls.warm_unused);
+    metrics_set(o->mx, "discedge_warm_unused_seconds_total", NULL, ls.warm_unused_ms / 1000.0);
     metrics_render(o->mx, out);
 }

@@ -209,5 +209,14 @@ json_t *api_engine_json(llm *m) {
     json_object_set_new(o, "kv_transfers", json_integer((json_int_t)ls.kv_imports));
     json_object_set_new(o, "kv_transfer_refused", json_integer((json_int_t)ls.kv_import_refused));
     json_object_set_new(o, "kv_exports", json_integer((json_int_t)ls.kv_exports));
+    json_object_set_new(o, "warm", json_pack("{s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:f, s:f}", "sessions",
+                                             ls.warm_sessions, "slots", ls.warm_slots, "pending", ls.warm_pending,
+                                             "requests", (json_int_t)ls.warm_requests, "done",
+                                             (json_int_t)ls.warm_done, "tokens", (json_int_t)ls.warm_tokens, "used",
+                                             (json_int_t)ls.warm_used, "unused", (json_int_t)ls.warm_unused, "ms",
+                                             ls.warm_ms, "unused_ms", ls.warm_unused_ms));
+    json_object_set_new(json_object_get(o, "warm"), "chunks", json_integer((json_int_t)ls.warm_chunks));
+    json_object_set_new(json_object_get(o, "warm"), "wait_chunks_max",
+                        json_integer((json_int_t)ls.warm_wait_chunks_max));
     return o;
 }

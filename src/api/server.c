@@ -61,6 +61,22 @@ static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn
     return rc ? http_send_error(conn, &err) : http_send_json(conn, 200, body, NULL);
 }
 
+/* POST /v1/sessions/{id}/warm: the handover hint (ctx_session_warm). 202:
+ * accepted, the warm-up runs in the background. */
+static enum MHD_Result handle_warm(api_server *s, struct MHD_Connection *conn, const char *method, const char *sid,
+                                   const char *user, int *status) {
+    if (!user) user = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "user_id");
+    if (!user) user = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-User-Id");
+    dc_error err = {0};
+    bool warming = false;
+    dc_code rc = strcmp(method, "POST")
+                     ? dc_fail(&err, DC_E_METHOD, "%s is not allowed on /v1/sessions/{id}/warm: use POST", method)
+                     : ctx_session_warm(s->env.c, sid, user, &warming, &err);
+    *status = rc ? api_error_status(rc) : 202;
+    if (rc) return http_send_error(conn, &err);
+    return http_send_json(conn, 202, json_pack("{s:s, s:b}", "session_id", sid, "warming", warming), NULL);
+}
+
 static json_t *health_json(api_server *s) {
     llm *m = s->env.m;
     return json_pack("{s:s, s:s, s:s, s:i, s:o}", "status", "ok", "node", s->p.node_id, "model", llm_model_name(m),
@@ -153,6 +169,13 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
     } else if (!strncmp(url, "/v1/sessions/", 13) && url[13] && !strchr(url + 13, '/')) {
         route = "/v1/sessions/{id}";
         ok = handle_session(s, conn, method, url + 13, who, &status);
+    } else if (!strncmp(url, "/v1/sessions/", 13) && strchr(url + 13, '/') && !strcmp(strchr(url + 13, '/'), "/warm") &&
+               strchr(url + 13, '/') > url + 13) {
+        route = "/v1/sessions/{id}/warm";
+        char sid[ID_MAX + 2];
+        size_t n = (size_t)(strchr(url + 13, '/') - (url + 13));
+        snprintf(sid, sizeof sid, "%.*s", (int)(n < sizeof sid - 1 ? n : sizeof sid - 1), url + 13);
+        ok = handle_warm(s, conn, method, sid, who, &status);
     } else {
         route = "other"; /* a label per unknown path would let clients grow the metrics without bound */
         dc_fail(&err, DC_E_NOT_FOUND, "no route %s %s", method, url);

@@ -7,6 +7,7 @@
  *   GET    /v1/sessions/{id}      session metadata (the owner only: the key's user, or ?user_id=)
  *   DELETE /v1/sessions/{id}      remove a session (the owner only)
  *   GET    /v1/peer/kv/{id}      a session's KV state, for peer nodes only (peer.h)
+ *   POST   /v1/sessions/{id}/warm the handover hint: warm the session's KV here now (the owner only; 202)
  *   GET    /health                node, model, and the engine's state      (open)
  *   GET    /metrics               Prometheus text (observe.h)              (open)
  *   GET    /                      a page that chats with the nodes (web/)  (open)

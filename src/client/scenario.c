@@ -4,6 +4,7 @@
 #include "scenario.h"
 
 #include <getopt.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,10 +22,14 @@ static void usage(FILE *f) {
             "         [--mode tokenized|raw|client-side] [--csv FILE] [--n-predict N]\n"
             "         [--temperature T] [--seed S] [--user-id ID] [--quiet]\n"
             "         [--no-cache] [--ignore-eos] [--turns N] [--after-turn CMD]\n"
+            "         [--think-ms MS] [--hint]\n"
             "Runs the scenario's turns in order; a `locations` list switches node.\n"
             "--turns N stops after N turns. --after-turn runs CMD through the shell\n"
             "after every turn, with DC_TURN set to its number, before the next one\n"
             "starts (the testbed samples its link counters this way).\n"
+            "--think-ms pauses that long between turns (a user reading and typing).\n"
+            "--hint: after the last turn before each move, tells the next node to\n"
+            "prepare (POST /v1/sessions/{id}/warm) before the turn goes there.\n"
             "The first --node is the default for scenarios without locations;\n"
             "--node URL alone names it after its position (node1, node2, ...).\n");
 }
@@ -64,9 +69,11 @@ int scenario_main(int argc, char **argv) {
                                    {"user-id", required_argument, 0, 'u'},   {"quiet", no_argument, 0, 'q'},
                                    {"no-cache", no_argument, 0, 'C'},        {"ignore-eos", no_argument, 0, 'E'},
                                    {"turns", required_argument, 0, 'T'},     {"after-turn", required_argument, 0, 'A'},
+                                   {"think-ms", required_argument, 0, 'K'},  {"hint", no_argument, 0, 'W'},
                                    {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     node_map nodes[16];
-    int n_nodes = 0, quiet = 0, no_cache = 0, ignore_eos = 0;
+    int n_nodes = 0, quiet = 0, no_cache = 0, ignore_eos = 0, hint = 0;
+    long think_ms = 0;
     const char *mode = "tokenized", *csv_path = NULL, *user = NULL, *after_turn = NULL;
     client_session sess;
     long max_turns = -1;
@@ -105,6 +112,8 @@ int scenario_main(int argc, char **argv) {
         case 'E': ignore_eos = 1; break;
         case 'T': max_turns = atol(optarg); break;
         case 'A': after_turn = optarg; break;
+        case 'K': think_ms = atol(optarg); break;
+        case 'W': hint = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -177,6 +186,21 @@ int scenario_main(int argc, char **argv) {
             fprintf(stderr, "scenario: turn %zu failed on %s\n", i + 1, name);
             rc = 1;
             break;
+        }
+        const char *next = i + 1 < n_run ? (sc.turns[i + 1].node ? sc.turns[i + 1].node : nodes[0].name) : NULL;
+        if (hint && next && strcmp(next, name) != 0) {
+            /* the client knows it moves: the next node prepares meanwhile */
+            char path[256];
+            snprintf(path, sizeof path, "/v1/sessions/%s/warm?user_id=%s", sess.session_id, sess.user_id);
+            client_response hr = {0};
+            if (client_post_json(lookup(nodes, n_nodes, next), path, "{}", &hr) != 0 || hr.status != 202)
+                fprintf(stderr, "scenario: the hint to %s after turn %zu got %ld %s\n", next, i + 1, hr.status,
+                        hr.status ? "" : hr.error);
+            client_response_free(&hr);
+        }
+        if (think_ms > 0 && i + 1 < n_run) {
+            struct timespec ts = {think_ms / 1000, (think_ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
         }
         if (after_turn) {
             char num[24];

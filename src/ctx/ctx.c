@@ -18,6 +18,7 @@
  * fsync (store_commit_ms in the timings). */
 #include "ctx.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,8 @@
 #include "../util/log.h"
 #include "../util/quota.h"
 #include "turn.h"
+#include "warm.h"
+#include "window.h"
 
 struct ctx {
     ctx_params p;
@@ -34,11 +37,13 @@ struct ctx {
     store *s;
     keylock *locks;
     quota *owners; /* the sessions each user created here, for the limit */
+    warm *w;       /* NULL: no warm-up */
 };
 
 ctx_params ctx_default_params(void) {
     return (ctx_params){.node_id = "node", .stale_retries = 3, .stale_retry_ms = 10, .sync_timeout_ms = 2000,
-                        .max_sessions_per_user = 1000, .max_session_tokens = 131072};
+                        .max_sessions_per_user = 1000, .max_session_tokens = 131072,
+                        .warm = warm_default_params()};
 }
 
 /* quota.h asks whether a session it counts is still there. A store that
@@ -56,11 +61,15 @@ ctx *ctx_new(const ctx_params *p, llm *m, store *s) {
     c->s = s;
     c->locks = keylock_new();
     c->owners = quota_new(session_alive, c);
+    warm_params wp = p->warm;
+    wp.node_id = p->node_id;
+    c->w = warm_new(&wp, m, s);
     return c;
 }
 
 void ctx_free(ctx *c) {
     if (!c) return;
+    warm_free(c->w);
     keylock_free(c->locks);
     quota_free(c->owners);
     free(c);
@@ -123,26 +132,23 @@ static dc_code refuse_if_full(ctx *c, dc_error *err) {
     return busy_error(c, err, "all sequences busy and the queue is full");
 }
 
-/* Whose KV a stored session's turns are (llm_gen_params.owner): the
- * session's own, so that its KV is reused within the session only and can
- * be found again by its id (KV transfer). Ids cannot contain ':'. */
-static void session_owner(const char *sid, char out[ID_MAX + 9]) { snprintf(out, ID_MAX + 9, "session:%s", sid); }
-
 /* Generation and its bookkeeping, shared by all three modes. */
 static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tokvec *out, ctx_reply *rep,
                         dc_error *err) {
-    char why[160];
+    char why[160], owner[WARM_OWNER_MAX];
     rep->context_tokens = (int)input->n;
     llm_gen_params gp = req->gen;
-    char sowner[ID_MAX + 9];
-    if (!gp.owner && rep->session_id[0]) {
-        session_owner(rep->session_id, sowner);
-        gp.owner = sowner;
+    /* KV is reused only within one conversation (llm.h): a session's turns
+     * share the session's KV (warm.h names it, so that a warm-up on
+     * another node prepares exactly what its next turn asks for); a
+     * stateless request shares with the client as the per-user limits
+     * know it (ctx_request.quota_user: the key's user; without keys, the
+     * claimed user at its address): key-less strangers, all "anonymous" on
+     * the OpenAI routes, never share. */
+    if (!gp.owner && req->mode != MODE_CLIENT_SIDE) {
+        warm_kv_owner(rep->session_id, owner);
+        gp.owner = owner;
     }
-    /* KV is reused only within one client's requests (llm.h), the client
-     * as the per-user limits know it (ctx_request.quota_user: the key's
-     * user; without keys, the claimed user at its address): key-less
-     * strangers, all "anonymous" on the OpenAI routes, never share. */
     if (!gp.owner) gp.owner = req->quota_user ? req->quota_user : rep->user_id;
     switch (llm_generate(c->m, input->v, input->n, &gp, out, &rep->llm, why, sizeof why)) {
     case LLM_OK: break;
@@ -155,11 +161,6 @@ static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tok
     if (llm_detokenize(c->m, out->v, out->n, &rep->content) != 0)
         return llm_error(err, DC_E_INTERNAL, "cannot detokenize the reply");
     return DC_OK;
-}
-
-/* Tokens a stored turn contributes to the input, system message excluded. */
-static size_t turn_body_tokens(const turn_rec *t) {
-    return t->tok[SEG_USER].n + t->tok[SEG_REPLY].n + t->tok[SEG_END].n;
 }
 
 /* Both modes' builders set *whole to the conversation's length in tokens as
@@ -181,21 +182,19 @@ static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *t
 
     const tokvec *sys = n_turns ? &turns[0].tok[SEG_SYSTEM] : &rec->tok[SEG_SYSTEM];
     size_t budget = (size_t)llm_n_ctx(c->m), fixed = sys->n + rec->tok[SEG_USER].n + (size_t)req->gen.n_predict;
-    size_t history = 0;
-    for (uint32_t i = 0; i < n_turns; i++) history += turn_body_tokens(&turns[i]);
-    *whole = sys->n + history + rec->tok[SEG_USER].n;
+    size_t all = 0, history = 0;
+    window_first(turns, n_turns, 0, SIZE_MAX, &all);
+    *whole = sys->n + all + rec->tok[SEG_USER].n;
     if (fixed > budget)
         return dc_fail(err, DC_E_CTX_LENGTH,
                        "the message (%zu tokens) plus n_predict (%d) does not fit the context window (%zu tokens)",
                        fixed - (size_t)req->gen.n_predict, req->gen.n_predict, budget);
-    uint32_t first = 0; /* drop the oldest whole turns until the rest fits */
-    while (fixed + history > budget) history -= turn_body_tokens(&turns[first++]);
+    uint32_t first = window_first(turns, n_turns, fixed, budget, &history);
     rep->truncated_turns = (int)first;
 
     tokvec_reserve(input, fixed + history);
     tokvec_append(input, sys->v, sys->n);
-    for (uint32_t i = first; i < n_turns; i++)
-        for (int s = SEG_USER; s <= SEG_END; s++) tokvec_append(input, turns[i].tok[s].v, turns[i].tok[s].n);
+    window_append(turns, first, n_turns, input);
     tokvec_append(input, rec->tok[SEG_USER].v, rec->tok[SEG_USER].n);
     return DC_OK;
 }
@@ -497,8 +496,8 @@ static void kv_transfer(ctx *c, const char *sid, const session_meta *meta, const
                         ctx_reply *rep) {
     if (!c->p.kv_fetch || !meta->node_url[0] || rep->truncated_turns || !n_stored) return;
     if (c->p.advertise_url && !strcmp(meta->node_url, c->p.advertise_url)) return; /* served here */
-    char owner[ID_MAX + 9];
-    session_owner(sid, owner);
+    char owner[WARM_OWNER_MAX];
+    warm_kv_owner(sid, owner);
     size_t held = llm_kv_held(c->m, owner, input->v, n_stored);
     /* what a spilled state must gain to be loaded (engine.c spill_min) */
     if (held + 64 > n_stored) return;
@@ -534,8 +533,8 @@ dc_code ctx_kv_export(ctx *c, const char *sid, strbuf *blob, dc_error *err) {
         tokvec_append(&t, turns[0].tok[SEG_SYSTEM].v, turns[0].tok[SEG_SYSTEM].n);
         for (uint32_t i = 0; i < meta.turn; i++)
             for (int g = SEG_USER; g <= SEG_END; g++) tokvec_append(&t, turns[i].tok[g].v, turns[i].tok[g].n);
-        char owner[ID_MAX + 9], why[160];
-        session_owner(sid, owner);
+        char owner[WARM_OWNER_MAX], why[160];
+        warm_kv_owner(sid, owner);
         if (llm_kv_export(c->m, owner, t.v, t.n, blob, why, sizeof why) != 0)
             rc = dc_fail(err, DC_E_NOT_FOUND, "no KV of session %s here (%s)", sid, why);
         tokvec_free(&t);
@@ -761,10 +760,26 @@ dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_erro
         else if (st != STORE_OK) rc = store_error(err, st);
         /* counted under whatever name it was created for (ctx_request.quota_user) */
         if (st == STORE_OK || st == STORE_NOT_FOUND) quota_give(c->owners, NULL, sid);
+        if (st == STORE_OK || st == STORE_NOT_FOUND) { /* and its KV here is no one's (other nodes: warm.c) */
+            char owner[WARM_OWNER_MAX];
+            warm_kv_owner(sid, owner);
+            llm_forget(c->m, owner);
+        }
         if (st == STORE_OK && why[0]) log_warn("session %s deleted, whose records do not decode: %s", sid, why);
     }
     keylock_release(c->locks, lock);
     return rc;
+}
+
+dc_code ctx_session_warm(ctx *c, const char *sid, const char *user_id, bool *warming, dc_error *err) {
+    session_meta m;
+    turn_rec *turns;
+    dc_code rc = owned_session(c, sid, user_id, &m, &turns, err);
+    if (rc) return rc;
+    store_turns_free(turns, m.turn);
+    *warming = c->w != NULL;
+    warm_session(c->w, sid);
+    return DC_OK;
 }
 
 dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *quota_user,

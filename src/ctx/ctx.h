@@ -12,6 +12,7 @@
 #include "../llm/llm.h"
 #include "../store/store.h"
 #include "../util/error.h"
+#include "warm.h"
 
 typedef struct ctx ctx;
 
@@ -23,6 +24,7 @@ typedef struct {
     int max_sessions_per_user; /* live sessions a user may create through this node (owners.h); 0: no limit */
     long max_session_tokens;   /* the longest conversation a session may hold, in tokens (its whole stored context
                                   plus a turn's message and n_predict); a turn past it is DC_E_SESSION_FULL; 0: no limit */
+    warm_params warm;          /* warm handover (warm.h; node_id is node_id's): on when the engine warms */
     /* KV transfer between nodes (issue 15 item 3). advertise_url: how peers reach this node, recorded with
      * every turn it commits (session_meta.node_url); NULL: not recorded. kv_fetch: asked, for a turn whose
      * session this node holds too little KV of, to fetch the KV state blob (llm_kv_export's) of session sid
@@ -95,6 +97,10 @@ dc_code ctx_session_get(ctx *c, const char *sid, const char *user_id, session_me
 dc_code ctx_session_turns(ctx *c, const char *sid, const char *user_id, session_meta *out, turn_rec **turns,
                           dc_error *err);
 dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_error *err);
+/* The handover hint: prepares this node for the session's next turn (its
+ * owner's only, as any read: 404, 403) by warming its KV in the background
+ * (warm.h). *warming: false when this node does no warm-up. Idempotent. */
+dc_code ctx_session_warm(ctx *c, const char *sid, const char *user_id, bool *warming, dc_error *err);
 /* Copies turns 1..upto of sid (its owner's, tokenized) into the new session
  * new_sid, for the same user: a conversation continued from an older turn
  * goes on in the copy and leaves the original as it was. Waits for turn

@@ -43,6 +43,23 @@
  * engine crashed: the kernel dropped the lock with the process, whatever
  * PID namespace it ran in) and touches nothing else in spill_dir.
  *
+ * Warm-up (llm_warm): a conversation served elsewhere can be prefilled
+ * here before its client arrives, so that its next turn here prefills only
+ * the new message. It is the lowest priority work there is: it runs only
+ * while no request is active or queued, warm_chunk tokens per step, and
+ * the loop looks at the queue again after every step, so a request that
+ * arrives waits for one chunk at most. A warm-up is no job and holds no
+ * slot: each step looks again for the slot of that owner holding the
+ * longest prefix of its tokens (a request may have taken the slot meanwhile,
+ * or extended it past what warming wanted: then there is nothing left to
+ * do), so a warm-up preempted at any point resumes where the KV stands, and
+ * warming a conversation again after its next turn only extends it. Slots
+ * it fills are flagged `warm` until a request uses them; at most
+ * warm_sessions are, the rest of the slots stay the live conversations'
+ * (a warm-up past the bound replaces the least recently warmed one). A
+ * warmed slot unused for warm_window_ms is evicted before any other, and
+ * llm_forget wipes an owner's KV at once (a deleted session).
+ *
  * Each step of the loop decodes one batch: one token for every generating
  * request and prompt chunks of the requests still prefilling, up to n_batch
  * tokens, in sequence-id order (step() says why). Logits are valid only
@@ -93,6 +110,7 @@ typedef struct job {
     bool ended;       /* done (rc says how); engine_main finishes it */
     int logits_at;    /* batch index of its logits in the current batch, or -1 */
     double t_queued, t_admit;
+    uint64_t warm0;   /* warm-up chunks decoded when it was queued (stats.warm_chunks) */
     size_t out_n0;    /* out->n on entry, to roll back on failure */
     struct job *qnext;
 } job;
@@ -102,7 +120,18 @@ typedef struct {
     char *owner; /* whose they are (engine thread); NULL: nobody's to reuse */
     job *busy;
     uint64_t used; /* LRU tick */
+    /* engine thread: filled by warm-up and not used by a request since;
+     * when it was last warmed, and the prefill time it cost */
+    bool warm;
+    double warm_at, warm_ms;
 } slot;
+
+/* A conversation to warm: owner and tokens (copies). */
+typedef struct {
+    char *owner;
+    tokvec toks;
+    double at; /* when asked (monotonic ms) */
+} warm_req;
 
 /* A sequence state on disk, and the tokens it holds. */
 typedef struct {
@@ -137,6 +166,17 @@ struct engine {
     int n_sp;
     size_t sp_bytes;
     uint64_t sp_seq, sp_saves, sp_restores;
+    warm_req wcur;  /* the warm-up being prefilled (owner NULL: none) */
+    struct {
+        uint64_t done, tokens, used, unused, chunks;
+        double ms, unused_ms;
+    } wst; /* warm-up counters, copied into stats under mu */
+    /* under mu: warm-ups asked for (oldest first) and owners to forget */
+    warm_req *wq;
+    int n_wq;
+    char **forget;
+    int n_forget;
+    bool warming; /* wcur is set (for stats) */
     pthread_mutex_t mu;
     pthread_cond_t wake; /* the engine: work arrived or stop */
     pthread_cond_t done; /* callers: a job finished (or time to poll alive) */
@@ -343,6 +383,215 @@ static void spill_restore(engine *e, int i, int s) {
     spill_drop(e, i);
 }
 
+/* --- warm-up (see the top) --- */
+
+static void warm_req_free(warm_req *w) {
+    free(w->owner);
+    tokvec_free(&w->toks);
+    *w = (warm_req){0};
+}
+
+/* A slot stops being a warmed one: a request took it (counted as a warm-up
+ * used when the request is the owner's) or warm-up gave it up. */
+static void slot_unwarm(engine *e, int s, bool used) {
+    slot *sl = &e->slots[s];
+    if (!sl->warm) return;
+    if (used) {
+        e->wst.used++;
+    } else {
+        e->wst.unused++;
+        e->wst.unused_ms += sl->warm_ms;
+    }
+    sl->warm = false;
+    sl->warm_ms = 0;
+}
+
+/* Under mu (admit): slot s goes to a request of owner. */
+static void slot_claim(engine *e, int s, const char *owner) {
+    slot_unwarm(e, s, same_owner(e->slots[s].owner, owner));
+}
+
+static void slot_wipe(engine *e, int s) {
+    slot *sl = &e->slots[s];
+    llama_memory_seq_rm(e->mem, s, -1, -1);
+    sl->toks.n = 0;
+    free(sl->owner);
+    sl->owner = NULL;
+}
+
+/* Engine thread: drops every KV of the owners asked to be forgotten, in
+ * slots and on disk, and the warm-up under way for them. A slot a request
+ * is using is left to it (its owner's own turn). Also retires the warmed
+ * slots unused for warm_window_ms: they stay as KV, but count as the
+ * first to evict. */
+static void apply_forgets(engine *e, char **owners, int n) {
+    for (int k = 0; k < n; k++) {
+        for (int s = 0; s < e->p.n_slots; s++) {
+            if (e->slots[s].busy || !same_owner(e->slots[s].owner, owners[k])) continue;
+            slot_unwarm(e, s, false);
+            slot_wipe(e, s);
+        }
+        for (int i = e->n_sp - 1; i >= 0; i--)
+            if (same_owner(e->sp[i].owner, owners[k])) spill_drop(e, i);
+        if (same_owner(e->wcur.owner, owners[k])) warm_req_free(&e->wcur);
+        free(owners[k]);
+    }
+    free(owners);
+    double now = clock_mono_ms();
+    for (int s = 0; s < e->p.n_slots; s++)
+        if (e->slots[s].warm && !e->slots[s].busy && now - e->slots[s].warm_at > e->p.warm_window_ms) {
+            slot_unwarm(e, s, false);
+            e->slots[s].used = 0; /* the first to go */
+        }
+}
+
+/* The slot a warm-up of w starts in, when no slot holds a prefix of it:
+ * an empty one, else the least recently used; but while warm_sessions
+ * slots are warmed already, the least recently used of those, so that
+ * warm-up never takes more of the cache than it is given. */
+static int warm_victim(engine *e) {
+    int n_warm = 0;
+    for (int s = 0; s < e->p.n_slots; s++) n_warm += e->slots[s].warm;
+    bool among_warm = n_warm >= e->p.warm_sessions;
+    int best = -1;
+    for (int s = 0; s < e->p.n_slots; s++) {
+        const slot *sl = &e->slots[s];
+        if (sl->busy || (among_warm && !sl->warm)) continue;
+        if (best < 0 || (sl->toks.n == 0) > (e->slots[best].toks.n == 0) ||
+            ((sl->toks.n == 0) == (e->slots[best].toks.n == 0) && sl->used < e->slots[best].used))
+            best = s;
+    }
+    return best;
+}
+
+static void prepare(engine *e, job *j);
+static void batch_add(struct llama_batch *b, int32_t tok, size_t pos, int seq, bool logits);
+
+/* Engine thread, no request active: one chunk of the warm-up under way. */
+static void warm_step(engine *e) {
+    warm_req *w = &e->wcur;
+    double t0 = clock_mono_ms();
+    if (t0 - w->at > e->p.warm_window_ms) { /* asked too long ago to matter */
+        warm_req_free(w);
+        return;
+    }
+    /* where the owner's KV of these tokens stands now (see the top) */
+    int at = -1;
+    size_t have = 0;
+    for (int s = 0; s < e->p.n_slots; s++) {
+        if (e->slots[s].busy || !same_owner(e->slots[s].owner, w->owner)) continue;
+        size_t p = common_prefix(&e->slots[s].toks, w->toks.v, w->toks.n);
+        if (at < 0 || p > have) {
+            at = s;
+            have = p;
+        }
+    }
+    if (at >= 0 && have >= w->toks.n) { /* all there: a request or an earlier warm-up did it */
+        warm_req_free(w);
+        e->wst.done++;
+        return;
+    }
+    if (at < 0 || have == 0 || e->slots[at].toks.n != have) {
+        /* start (or restart) in a slot of its own, through the same
+         * preparation as a request: what the slot held is spilled when
+         * worth it, a spilled state of this owner is restored when it
+         * covers more, and the slot ends up holding this owner's longest
+         * reusable prefix and nothing else */
+        if (at < 0 || have == 0) at = warm_victim(e);
+        if (at < 0) { /* every slot warmed and busy: try again later */
+            warm_req_free(w);
+            return;
+        }
+        llm_timings t = {0};
+        tokvec none = {0};
+        job j = {.in = w->toks.v, .n = w->toks.n, .gp = {.cache_prompt = true, .owner = w->owner}, .t = &t,
+                 .out = &none, .slot = at};
+        for (int i = 0; i < e->n_sp; i++) {
+            if (!same_owner(e->sp[i].owner, w->owner)) continue;
+            size_t p = common_prefix(&e->sp[i].toks, w->toks.v, w->toks.n);
+            if (p >= have + (size_t)e->p.spill_min) {
+                have = p;
+                j.restore = e->sp[i].id;
+            }
+        }
+        if (!e->slots[at].warm) e->slots[at].warm_ms = 0;
+        prepare(e, &j);
+        have = e->slots[at].toks.n;
+    }
+    slot *sl = &e->slots[at];
+    struct llama_batch *b = &e->batch;
+    b->n_tokens = 0;
+    size_t take = w->toks.n - have;
+    if (take > (size_t)e->p.warm_chunk) take = (size_t)e->p.warm_chunk;
+    if (take > (size_t)e->p.n_batch) take = (size_t)e->p.n_batch;
+    for (size_t k = 0; k < take; k++) batch_add(b, w->toks.v[have + k], have + k, at, have + k + 1 == w->toks.n);
+    int dr = llama_decode(e->ctx, *b);
+    double ms = clock_mono_ms() - t0;
+    e->wst.ms += ms;
+    if (dr != 0) {
+        log_warn("engine: warm-up decode returned %d; dropping it", dr);
+        slot_unwarm(e, at, false);
+        slot_wipe(e, at);
+        warm_req_free(w);
+        return;
+    }
+    tokvec_append(&sl->toks, w->toks.v + have, take);
+    e->wst.tokens += take;
+    e->wst.chunks++;
+    sl->warm = true;
+    sl->warm_at = w->at;
+    sl->warm_ms += ms;
+    sl->used = ++e->tick;
+    if (sl->toks.n >= w->toks.n) {
+        warm_req_free(w);
+        e->wst.done++;
+    }
+}
+
+bool engine_warm(engine *e, const char *owner, const int32_t *toks, size_t n) {
+    if (e->stats.warm_sessions <= 0 || !owner || !*owner || n == 0 || n >= (size_t)e->p.n_ctx_seq)
+        return false;
+    warm_req w = {.owner = dc_xstrdup(owner), .at = clock_mono_ms()};
+    tokvec_append(&w.toks, toks, n);
+    pthread_mutex_lock(&e->mu);
+    /* one pending warm-up per owner (the newest tokens win), and no more
+     * pending than may be kept */
+    for (int i = 0; i < e->n_wq; i++)
+        if (!strcmp(e->wq[i].owner, owner)) {
+            warm_req_free(&e->wq[i]);
+            memmove(&e->wq[i], &e->wq[i + 1], (size_t)(e->n_wq - i - 1) * sizeof *e->wq);
+            e->n_wq--;
+            break;
+        }
+    if (e->n_wq >= e->p.warm_sessions) {
+        warm_req_free(&e->wq[0]);
+        memmove(&e->wq[0], &e->wq[1], (size_t)(e->n_wq - 1) * sizeof *e->wq);
+        e->n_wq--;
+    }
+    e->wq = dc_xrealloc(e->wq, (size_t)(e->n_wq + 1) * sizeof *e->wq);
+    e->wq[e->n_wq++] = w;
+    e->stats.warm_requests++;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+    return true;
+}
+
+void engine_forget(engine *e, const char *owner) {
+    if (!owner || !*owner) return;
+    pthread_mutex_lock(&e->mu);
+    for (int i = 0; i < e->n_wq; i++)
+        if (!strcmp(e->wq[i].owner, owner)) {
+            warm_req_free(&e->wq[i]);
+            memmove(&e->wq[i], &e->wq[i + 1], (size_t)(e->n_wq - i - 1) * sizeof *e->wq);
+            e->n_wq--;
+            break;
+        }
+    e->forget = dc_xrealloc(e->forget, (size_t)(e->n_forget + 1) * sizeof *e->forget);
+    e->forget[e->n_forget++] = dc_xstrdup(owner);
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+}
+
 /* Under mu: moves queued jobs onto free slots. It only chooses; the KV
  * work (spill, restore, truncation) is prepare()'s, outside the lock. */
 static void admit(engine *e) {
@@ -380,11 +629,15 @@ static void admit(engine *e) {
         }
         j->slot = best;
         j->prepared = false;
+        slot_claim(e, best, j->gp.owner);
         e->slots[best].busy = j;
         e->slots[best].used = ++e->tick;
         j->state = JOB_PREFILL;
         j->t_admit = clock_mono_ms();
         j->t->queue_ms = j->t_admit - j->t_queued;
+        /* the bound warm-up keeps (see the top): checked by the tests */
+        uint64_t waited = e->stats.warm_chunks - j->warm0;
+        if (waited > e->stats.warm_wait_chunks_max) e->stats.warm_wait_chunks_max = waited;
         j->smpl = sampler_new(e, &j->gp);
         e->active[e->n_active++] = j;
     }
@@ -673,10 +926,8 @@ static void ctl_import(engine *e, ctl *c) {
     }
     slot *sl = &e->slots[s];
     if (e->spill_own && sl->owner && sl->toks.n >= (size_t)e->p.spill_min) spill_save(e, s);
-    llama_memory_seq_rm(e->mem, s, -1, -1);
-    sl->toks.n = 0;
-    free(sl->owner);
-    sl->owner = NULL;
+    slot_unwarm(e, s, false);
+    slot_wipe(e, s);
     /* llama.cpp checks the state's layout against this context (layers,
      * KV types, row sizes, cell count); the positions it restored must be
      * exactly 0..n-1, one per token the header names */
@@ -707,19 +958,45 @@ static void *engine_main(void *arg) {
     engine *e = arg;
     pthread_mutex_lock(&e->mu);
     for (;;) {
-        while (!e->stop && !e->n_active && !e->q_head && !e->c_head) pthread_cond_wait(&e->wake, &e->mu);
+        while (!e->stop && !e->n_active && !e->q_head && !e->n_forget && !e->n_wq && !e->wcur.owner &&
+               !e->c_head)
+            pthread_cond_wait(&e->wake, &e->mu);
         if (e->stop) break;
         admit(e);
         reap(e, true); /* a client that went away leaves between steps */
+        char **forget = e->forget;
+        int n_forget = e->n_forget;
+        e->forget = NULL;
+        e->n_forget = 0;
         struct ctl *cl = ctl_take(e);
+        /* warm-up only on an idle engine (see the top), oldest asked first */
+        bool warm = !e->n_active && !e->q_head && (e->wcur.owner || e->n_wq);
+        if (warm && !e->wcur.owner) {
+            e->wcur = e->wq[0];
+            memmove(&e->wq[0], &e->wq[1], (size_t)(e->n_wq - 1) * sizeof *e->wq);
+            e->n_wq--;
+        }
         pthread_mutex_unlock(&e->mu);
+        if (n_forget || e->p.warm_sessions) apply_forgets(e, forget, n_forget);
         ctl_run(e, cl);
-        step(e);
+        if (e->n_active) step(e);
+        else if (warm && e->wcur.owner) warm_step(e);
         pthread_mutex_lock(&e->mu);
         ctl_finish(e, cl);
         e->stats.spill_saves = e->sp_saves;
         e->stats.spill_restores = e->sp_restores;
         e->stats.spill_bytes = e->sp_bytes;
+        e->stats.warm_done = e->wst.done;
+        e->stats.warm_tokens = e->wst.tokens;
+        e->stats.warm_used = e->wst.used;
+        e->stats.warm_unused = e->wst.unused;
+        e->stats.warm_ms = e->wst.ms;
+        e->stats.warm_unused_ms = e->wst.unused_ms;
+        e->stats.warm_chunks = e->wst.chunks;
+        e->warming = e->wcur.owner != NULL;
+        int n_warm = 0;
+        for (int s = 0; s < e->p.n_slots; s++) n_warm += e->slots[s].warm;
+        e->stats.warm_slots = n_warm;
         reap(e, false);
     }
     for (int i = 0; i < e->n_active; i++) {
@@ -744,6 +1021,8 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     engine *e = calloc(1, sizeof *e);
     if (!e) return NULL;
     e->p = *p;
+    if (e->p.warm_chunk < 1) e->p.warm_chunk = 128;
+    if (e->p.warm_window_ms <= 0) e->p.warm_window_ms = 600e3;
     e->ctx = ctx;
     e->vocab = vocab;
     e->mem = llama_get_memory(ctx);
@@ -751,6 +1030,7 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     e->slots = calloc((size_t)p->n_slots, sizeof *e->slots);
     e->active = calloc((size_t)p->n_parallel, sizeof *e->active);
     e->stats.n_slots = p->n_slots;
+    e->stats.warm_sessions = p->reuse ? p->warm_sessions : 0;
     e->spill_lock = -1;
     if (p->spill_dir) {
         /* the folder and its parent (a node's --data-dir may not exist yet) */
@@ -799,6 +1079,11 @@ void engine_free(engine *e) {
     pthread_join(e->thread, NULL);
     spill_close(e);
     free(e->sp);
+    warm_req_free(&e->wcur);
+    for (int i = 0; i < e->n_wq; i++) warm_req_free(&e->wq[i]);
+    free(e->wq);
+    for (int i = 0; i < e->n_forget; i++) free(e->forget[i]);
+    free(e->forget);
     for (int s = 0; s < e->p.n_slots; s++) {
         tokvec_free(&e->slots[s].toks);
         free(e->slots[s].owner);
@@ -835,6 +1120,7 @@ llm_status engine_generate(engine *e, const int32_t *input, size_t n, const llm_
     job j = {.in = input, .n = n, .gp = *p, .out = out, .t = t, .state = JOB_QUEUED, .out_n0 = out->n,
              .t_queued = clock_mono_ms()};
     pthread_mutex_lock(&e->mu);
+    j.warm0 = e->stats.warm_chunks;
     if (engine_full(e)) {
         e->stats.busy++;
         pthread_mutex_unlock(&e->mu);
@@ -894,6 +1180,7 @@ void engine_stats_get(engine *e, llm_stats *out) {
     out->active = e->n_active;
     out->queued = e->n_queued;
     out->retry_after_s = engine_retry_after_s(e);
+    out->warm_pending = e->n_wq + e->warming;
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -19,6 +19,9 @@ typedef struct {
     const char *spill_dir; /* where evicted sequence states go; NULL: dropped (see engine.c) */
     size_t spill_budget;   /* bytes of spilled states kept */
     int spill_min;         /* tokens a spill must save (or a restore gain) to be worth its I/O */
+    int warm_sessions;     /* conversations warm-up may keep in slots at once (0: warm-up off) */
+    int warm_chunk;        /* tokens a warm-up prefills per step: the most a live request waits for it */
+    double warm_window_ms; /* a warmed conversation unused this long is the first evicted */
 } engine_params;
 
 /* Borrows ctx (created with n_seq_max = n_slots, one KV stream per
@@ -32,6 +35,9 @@ llm_status engine_generate(engine *e, const int32_t *input, size_t n, const llm_
                            llm_timings *t, char *err, size_t errlen);
 
 void engine_stats_get(engine *e, llm_stats *out);
+/* llm_warm / llm_forget */
+bool engine_warm(engine *e, const char *owner, const int32_t *toks, size_t n);
+void engine_forget(engine *e, const char *owner);
 llm_status engine_admit(engine *e); /* llm_admit */
 
 /* KV transfer between nodes (engine.c, "KV transfer"); each runs on the

@@ -44,6 +44,7 @@ const char *llm_unreachable(void) { return unreachable ? unreachable_why : NULL;
 llm_params llm_default_params(void) {
     return (llm_params){.model_path = NULL, .url = NULL, .backend_dir = NULL, .n_ctx = 0, .n_threads = 0,
                         .n_parallel = 4, .n_queue = 16, .kv_sessions = 8, .spill_dir = NULL, .spill_mib = 1024,
+                        .warm_sessions = 0, .warm_window_s = 600,
                         .progress = true};
 }
 
@@ -204,6 +205,14 @@ int llm_kv_import(llm *m, const char *owner, const int32_t *want, size_t n_want,
 }
 
 llm_status llm_admit(llm *m) { return m->ops->admit ? m->ops->admit(m->impl) : LLM_OK; }
+
+bool llm_warm(llm *m, const char *owner, const int32_t *toks, size_t n) {
+    return m->ops->warm && m->ops->warm(m->impl, owner, toks, n);
+}
+
+void llm_forget(llm *m, const char *owner) {
+    if (m->ops->forget) m->ops->forget(m->impl, owner);
+}
 
 llm_status llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
                         llm_timings *t, char *err, size_t errlen) {

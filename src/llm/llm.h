@@ -33,6 +33,8 @@ typedef struct {
     int kv_sessions;         /* conversations whose KV cache is kept (>= n_parallel); 0 = no reuse */
     const char *spill_dir;   /* KV of conversations pushed out of memory goes here; NULL = dropped */
     size_t spill_mib;        /* disk budget for those (default 1024) */
+    int warm_sessions;       /* conversations llm_warm may keep warmed at once, among kv_sessions (0: off) */
+    int warm_window_s;       /* a warmed conversation unused this long is the first evicted (default 600) */
     const char *kv_type;     /* the KV cache's element type: "f16" (default) or "q8_0" (half the bytes to keep,
                                 spill and transfer; llama.cpp then computes attention with flash attention) */
     bool progress;           /* print loading progress (when stderr is a terminal) */
@@ -188,6 +190,17 @@ typedef struct {
      * estimate of when the queue now waiting will have reached a sequence */
     unsigned retry_after_s;
     size_t kv_bytes; /* the KV cache's size */
+    /* warm-up (llm_warm): asked, finished (all its tokens held), tokens and
+     * milliseconds prefilled, warmed conversations a request of their
+     * owner then used and those given up unused (with the prefill time they
+     * had cost); pending now, slots holding warmed KV now */
+    uint64_t warm_requests, warm_done, warm_tokens, warm_used, warm_unused;
+    double warm_ms, warm_unused_ms;
+    int warm_pending, warm_slots;
+    int warm_sessions; /* the bound (llm_params.warm_sessions as the engine applies it); 0: no warm-up */
+    /* warm-up chunks decoded, and the most of them any request waited for
+     * between arriving and starting (the bound is 1: engine.c) */
+    uint64_t warm_chunks, warm_wait_chunks_max;
     double prompt_ms; /* summed over requests: prefilled_tokens / prompt_ms is the measured prefill rate */
     /* KV transfer between nodes (llm_kv_export/import) */
     uint64_t kv_exports, kv_imports, kv_import_refused;
@@ -202,6 +215,20 @@ void llm_stats_get(llm *m, llm_stats *out);
  * engine always says LLM_OK: its service decides. */
 llm_status llm_admit(llm *m);
 
+/* Warm-up: prefills toks into a kept conversation of owner in the
+ * background, so that a later llm_generate of the same owner whose input
+ * extends toks prefills only the rest. Returns at once; the work runs only
+ * while no generation is active or waiting, a chunk at a time (a request
+ * that arrives waits for one chunk at most), and warms at most
+ * warm_sessions conversations besides the live ones. A conversation warmed
+ * before is extended, not prefilled again. A newer call for the same owner
+ * replaces a pending one. False when warm-up is off (warm_sessions 0, KV
+ * reuse off, a remote engine) or toks cannot fit a sequence. */
+bool llm_warm(llm *m, const char *owner, const int32_t *toks, size_t n);
+/* Drops every KV of owner this engine keeps (memory, spill, warm-up under
+ * way), e.g. of a deleted session. A generation running for owner keeps
+ * its own. */
+void llm_forget(llm *m, const char *owner);
 /* KV transfer between nodes (issue 15; api/peer.c, ctx.c).
  *
  * A state travels as one blob: a header naming everything the receiver must

@@ -20,6 +20,8 @@ typedef struct {
                            llm_timings *t, char *err, size_t errlen);
     void (*stats)(void *impl, llm_stats *out);
     llm_status (*admit)(void *impl); /* NULL: always LLM_OK */
+    bool (*warm)(void *impl, const char *owner, const int32_t *toks, size_t n); /* NULL: no warm-up */
+    void (*forget)(void *impl, const char *owner);                               /* NULL: nothing kept */
     /* KV transfer (llm.h); NULL: not supported (remote) */
     size_t (*kv_held)(void *impl, const char *owner, const int32_t *toks, size_t n);
     int (*kv_export)(void *impl, const char *owner, const int32_t *toks, size_t n, strbuf *out, char *err,

@@ -289,7 +289,12 @@ void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errl
     engine_params ep = {.n_slots = n_slots, .n_parallel = p->n_parallel, .n_queue = p->n_queue,
                         .n_ctx_seq = info->n_ctx, .n_batch = n_batch, .reuse = p->kv_sessions > 0,
                         .spill_dir = p->spill_mib ? p->spill_dir : NULL, .spill_budget = p->spill_mib << 20,
-                        .spill_min = 64};
+                        .spill_min = 64,
+                        /* warm-up takes no more than the kept conversations
+                         * leave to the live ones; its chunk bounds a live
+                         * request's wait for it (engine.c) */
+                        .warm_sessions = p->warm_sessions < n_slots ? p->warm_sessions : n_slots - 1,
+                        .warm_chunk = 128, .warm_window_ms = p->warm_window_s * 1000.0};
     m->eng = engine_new(m->ctx, m->vocab, &ep);
     if (!m->eng) {
         snprintf(err, errlen, "cannot start the generation engine");
@@ -335,6 +340,12 @@ static llm_status local_generate(void *impl, const int32_t *input, size_t n, con
 }
 
 static llm_status local_admit(void *impl) { return engine_admit(((local *)impl)->eng); }
+
+static bool local_warm(void *impl, const char *owner, const int32_t *toks, size_t n) {
+    return engine_warm(((local *)impl)->eng, owner, toks, n);
+}
+
+static void local_forget(void *impl, const char *owner) { engine_forget(((local *)impl)->eng, owner); }
 
 /* --- KV transfer: the blob (llm.h) ---------------------------------------
  *
@@ -455,6 +466,9 @@ const llm_ops llm_local_ops = {
     .generate = local_generate,
     .stats = local_stats,
     .admit = local_admit,
+    .warm = local_warm,
+    .forget = local_forget,
+
     .kv_held = local_kv_held,
     .kv_export = local_kv_export,
     .kv_import = local_kv_import,

@@ -100,6 +100,12 @@ typedef struct {
     pthread_mutex_t mu; /* guards waiters */
     pthread_cond_t cv;
     waiter *waiters;
+    /* store_watch's, under watch_mu, which a call of it holds: once
+     * store_watch(NULL) returns, no call is running (the watcher may go) */
+    pthread_mutex_t watch_mu;
+    store_watch_fn watch;
+    void *watch_ud;
+    char node[ID_MAX + 1]; /* store_params.node_id, told with each commit */
     turncache *cache;
     int fault_bury_pause_ms; /* DC_FAULT_BURY_PAUSE_MS (see top); 0 normally */
 } nstore;
@@ -196,6 +202,7 @@ static void nats_close(store *base) {
     natsConnection_Destroy(s->nc);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->watch_mu);
     turncache_free(s->cache);
     free(s);
 }
@@ -215,9 +222,9 @@ static void on_note(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     size_t plen = strlen(s->notify);
     if (strncmp(subj, s->notify, plen) == 0) {
         const char *sid = subj + plen;
-        char num[32] = {0}, *rest = NULL;
+        char num[32 + ID_MAX] = {0}, *rest = NULL;
         int n = natsMsg_GetDataLength(msg);
-        memcpy(num, natsMsg_GetData(msg), n > 0 && n < 32 ? (size_t)n : 0);
+        memcpy(num, natsMsg_GetData(msg), n > 0 && n < (int)sizeof num ? (size_t)n : 0);
         uint32_t turn = (uint32_t)strtoul(num, &rest, 10);
         uint64_t tomb = turn == 0 && rest ? strtoull(rest, NULL, 10) : 0;
         if (tomb) turncache_drop(s->cache, sid); /* no more use for it, whether or not the note is true */
@@ -232,6 +239,16 @@ static void on_note(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
             if (!w->done && turn >= w->turn && !strcmp(w->sid, sid)) w->done = woke = true;
         if (woke) pthread_cond_broadcast(&s->cv);
         pthread_mutex_unlock(&s->mu);
+        /* a commit's note: "TURN NODE" (NODE since issue 15; older nodes
+         * send "TURN"); an end's: "0 SEQ" */
+        char node[ID_MAX + 1] = "";
+        if (turn > 0 && rest && *rest == ' ') {
+            snprintf(node, sizeof node, "%s", rest + 1);
+            if (!id_is_valid(node)) node[0] = '\0';
+        }
+        pthread_mutex_lock(&s->watch_mu);
+        if (s->watch && id_is_valid(sid) && (turn > 0 || tomb)) s->watch(s->watch_ud, sid, turn, node);
+        pthread_mutex_unlock(&s->watch_mu);
     }
     natsMsg_Destroy(msg);
 }
@@ -249,10 +266,12 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     snprintf(s->stream, sizeof s->stream, "DISCEDGE_%s", p->keygroup);
     snprintf(s->subjects, sizeof s->subjects, "dce.%s.t.", p->keygroup);
     snprintf(s->notify, sizeof s->notify, "dce.%s.n.", p->keygroup);
+    snprintf(s->node, sizeof s->node, "%s", p->node_id && id_is_valid(p->node_id) ? p->node_id : "");
     s->cache = turncache_new(CACHE_SESSIONS);
     const char *pause = getenv("DC_FAULT_BURY_PAUSE_MS");
     s->fault_bury_pause_ms = pause ? atoi(pause) : 0;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->watch_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -704,8 +723,8 @@ static store_status nats_turn_commit(store *base, const char *sid, session_meta 
     meta->rev = seq;
     turncache_append(s->cache, sid, t, meta, seq);
     if (over_expired) reclaim_below(s, false, subj, seq);
-    char num[16];
-    snprintf(num, sizeof num, "%u", t->turn);
+    char num[16 + ID_MAX];
+    snprintf(num, sizeof num, "%u %s", t->turn, s->node);
     notify(s, sid, num);
     return STORE_OK;
 }
@@ -877,8 +896,17 @@ static store_status nats_wait(store *base, const char *sid, uint32_t turn, int t
     return seen ? STORE_OK : STORE_NOT_FOUND;
 }
 
+static void nats_watch(store *base, store_watch_fn fn, void *ud) {
+    nstore *s = (nstore *)base;
+    pthread_mutex_lock(&s->watch_mu);
+    s->watch = fn;
+    s->watch_ud = ud;
+    pthread_mutex_unlock(&s->watch_mu);
+}
+
 static const store_ops nats_ops = {
     .wait = nats_wait,
+    .watch = nats_watch,
     .name = "nats",
     .meta_get = nats_meta_get,
     .session_load = nats_session_load,

@@ -116,6 +116,10 @@ store_status store_turn_commit(store *s, const char *sid, session_meta *meta, co
 
 store_status store_session_delete(store *s, const char *sid) { return s->ops->session_delete(s, sid); }
 
+void store_watch(store *s, store_watch_fn fn, void *ud) {
+    if (s->ops->watch) s->ops->watch(s, fn, ud);
+}
+
 store_status store_wait(store *s, const char *sid, uint32_t turn, int timeout_ms) {
     if (s->ops->wait) return s->ops->wait(s, sid, turn, timeout_ms);
     session_meta m;

@@ -47,6 +47,7 @@ typedef struct {
     int64_t ttl_ms;        /* idle sessions older than this read as absent */
     size_t map_size;       /* embedded: upper bound of the database file */
     const struct seal *seal; /* seal.h: when set, every record is sealed with it (the caller keeps it) */
+    const char *node_id;   /* nats: this node's name, told with each commit (store_watch) */
 } store_params;
 
 store_params store_default_params(void);
@@ -89,6 +90,16 @@ store_status store_session_delete(store *s, const char *sid);
  * one node-wide subscription; the embedded store has nothing in flight and
  * returns after a single check. */
 store_status store_wait(store *s, const char *sid, uint32_t turn, int timeout_ms);
+
+/* Follows the commits of every node sharing the store: fn is called with
+ * each committed turn (node: the committing node's store_params.node_id,
+ * "" when not told), and with turn 0 when a session ends (deleted or
+ * expired). These are hints, as store_wait's: one may be lost, or come
+ * before the record reaches this node's replica (read with `want`). The
+ * NATS store calls fn on its own thread (it must not block); the embedded
+ * store has no other writer and never calls it. One watcher per store. */
+typedef void (*store_watch_fn)(void *ud, const char *sid, uint32_t turn, const char *node);
+void store_watch(store *s, store_watch_fn fn, void *ud);
 
 /* Removes every session idle for longer than the TTL at now_ms. Returns the
  * number removed, or -1 on error. */

@@ -13,6 +13,7 @@ typedef struct {
     store_status (*session_delete)(store *s, const char *sid);
     long (*expire)(store *s, int64_t now_ms);
     store_status (*wait)(store *s, const char *sid, uint32_t turn, int timeout_ms); /* NULL: check once */
+    void (*watch)(store *s, store_watch_fn fn, void *ud); /* NULL: nothing to follow */
     void (*close)(store *s);
 } store_ops;
 

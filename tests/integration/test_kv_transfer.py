@@ -33,7 +33,8 @@ SYSTEM = ("You are a careful assistant for a robotics lab. Answer briefly, in pl
           "questions are about their sensors, motors, batteries and software.")
 # the blob's header (local.c): magic, version, 4 x u64, 6 x u32, then the token count
 HEADER = 4 + 4 + 8 * 4 + 4 * 6
-COMMON = ("--threads", "1", "--parallel", "1", "--kv-cache-sessions", "2", "--ctx-size", "1024",
+# warm-up off (items 1-2 would prefill the sessions on B first: nothing left to move)
+COMMON = ("--threads", "1", "--parallel", "1", "--kv-cache-sessions", "2", "--ctx-size", "1024", "--warm-sessions", "0",
           "--sync-timeout", "10000")
 
 

@@ -14,7 +14,10 @@
  *    as close to a fresh prefill of the same tokens as a fresh prefill is to
  *    itself computed with another batch split (the noise floor, measured in
  *    the same run, so the tolerance follows the CPU). Both figures are
- *    printed.
+ *    printed;
+ *  - warm-up (llm_warm): a conversation prefilled in the background, in
+ *    warm-up's chunks, is then extended by a request that reuses all of it;
+ *    the logits of its reply stay within the same multiple of the floor.
  *
  * usage: test_llm MODEL.gguf SCENARIO.yaml */
 #include <setjmp.h>
@@ -25,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include <llama.h>
@@ -40,6 +44,7 @@ static int load_model(void **state) {
     llm_params p = llm_default_params();
     p.model_path = model_path;
     p.progress = false;
+    p.warm_sessions = 2; /* warm_within_split_noise */
     char err[256];
     m = llm_load(&p, err, sizeof err);
     if (!m) fprintf(stderr, "llm_load: %s\n", err);
@@ -461,6 +466,89 @@ static void reuse_within_split_noise(void **state) {
     node_close(&n);
 }
 
+/* Warm-up prefills in chunks of its own on an idle engine (engine.c); a
+ * request of the same owner extending those tokens must reuse all of them
+ * and see the logits a fresh prefill gives, within the floor's multiple, as
+ * the reuse path above. */
+static void warm_within_split_noise(void **state) {
+    (void)state;
+    scenario sc;
+    char err[256];
+    if (scenario_load(scenario_path, &sc, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_true(sc.n_turns >= 4);
+    /* a conversation of a few turns (long enough for several warm-up
+     * chunks), then the next user message */
+    llm_msg msgs[8];
+    size_t nm = 0;
+    for (size_t i = 0; i < 3; i++) {
+        msgs[nm++] = (llm_msg){"user", sc.turns[i].message};
+        msgs[nm++] = (llm_msg){"assistant", sc.turns[i + 1].message};
+    }
+    tokvec all = {0};
+    llm_add_bos(m, &all);
+    assert_int_equal(llm_chat_render(m, msgs, nm, false, &all), 0);
+    size_t warmed = all.n;
+    llm_msg next = {"user", sc.turns[3].message};
+    assert_int_equal(llm_chat_render(m, &next, 1, true, &all), 0);
+    size_t input_n = all.n;
+    assert_true(warmed > 256); /* more than two chunks */
+
+    llm_stats before, now;
+    llm_stats_get(m, &before);
+    assert_true(llm_warm(m, "warm-test", all.v, warmed));
+    /* nothing else runs on this engine: it warms at once; the loop only
+     * bounds a hang */
+    for (int i = 0; i < 6000; i++) {
+        llm_stats_get(m, &now);
+        if (now.warm_done > before.warm_done) break;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(now.warm_done > before.warm_done);
+    assert_int_equal(now.warm_tokens - before.warm_tokens, warmed);
+
+    logit_rows rows = {0};
+    llm_gen_params gp = llm_default_gen_params();
+    gp.temperature = 0;
+    gp.n_predict = 32;
+    gp.ignore_eos = true;
+    gp.owner = "warm-test";
+    gp.on_logits = keep_logits;
+    gp.on_logits_ud = &rows;
+    tokvec out = {0};
+    llm_timings lt;
+    assert_int_equal(llm_generate(m, all.v, input_n, &gp, &out, &lt, err, sizeof err), LLM_OK);
+    assert_int_equal(lt.cached_n, (int)warmed); /* all of the warmed tokens, none prefilled again */
+    assert_int_equal(lt.prompt_n, (int)(input_n - warmed));
+    llm_stats_get(m, &now);
+    assert_int_equal(now.warm_used - before.warm_used, 1);
+
+    tokvec_append(&all, out.v, out.n);
+    assert_int_equal(rows.n, out.n);
+    bool *want = calloc(all.n, sizeof *want);
+    for (size_t k = 0; k < rows.n; k++) want[input_n - 1 + k] = true;
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 0;
+    struct llama_model *model = llama_model_load_from_file(model_path, mp);
+    assert_non_null(model);
+    struct llama_context *whole = fresh_ctx(model, 512), *split = fresh_ctx(model, 1);
+    float dev = compare_fresh(whole, NULL, &rows, all.v, all.n, want);
+    float floor_ = compare_fresh(whole, split, NULL, all.v, all.n, want);
+    float bound = REUSE_MULT * floor_ + REUSE_EPS;
+    printf("warm: %zu tokens warmed in chunks, %d reused, %d prefilled; noise floor %.4f; warm path vs fresh "
+           "prefill %.4f (%.2f x the floor); bound %.4f\n",
+           warmed, lt.cached_n, lt.prompt_n, floor_, dev, floor_ > 0 ? dev / floor_ : 0.0, bound);
+    assert_true(dev <= bound);
+    free(want);
+    free(rows.v);
+    tokvec_free(&out);
+    tokvec_free(&all);
+    llama_free(whole);
+    llama_free(split);
+    llama_model_free(model);
+    scenario_free(&sc);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s MODEL.gguf SCENARIO.yaml\n", argv[0]);
@@ -474,6 +562,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(turn_end_matches_template),
         cmocka_unit_test(tokenized_equals_raw),
         cmocka_unit_test(reuse_within_split_noise),
+        cmocka_unit_test(warm_within_split_noise),
     };
     return cmocka_run_group_tests(tests, load_model, free_model);
 }
