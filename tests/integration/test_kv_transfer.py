@@ -209,6 +209,7 @@ class KvTransfer(unittest.TestCase):
         self.assertGreater(r["context_tokens"], stored)
         self.assertEqual(health(node)["kv_transfer_refused"], before["kv_transfer_refused"] + 1)
         self.assert_refused_for(node, sid, why)
+        print("refused (%s): prefilled all %d tokens in %.1f ms" % (mode, t["prompt_n"], t["prompt_ms"]))
         # and the session goes on as ever
         self.assertEqual(turns_of(node, sid, USER)["turn"], 3)
 
