@@ -711,8 +711,10 @@ dc_code ctx_session_warm(ctx *c, const char *sid, const char *user_id, bool *war
     dc_code rc = owned_session(c, sid, user_id, &m, &turns, err);
     if (rc) return rc;
     store_turns_free(turns, m.turn);
-    *warming = c->w != NULL;
-    warm_session(c->w, sid);
+    /* only tokenized sessions keep the tokens a warm-up feeds (raw mode
+     * renders its text anew every turn) */
+    *warming = c->w && m.mode == MODE_TOKENIZED;
+    if (*warming) warm_session(c->w, sid);
     return DC_OK;
 }
 
