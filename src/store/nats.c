@@ -94,6 +94,17 @@ typedef struct waiter {
     struct waiter *next;
 } waiter;
 
+/* A batched read waiting for its replies (batch_get, on_reply); guarded
+ * by the store's mu. */
+typedef struct reply_wait {
+    uint64_t id;     /* the last token of its reply subject */
+    natsMsg **v;     /* the records so far */
+    int n, cap;
+    natsMsg *end;    /* what ended it: a status (EOB, 404...), or a record of a server that does not batch */
+    bool done;
+    struct reply_wait *next;
+} reply_wait;
+
 typedef struct {
     store base;
     natsConnection *nc;
@@ -105,7 +116,7 @@ typedef struct {
     char stream[96];
     char subjects[96]; /* dce.<keygroup>.t. */
     char notify[96];   /* dce.<keygroup>.n. */
-    pthread_mutex_t mu; /* guards waiters */
+    pthread_mutex_t mu; /* guards waiters and replies */
     pthread_cond_t cv;
     waiter *waiters;
     /* store_watch's, under watch_mu, which a call of it holds: once
@@ -114,6 +125,10 @@ typedef struct {
     store_watch_fn watch;
     void *watch_ud;
     char node[ID_MAX + 1]; /* store_params.node_id, told with each commit */
+    natsSubscription *reply_sub; /* <inbox>.*: replies to batched gets (on_reply) */
+    char inbox[64];
+    atomic_uint_fast64_t reply_seq;
+    reply_wait *replies;
     turncache *cache;
     int fault_bury_pause_ms; /* DC_FAULT_BURY_PAUSE_MS (see top); 0 normally */
     atomic_bool no_batch[2]; /* [core]: that copy's server refused a batched get (read_from) */
@@ -205,6 +220,8 @@ static void nats_close(store *base) {
     nstore *s = (nstore *)base;
     if (s->notes) natsSubscription_Unsubscribe(s->notes);
     natsSubscription_Destroy(s->notes);
+    if (s->reply_sub) natsSubscription_Unsubscribe(s->reply_sub);
+    natsSubscription_Destroy(s->reply_sub);
     if (s->jsl != s->js) jsCtx_Destroy(s->jsl);
     jsCtx_Destroy(s->js);
     if (s->nc) natsConnection_Close(s->nc);
@@ -262,6 +279,25 @@ static void on_note(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     natsMsg_Destroy(msg);
 }
 
+static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+
+/* The node's one subscription for replies to batched gets (batch_get):
+ * <inbox>.*, a unique inbox (servers linked as leaf nodes share subjects).
+ * Unbounded pending: a reply is bounded by BATCH_BYTES per read in flight,
+ * and a record dropped as a slow consumer would only make the read time out. */
+static natsStatus subscribe_replies(nstore *s) {
+    natsInbox *inbox = NULL;
+    natsStatus ns = natsInbox_Create(&inbox);
+    if (ns != NATS_OK) return ns;
+    snprintf(s->inbox, sizeof s->inbox, "%s", (const char *)inbox);
+    natsInbox_Destroy(inbox);
+    char subj[sizeof s->inbox + 2];
+    snprintf(subj, sizeof subj, "%s.*", s->inbox);
+    ns = natsConnection_Subscribe(&s->reply_sub, s->nc, subj, on_reply, s);
+    if (ns == NATS_OK) ns = natsSubscription_SetPendingLimits(s->reply_sub, -1, -1);
+    return ns;
+}
+
 store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     for (const char *k = p->keygroup; *k; k++)
         if (!((*k >= 'a' && *k <= 'z') || (*k >= 'A' && *k <= 'Z') || (*k >= '0' && *k <= '9') || *k == '_' || *k == '-')) {
@@ -282,6 +318,7 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     const char *no_batch = getenv("DC_FAULT_NO_BATCH");
     atomic_init(&s->no_batch[0], no_batch && *no_batch == '1');
     atomic_init(&s->no_batch[1], no_batch && *no_batch == '1');
+    atomic_init(&s->reply_seq, 0);
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->watch_mu, NULL);
     pthread_condattr_t ca;
@@ -336,7 +373,7 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     lo.Wait = 5000;
     if (natsConnection_JetStream(&s->js, s->nc, &jo) != NATS_OK ||
         (s->leaf && natsConnection_JetStream(&s->jsl, s->nc, &lo) != NATS_OK) || ensure_stream(s, p->replicas, err, errlen) != 0 ||
-        natsConnection_Subscribe(&s->notes, s->nc, all_notes, on_note, s) != NATS_OK) {
+        natsConnection_Subscribe(&s->notes, s->nc, all_notes, on_note, s) != NATS_OK || subscribe_replies(s) != NATS_OK) {
         if (!err[0]) snprintf(err, errlen, "cannot use JetStream on %s", shown);
         nats_close(&s->base);
         return NULL;
@@ -478,82 +515,73 @@ static store_status absorb(nstore *s, natsMsg *m, const char *subj, const char *
  * rarely comes near either. */
 #define BATCH_MSGS 1024
 #define BATCH_BYTES (8 << 20)
-#define REQUEST_MS 5000 /* as the JetStream contexts' Wait */
+#define REQUEST_MS 5000 /* as the JetStream contexts' Wait; whole seconds */
 
 /* A batched direct get (nats-server 2.11+, ADR-31): the messages on subj
  * from stream sequence `from` on, in one request and one round trip. The C
  * client used (3.4) has no call for it, so it is asked here: a request on
  * <api>.DIRECT.GET.<stream> (the core's API prefix carries its JetStream
- * domain in leaf mode) with a reply inbox of its own, answered with one
- * message per record and a status-204 "EOB" saying how many are left
- * (Nats-Num-Pending). The inbox's SUB goes out before the request on the
- * same connection, so it costs no extra round trip. Appends the records to
- * *v (*n of them; the caller destroys them and frees *v) and sets *more when
- * the server stopped at the limits above. STORE_NOT_FOUND: no message from
- * `from` on. *refused: the server answered like one that does not batch
- * (before 2.11 the fields are ignored and the reply is a single message
- * without Nats-Num-Pending; or a 408 to the request): nothing is appended. */
+ * domain in leaf mode), answered with one message per record and a
+ * status-204 "EOB" saying how many are left (Nats-Num-Pending). The replies
+ * come to the node's one reply subscription (on_reply), not to an inbox
+ * subscribed per read: in leaf mode every new subscription is announced to
+ * the core over the WAN link, and replication bytes are measured there.
+ * Appends the records to *v (*n of them; the caller destroys them and frees
+ * *v) and sets *more when the server stopped at the limits above.
+ * STORE_NOT_FOUND: no message from `from` on. *refused: the server answered
+ * like one that does not batch (before 2.11 the fields are ignored and the
+ * reply is a single message without Nats-Num-Pending; or a 408 to the
+ * request): nothing is appended then. */
 static store_status batch_get(nstore *s, bool core, const char *subj, uint64_t from, natsMsg ***v, int *n,
                               bool *more, bool *refused) {
-    char api[200];
+    char api[200], reply[96];
     snprintf(api, sizeof api, "%s.DIRECT.GET.%s", core ? s->api : "$JS.API", s->stream);
     json_t *req = json_pack("{s:I, s:s, s:i, s:i}", "seq", (json_int_t)from, "next_by_subj", subj, "batch", BATCH_MSGS,
                             "max_bytes", BATCH_BYTES);
     char *body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
-    *v = NULL;
-    *n = 0;
-    *more = *refused = false;
-    natsInbox *inbox = NULL;
-    natsSubscription *sub = NULL;
-    natsStatus ns = body ? natsInbox_Create(&inbox) : NATS_NO_MEMORY;
-    if (ns == NATS_OK) ns = natsConnection_SubscribeSync(&sub, s->nc, inbox);
-    if (ns == NATS_OK) ns = natsConnection_PublishRequestString(s->nc, api, inbox, body);
+    reply_wait w = {.id = atomic_fetch_add(&s->reply_seq, 1) + 1};
+    snprintf(reply, sizeof reply, "%s.%llu", s->inbox, (unsigned long long)w.id);
+    pthread_mutex_lock(&s->mu);
+    w.next = s->replies;
+    s->replies = &w;
+    pthread_mutex_unlock(&s->mu);
+    natsStatus ns = body ? natsConnection_PublishRequestString(s->nc, api, reply, body) : NATS_NO_MEMORY;
     free(body);
     store_count_trip(core);
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += REQUEST_MS / 1000; /* whole seconds */
+    pthread_mutex_lock(&s->mu);
+    while (ns == NATS_OK && !w.done)
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &deadline) == ETIMEDOUT) break;
+    reply_wait **pp = &s->replies;
+    while (*pp != &w) pp = &(*pp)->next;
+    *pp = w.next;
+    pthread_mutex_unlock(&s->mu);
+    if (ns == NATS_OK && !w.done) ns = NATS_TIMEOUT;
+
+    *v = w.v;
+    *n = w.n;
+    *more = *refused = false;
     store_status st = STORE_OK;
-    double deadline = clock_mono_ms() + REQUEST_MS;
-    int cap = 0;
-    while (ns == NATS_OK) {
-        natsMsg *m = NULL;
-        double left = deadline - clock_mono_ms();
-        ns = left > 0 ? natsSubscription_NextMsg(&m, sub, (int64_t)left + 1) : NATS_TIMEOUT;
-        if (ns != NATS_OK) break;
-        const char *code = NULL, *np = NULL;
-        bool has_np = natsMsgHeader_Get(m, "Nats-Num-Pending", &np) == NATS_OK && np;
-        if (natsMsgHeader_Get(m, "Status", &code) != NATS_OK || !code) { /* a record */
-            if (!has_np) {
-                *refused = true;
-                natsMsg_Destroy(m);
-                break;
-            }
-            if (*n == cap) {
-                cap = cap ? cap * 2 : 8;
-                *v = dc_xrealloc(*v, (size_t)cap * sizeof **v);
-            }
-            (*v)[(*n)++] = m;
-            continue;
-        }
-        if (!strcmp(code, "204")) /* EOB */
-            *more = has_np && strtoull(np, NULL, 10) > 0;
-        else if (!strcmp(code, "404"))
-            st = STORE_NOT_FOUND;
-        else if (!strcmp(code, "408"))
-            *refused = true;
-        else if (!strcmp(code, "503"))
-            ns = NATS_NO_RESPONDERS;
-        else {
-            const char *d = NULL;
-            natsMsgHeader_Get(m, "Description", &d);
-            st = store_fail(STORE_IO, "batched get on %s: %s %s", api, code, d ? d : "");
-        }
-        natsMsg_Destroy(m);
-        break;
+    const char *code = NULL, *np = NULL;
+    if (ns != NATS_OK) {
+        st = nats_fail("batched get", ns, 0);
+    } else if (natsMsgHeader_Get(w.end, "Status", &code) != NATS_OK || !code || !strcmp(code, "408")) {
+        *refused = true; /* a record without Nats-Num-Pending, or a request it did not understand */
+    } else if (!strcmp(code, "204")) { /* EOB */
+        *more = natsMsgHeader_Get(w.end, "Nats-Num-Pending", &np) == NATS_OK && np && strtoull(np, NULL, 10) > 0;
+    } else if (!strcmp(code, "404")) {
+        st = STORE_NOT_FOUND;
+    } else if (!strcmp(code, "503")) {
+        st = nats_fail("batched get", NATS_NO_RESPONDERS, 0);
+    } else {
+        const char *d = NULL;
+        natsMsgHeader_Get(w.end, "Description", &d);
+        st = store_fail(STORE_IO, "batched get on %s: %s %s", api, code, d ? d : "");
     }
-    if (ns != NATS_OK) st = nats_fail("batched get", ns, 0);
-    if (sub) natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
-    natsInbox_Destroy(inbox);
+    natsMsg_Destroy(w.end);
     if (st != STORE_OK || *refused) {
         for (int i = 0; i < *n; i++) natsMsg_Destroy((*v)[i]);
         free(*v);
@@ -561,6 +589,41 @@ static store_status batch_get(nstore *s, bool core, const char *subj, uint64_t f
         *n = 0;
     }
     return st;
+}
+
+/* The node's reply subscription (<inbox>.*): a reply to batched get <id>
+ * (the subject's last token). Records are collected; anything else - the
+ * EOB or another status, or a record without Nats-Num-Pending (a server
+ * that does not batch sends that one and nothing more) - ends the read.
+ * Replies to a read that gave up waiting are dropped. */
+static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
+    (void)nc;
+    (void)sub;
+    nstore *s = closure;
+    const char *dot = strrchr(natsMsg_GetSubject(msg), '.');
+    uint64_t id = dot ? strtoull(dot + 1, NULL, 10) : 0;
+    const char *hv = NULL;
+    bool record = natsMsgHeader_Get(msg, "Status", &hv) != NATS_OK &&
+                  natsMsgHeader_Get(msg, "Nats-Num-Pending", &hv) == NATS_OK;
+    pthread_mutex_lock(&s->mu);
+    reply_wait *w = s->replies;
+    while (w && w->id != id) w = w->next;
+    if (w && !w->done) {
+        if (record) {
+            if (w->n == w->cap) {
+                w->cap = w->cap ? w->cap * 2 : 8;
+                w->v = dc_xrealloc(w->v, (size_t)w->cap * sizeof *w->v);
+            }
+            w->v[w->n++] = msg;
+        } else {
+            w->end = msg;
+            w->done = true;
+            pthread_cond_broadcast(&s->cv);
+        }
+        msg = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    natsMsg_Destroy(msg);
 }
 
 /* Feeds r the session's messages from stream sequence `from` on, as the
