@@ -10,7 +10,8 @@ mirror filter matching nothing): a mirror that has never seen the session,
 as one that lags does, deterministically. Every read of a session on edge-2
 thus asks its mirror, finds less than the client's turn, and asks the core.
 The round trips are the reply's timings.store_read_trips (all) and
-store_read_core_trips (to the core). edge-3 shares edge-2's leaf and runs
+store_read_core_trips (to the core). edge-2 and edge-3 do not warm sessions
+up (--warm-sessions 0), which would read them before the turn does. edge-3 shares edge-2's leaf and runs
 with DC_FAULT_NO_BATCH=1: the per-message read kept for servers that refuse
 batched gets.
 
@@ -43,6 +44,12 @@ class HandoverRead(unittest.TestCase):
                 cls.servers.append(leaf.start())
             store = ("--store-core-domain", "core") + ONE_THREAD
             cls.a = Node(BIN, MODEL, os.path.join(cls.dir, "a"), "edge-1", ("--store", leaves[0].url) + store).start()
+            # Warm-up off on the nodes a session moves to: it reads a session
+            # as soon as it is committed elsewhere (one round trip to the
+            # core too), which would leave the turn's own read nothing to
+            # fetch. This file is about that read: on a node not warming (off,
+            # full, or the client faster than the commit's note).
+            store += ("--warm-sessions", "0")
             cls.nodes.append(cls.a)
             # edge-1 created the core stream: edge-2's mirror of it, before
             # edge-2 starts (which then keeps it: a mirror that exists with
