@@ -145,6 +145,10 @@ json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *
         "predicted_per_token_ms", t->predicted_n ? t->predicted_ms / t->predicted_n : 0.0, "predicted_per_second",
         per_second(t->predicted_n, t->predicted_ms), "tokenize_ms", rep->tokenize_ms, "store_read_ms",
         rep->store_read_ms, "store_commit_ms", rep->store_commit_ms);
+    /* round trips of the session read (ctx.h): how a handover read is
+     * checked to cost one round trip to the core, and measured (bench) */
+    json_object_set_new(timings, "store_read_trips", json_integer(rep->store_read_trips));
+    json_object_set_new(timings, "store_read_core_trips", json_integer(rep->store_read_core_trips));
     json_t *o = json_pack("{s:o, s:i, s:i, s:b, s:b, s:b, s:s, s:o}", "content", api_text_json(&rep->content),
                           "tokens_predicted", t->predicted_n, "tokens_evaluated", t->prompt_n + t->cached_n, "stop", 1,
                           "stopped_eos", t->stopped_eog, "stopped_limit", t->stopped_limit, "model", model, "timings",

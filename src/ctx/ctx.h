@@ -75,6 +75,9 @@ typedef struct {
     bool replayed;           /* a retry of a committed turn: the committed reply, not a new one */
     llm_timings llm;
     double tokenize_ms, store_read_ms, store_commit_ms;
+    /* round trips of the reads of the session (store_trips): all, and those
+     * to the core; a handover whose mirror lags costs one to the core */
+    int store_read_trips, store_read_core_trips;
 } ctx_reply;
 
 dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *err);
