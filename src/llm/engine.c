@@ -161,6 +161,7 @@ struct engine {
     double svc_ms; /* a sequence's recent time per request, admit to done (moving average); 0: none yet */
     llm_stats stats;
     bool can_shift;     /* the memory can move a sequence's positions (plan_reuse) */
+    int n_swa;          /* the model's sliding window (0: none) */
     bool shift_pending; /* a slot_shift that no llama_decode has applied yet (engine thread) */
     llama_logit_bias *no_eog; /* -inf on every end-of-generation token, for ignore_eos */
     int n_eog;
@@ -255,13 +256,17 @@ typedef struct {
 
 static reuse_plan plan_reuse(const engine *e, const tokvec *s, const int32_t *in, size_t n) {
     reuse_plan p = {.a = common_prefix(s, in, n)};
-    /* Memory that cannot move positions gets today's prefix only:
+    /* Memory that cannot move positions gets the prefix only:
      * llama_memory_can_shift says no for M-RoPE models and for an
      * interleaved sliding-window cache (Gemma 3) whose SWA part is smaller
-     * than its full part (llama.cpp's default, swa_full off): that part
-     * keeps only the last n_swa positions' cells, so after a removal the
-     * shifted window would miss cells a fresh prefill has. */
-    if (!e->can_shift || p.a >= n || p.a >= s->n) return p;
+     * than its full part. And even where the two are the same size (a
+     * window under n_swa + n_ubatch), llama.cpp's SWA cache lets a cell
+     * go once it is n_swa positions behind the sequence's end (find_slot
+     * reuses it, a saved state leaves it out); the shift brings the cells
+     * before the cut closer, and the turn would then attend without cells
+     * a fresh prefill has. A sequence that never reached n_swa positions
+     * lost none, so it may shift; a longer one prefills as before. */
+    if (!e->can_shift || (e->n_swa > 0 && s->n >= (size_t)e->n_swa) || p.a >= n || p.a >= s->n) return p;
     size_t work = 0;
     /* the best start is the earliest whose match runs to S's end; a later
      * start can only match less than what is left after it */
@@ -946,6 +951,7 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     e->vocab = vocab;
     e->mem = llama_get_memory(ctx);
     e->can_shift = llama_memory_can_shift(e->mem);
+    e->n_swa = llama_model_n_swa(llama_get_model(ctx));
     e->batch = llama_batch_init(p->n_batch, 0, 1);
     e->slots = calloc((size_t)p->n_slots, sizeof *e->slots);
     e->active = calloc((size_t)p->n_parallel, sizeof *e->active);

@@ -13,9 +13,10 @@ The bound is computed from the stored segments (GET
 /v1/sessions/{id}?include=turns), never from what the model wrote; every
 reply is exactly n_predict tokens (ignore_eos).
 
-Gemma 3 has sliding-window attention, and llama.cpp's cache for it cannot
-shift positions (llama_memory_can_shift): there the engine prefills the
-window as before, and the conversation goes on.
+Gemma 3 has sliding-window attention: once a conversation is longer than
+its window (512 positions), llama.cpp may have let the oldest cells go, and
+a shift would leave the turn without cells a fresh prefill has. There the
+engine prefills the window as before, and the conversation goes on.
 
 usage: test_long_conversation.py DISCEDGE_BINARY MODEL.gguf GEMMA.gguf"""
 import os
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dcnode import Node, turns_of  # noqa: E402
 
 BIN = MODEL = GEMMA = None
-N_PREDICT = 48
+N_PREDICT = 64
 MESSAGES = [
     "What are the fundamental components of an autonomous mobile robot?",
     "You mentioned sensors. What are the most common types for obstacle avoidance?",
@@ -130,15 +131,21 @@ class LongConversation(unittest.TestCase):
 
 
 class SlidingWindowModel(unittest.TestCase):
-    """Gemma 3 270M on the smallest window (256 tokens), short replies."""
+    """Gemma 3 270M (sliding window of 512 positions) on a 768-token
+    window: its cache can move positions (both parts have 768 cells), but
+    cells 512 positions behind the end may be gone from the sliding-window
+    part, so a conversation longer than that must not shift (engine.c,
+    plan_reuse). Long messages and short replies fill the window with
+    little decoding."""
 
-    def test_a_model_that_cannot_shift_prefills_instead(self):
-        node = Node(BIN, GEMMA, extra=["--threads", "1", "--ctx-size", "256", "--parallel", "1",
+    def test_sliding_window_past_its_reach_prefills_instead(self):
+        node = Node(BIN, GEMMA, extra=["--threads", "1", "--ctx-size", "768", "--parallel", "1",
                                        "--kv-cache-sessions", "1"]).start()
         try:
             sid, dropped = None, 0
             for k, msg in enumerate(MESSAGES[:5], 1):
-                fields = dict(prompt=msg, user_id="gemma_user", turn=k, n_predict=32, ignore_eos=True)
+                fields = dict(prompt=" ".join([msg] * 12), user_id="gemma_user", turn=k, n_predict=16,
+                              ignore_eos=True)
                 if sid:
                     fields["session_id"] = sid
                 st, r = node.complete(**fields)
@@ -146,8 +153,10 @@ class SlidingWindowModel(unittest.TestCase):
                 sid = r["session_id"]
                 if r["truncated_turns"]:
                     dropped += 1
-                    # nothing shifted: the prefix (BOS) alone is reused
-                    self.assertGreater(r["timings"]["prompt_n"], 64)
+                    # nothing shifted: a whole turn more than the new message ran again
+                    turns = turns_of(node, sid, "gemma_user")["turns"]
+                    kept = turns[r["truncated_turns"]]
+                    self.assertGreater(r["timings"]["prompt_n"], len(turns[k - 1]["user"]) + len(kept["user"]))
             self.assertGreater(dropped, 0, "the window never filled: the test proves nothing")
             self.assertEqual(len(turns_of(node, sid, "gemma_user")["turns"]), 5)
         finally:
