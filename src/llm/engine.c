@@ -53,7 +53,8 @@
  * the loop looks at the queue again after every step, so a request that
  * arrives waits for one chunk at most. A warm-up is no job and holds no
  * slot: each step looks again for the slot of that owner holding the
- * longest prefix of its tokens (a request may have taken the slot meanwhile,
+ * most of its tokens, as a request would (plan_reuse: a prefix, or one
+ * with a range shifted out; a request may have taken the slot meanwhile,
  * or extended it past what warming wanted: then there is nothing left to
  * do), so a warm-up preempted at any point resumes where the KV stands, and
  * warming a conversation again after its next turn only extends it. Slots
@@ -284,6 +285,13 @@ static reuse_plan plan_reuse(const engine *e, const tokvec *s, const int32_t *in
     }
     if (p.len < SHIFT_MIN) p.len = p.cut = 0;
     return p;
+}
+
+/* Tokens of in a kept sequence s can serve (plan_reuse): how admit() and
+ * warm-up rank slots and spilled states. */
+static size_t reusable(const engine *e, const tokvec *s, const int32_t *in, size_t n) {
+    reuse_plan p = plan_reuse(e, s, in, n);
+    return p.a + p.len;
 }
 
 static void slot_truncate(engine *e, int s, size_t keep) {
@@ -574,7 +582,7 @@ static void warm_step(engine *e) {
     size_t have = 0;
     for (int s = 0; s < e->p.n_slots; s++) {
         if (e->slots[s].busy || !same_owner(e->slots[s].owner, w->owner)) continue;
-        size_t p = common_prefix(&e->slots[s].toks, w->toks.v, w->toks.n);
+        size_t p = reusable(e, &e->slots[s].toks, w->toks.v, w->toks.n);
         if (at < 0 || p > have) {
             at = s;
             have = p;
@@ -602,7 +610,7 @@ static void warm_step(engine *e) {
                  .out = &none, .slot = at};
         for (int i = 0; i < e->n_sp; i++) {
             if (!same_owner(e->sp[i].owner, w->owner)) continue;
-            size_t p = common_prefix(&e->sp[i].toks, w->toks.v, w->toks.n);
+            size_t p = reusable(e, &e->sp[i].toks, w->toks.v, w->toks.n);
             if (p >= have + (size_t)e->p.spill_min) {
                 have = p;
                 j.restore = e->sp[i].id;
@@ -620,6 +628,7 @@ static void warm_step(engine *e) {
     if (take > (size_t)e->p.n_batch) take = (size_t)e->p.n_batch;
     for (size_t k = 0; k < take; k++) batch_add(b, w->toks.v[have + k], have + k, at, have + k + 1 == w->toks.n);
     int dr = llama_decode(e->ctx, *b);
+    e->shift_pending = false; /* as in step() */
     double ms = clock_mono_ms() - t0;
     e->wst.ms += ms;
     if (dr != 0) {
@@ -703,9 +712,8 @@ static void admit(engine *e) {
         size_t best_p = 0;
         for (int s = 0; s < e->p.n_slots; s++) {
             if (e->slots[s].busy) continue;
-            reuse_plan rp = {0};
-            if (reuse && same_owner(e->slots[s].owner, j->gp.owner)) rp = plan_reuse(e, &e->slots[s].toks, j->in, j->n);
-            size_t p = rp.a + rp.len;
+            bool mine = reuse && same_owner(e->slots[s].owner, j->gp.owner);
+            size_t p = mine ? reusable(e, &e->slots[s].toks, j->in, j->n) : 0;
             if (best < 0 || p > best_p || (p == best_p && e->slots[s].used < e->slots[best].used)) {
                 best = s;
                 best_p = p;
@@ -716,8 +724,7 @@ static void admit(engine *e) {
         j->restore = 0;
         for (int i = 0; reuse && i < e->n_sp; i++) {
             if (!same_owner(e->sp[i].owner, j->gp.owner)) continue;
-            reuse_plan rp = plan_reuse(e, &e->sp[i].toks, j->in, j->n);
-            size_t p = rp.a + rp.len;
+            size_t p = reusable(e, &e->sp[i].toks, j->in, j->n);
             if (p >= best_p + (size_t)e->p.spill_min) {
                 best_p = p;
                 j->restore = e->sp[i].id;
