@@ -431,7 +431,10 @@ static void spill_close(engine *e) {
 static void spill_save(engine *e, int s) {
     slot *sl = &e->slots[s];
     /* llama.cpp writes a cell's new position but its K as it was until
-     * the shift runs (at the next decode): such a state would be wrong */
+     * the shift runs (at the next decode): such a state would be wrong.
+     * The flag is the engine's, not the slot's (another slot shifted in
+     * the same step skips this save too): a skipped save only costs a
+     * cache entry, and a shift is rare. */
     if (e->shift_pending) return;
     size_t size = llama_state_seq_get_size(e->ctx, s);
     if (!size || size > e->p.spill_budget) return;
