@@ -142,7 +142,7 @@ class SlidingWindowModel(unittest.TestCase):
         node = Node(BIN, GEMMA, extra=["--threads", "1", "--ctx-size", "768", "--parallel", "1",
                                        "--kv-cache-sessions", "1"]).start()
         try:
-            sid, dropped = None, 0
+            sid, dropped, log = None, 0, []
             for k, msg in enumerate(MESSAGES[:5], 1):
                 fields = dict(prompt=" ".join([msg] * 12), user_id="gemma_user", turn=k, n_predict=16,
                               ignore_eos=True)
@@ -157,8 +157,11 @@ class SlidingWindowModel(unittest.TestCase):
                     turns = turns_of(node, sid, "gemma_user")["turns"]
                     kept = turns[r["truncated_turns"]]
                     self.assertGreater(r["timings"]["prompt_n"], len(turns[k - 1]["user"]) + len(kept["user"]))
+                    log.append("gemma turn %d: dropped %d, prefilled %d (new message %d tokens)" % (
+                        k, r["truncated_turns"], r["timings"]["prompt_n"], len(turns[k - 1]["user"])))
             self.assertGreater(dropped, 0, "the window never filled: the test proves nothing")
             self.assertEqual(len(turns_of(node, sid, "gemma_user")["turns"]), 5)
+            print("\n".join(log))
         finally:
             node.cleanup()
 
