@@ -145,6 +145,10 @@ json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *
         "predicted_per_token_ms", t->predicted_n ? t->predicted_ms / t->predicted_n : 0.0, "predicted_per_second",
         per_second(t->predicted_n, t->predicted_ms), "tokenize_ms", rep->tokenize_ms, "store_read_ms",
         rep->store_read_ms, "store_commit_ms", rep->store_commit_ms);
+    /* round trips of the session read (ctx.h): how a handover read is
+     * checked to cost one round trip to the core, and measured (bench) */
+    json_object_set_new(timings, "store_read_trips", json_integer(rep->store_read_trips));
+    json_object_set_new(timings, "store_read_core_trips", json_integer(rep->store_read_core_trips));
     /* KV transfer (issue 15): how the turn started; 0 when it was not moved */
     json_object_set_new(timings, "kv_transfer_ms", json_real(rep->kv_transfer_ms));
     json_object_set_new(timings, "kv_transfer_n", json_integer(rep->kv_transfer_tokens));

@@ -142,6 +142,7 @@ int client_session_send(client_session *s, const char *base_url, const char *mes
     t->predicted_ms = json_number_value(json_object_get(tm, "predicted_ms"));
     t->store_read_ms = json_number_value(json_object_get(tm, "store_read_ms"));
     t->store_commit_ms = json_number_value(json_object_get(tm, "store_commit_ms"));
+    t->store_read_core_trips = (int)json_integer_value(json_object_get(tm, "store_read_core_trips"));
     t->wait_ms = json_number_value(json_object_get(resp, "wait_ms"));
     t->retries = (int)json_integer_value(json_object_get(resp, "retries"));
     const char *sid = json_string_value(json_object_get(resp, "session_id"));

@@ -50,6 +50,7 @@ typedef struct {
     /* the node's own timings for the turn */
     double tokenize_ms, prompt_ms, predicted_ms, store_read_ms, store_commit_ms;
     double wait_ms;         /* the node waited this long for the previous turn to replicate */
+    int store_read_core_trips; /* round trips the node's read of the session made to the core */
     int retries;
 } client_turn;
 

@@ -149,7 +149,7 @@ int scenario_main(int argc, char **argv) {
     if (rc) goto out;
     if (csv)
         fprintf(csv, "turn,node,mode,status,latency_ms,request_bytes,context_tokens,tokens_predicted,tokenize_ms,"
-                     "prompt_ms,predicted_ms,store_read_ms,store_commit_ms,wait_ms,answered_by,reply\n");
+                     "prompt_ms,predicted_ms,store_read_ms,store_commit_ms,wait_ms,answered_by,store_read_core_trips,reply\n");
 
     client_session_init(&sess, mode, user ? user : sc.user_id);
     sess.n_predict = n_predict;
@@ -173,9 +173,10 @@ int scenario_main(int argc, char **argv) {
             printf("%4zu  %-10s %-10s %6ld %10.1f %8.1f %9ld %8d  %s\n", i + 1, name, t.node[0] ? t.node : "-",
                    t.http.status, t.http.ms, t.wait_ms, t.http.request_bytes, t.context_tokens, pv);
         if (csv) {
-            fprintf(csv, "%zu,%s,%s,%ld,%.3f,%ld,%d,%d,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%s,", i + 1, name, mode,
+            fprintf(csv, "%zu,%s,%s,%ld,%.3f,%ld,%d,%d,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%s,%d,", i + 1, name, mode,
                     t.http.status, t.http.ms, t.http.request_bytes, t.context_tokens, t.tokens_predicted, t.tokenize_ms,
-                    t.prompt_ms, t.predicted_ms, t.store_read_ms, t.store_commit_ms, t.wait_ms, t.node[0] ? t.node : "-");
+                    t.prompt_ms, t.predicted_ms, t.store_read_ms, t.store_commit_ms, t.wait_ms, t.node[0] ? t.node : "-",
+                    t.store_read_core_trips);
             csv_field(csv, ok ? t.content.s : t.http.body.s ? t.http.body.s : t.http.error);
             fputc('\n', csv);
         }

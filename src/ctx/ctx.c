@@ -314,8 +314,12 @@ static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uin
     bool waited = false;
     for (int attempt = 0;; attempt++) {
         double t0 = clock_mono_ms();
+        store_trips k0 = store_trips_now();
         store_status st = store_session_load(c->s, sid, want, meta, turns);
         rep->store_read_ms += clock_mono_ms() - t0;
+        store_trips k1 = store_trips_now();
+        rep->store_read_trips += (int)(k1.all - k0.all);
+        rep->store_read_core_trips += (int)(k1.core - k0.core);
         if (st != STORE_OK && st != STORE_NOT_FOUND) return store_error(err, st);
         *exists = st == STORE_OK;
         if (*exists && strcmp(meta->user_id, rep->user_id) != 0)
@@ -690,6 +694,7 @@ dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *e
         log_info("session %s: view out of date at commit; running turn %u again", rep->session_id, turn);
         strbuf_clear(&rep->content);
         rep->tokenize_ms = rep->store_read_ms = rep->store_commit_ms = 0;
+        rep->store_read_trips = rep->store_read_core_trips = 0;
     }
     keylock_release(c->locks, lock);
     return rc;
@@ -777,8 +782,10 @@ dc_code ctx_session_warm(ctx *c, const char *sid, const char *user_id, bool *war
     dc_code rc = owned_session(c, sid, user_id, &m, &turns, err);
     if (rc) return rc;
     store_turns_free(turns, m.turn);
-    *warming = c->w != NULL;
-    warm_session(c->w, sid);
+    /* only tokenized sessions keep the tokens a warm-up feeds (raw mode
+     * renders its text anew every turn) */
+    *warming = c->w && m.mode == MODE_TOKENIZED;
+    if (*warming) warm_session(c->w, sid);
     return DC_OK;
 }
 

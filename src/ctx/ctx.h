@@ -84,6 +84,9 @@ typedef struct {
     bool replayed;           /* a retry of a committed turn: the committed reply, not a new one */
     llm_timings llm;
     double tokenize_ms, store_read_ms, store_commit_ms;
+    /* round trips of the reads of the session (store_trips): all, and those
+     * to the core; a handover whose mirror lags costs one to the core */
+    int store_read_trips, store_read_core_trips;
     double kv_transfer_ms;   /* fetching and loading a peer's KV of the stored context (0: none) */
     int kv_transfer_tokens;  /* the stored tokens whose KV came from that peer (0: none, or refused) */
 } ctx_reply;

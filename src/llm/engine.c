@@ -13,9 +13,12 @@
  * used, so a new conversation evicts the oldest), drops the slot's KV past
  * that prefix and prefills only the rest. Nothing about sessions is needed
  * here: a turn of a session extends the tokens of its previous turn, so its
- * own slot matches, and any mismatch (truncation, a turn served by another
- * node, an evicted slot) simply matches less and prefills more. Correct
- * first, fast second.
+ * own slot matches, and any mismatch (a turn served by another node, an
+ * evicted slot) simply matches less and prefills more. Correct first, fast
+ * second. One mismatch is common enough to handle: a conversation past its
+ * window loses its oldest turns from the middle of its input, and the slot
+ * then removes those cells and shifts the rest into place instead of
+ * prefilling the window again (plan_reuse).
  *
  * Owners: a slot (and a spilled state) also remembers whose KV it holds
  * (llm_gen_params.owner), and only a request of the same owner sees its
@@ -50,7 +53,8 @@
  * the loop looks at the queue again after every step, so a request that
  * arrives waits for one chunk at most. A warm-up is no job and holds no
  * slot: each step looks again for the slot of that owner holding the
- * longest prefix of its tokens (a request may have taken the slot meanwhile,
+ * most of its tokens, as a request would (plan_reuse: a prefix, or one
+ * with a range shifted out; a request may have taken the slot meanwhile,
  * or extended it past what warming wanted: then there is nothing left to
  * do), so a warm-up preempted at any point resumes where the KV stands, and
  * warming a conversation again after its next turn only extends it. Slots
@@ -157,6 +161,9 @@ struct engine {
     uint64_t tick;
     double svc_ms; /* a sequence's recent time per request, admit to done (moving average); 0: none yet */
     llm_stats stats;
+    bool can_shift;     /* the memory can move a sequence's positions (plan_reuse) */
+    int n_swa;          /* the model's sliding window (0: none) */
+    bool shift_pending; /* a slot_shift that no llama_decode has applied yet (engine thread) */
     llama_logit_bias *no_eog; /* -inf on every end-of-generation token, for ignore_eos */
     int n_eog;
     /* engine thread only */
@@ -211,6 +218,83 @@ static size_t common_prefix(const tokvec *a, const int32_t *b, size_t n) {
     return i;
 }
 
+/* How a kept sequence S (a slot's tokens, or a spilled state's) serves an
+ * input I: its first `a` tokens as they are (the common prefix), then,
+ * when cut > 0, the cells [a, a+cut) removed and the `len` tokens after
+ * them, S[a+cut .. a+cut+len) == I[a .. a+len), shifted down by cut into
+ * place. a + len tokens of I are reused.
+ *
+ * This is what a conversation past its window needs: the context manager
+ * drops its oldest whole turns (ctx.c), so the input becomes [system]
+ * [turns first..n-1][new message] while the slot holds [system][turns
+ * 0..n-1][reply]: the prefix ends after the system message, and all the
+ * rest is still there, one range further on. llama-server's context shift
+ * does the same (llama_memory_seq_rm, then llama_memory_seq_add).
+ *
+ * The shifted cells are not bit for bit what a fresh prefill of the
+ * shorter input computes: their K is rotated to the new positions (RoPE
+ * composes, up to rounding in the cache's f16), and their values were
+ * computed while the removed tokens were in view. test_llm measures how
+ * far that moves the logits against the suite's noise floor. */
+typedef struct {
+    size_t a, cut, len;
+} reuse_plan;
+
+/* A shift must reuse at least this many tokens. Every turn starts with the
+ * same template markup ("<|im_start|>user\n"), so short matches further on
+ * are coincidences, not a conversation's turns; and a shift costs a RoPE
+ * pass over the sequence's K cells at the next decode and the approximation
+ * above, so a few tokens are not worth it. A dropped turn is worth a
+ * conversation's whole window. */
+#define SHIFT_MIN 32
+/* Token comparisons one plan may spend looking for the shifted match. It
+ * runs under mu in admit(), once per free slot and per spilled state, so
+ * it must stay cheap whatever the tokens: a real conversation's match
+ * starts at a turn's first token and runs to S's end in one pass (about
+ * the window), and the false starts at the other turns' markup stop
+ * within a few tokens; only crafted repetitive input gets near the bound,
+ * and then it just reuses less. 1<<16 comparisons take well under 0.1 ms. */
+#define MATCH_WORK (1u << 16)
+
+static reuse_plan plan_reuse(const engine *e, const tokvec *s, const int32_t *in, size_t n) {
+    reuse_plan p = {.a = common_prefix(s, in, n)};
+    /* Memory that cannot move positions gets the prefix only:
+     * llama_memory_can_shift says no for M-RoPE models and for an
+     * interleaved sliding-window cache (Gemma 3) whose SWA part is smaller
+     * than its full part. And even where the two are the same size (a
+     * window under n_swa + n_ubatch), llama.cpp's SWA cache lets a cell
+     * go once it is n_swa positions behind the sequence's end (find_slot
+     * reuses it, a saved state leaves it out); the shift brings the cells
+     * before the cut closer, and the turn would then attend without cells
+     * a fresh prefill has. A sequence that never reached n_swa positions
+     * lost none, so it may shift; a longer one prefills as before. */
+    if (!e->can_shift || (e->n_swa > 0 && s->n >= (size_t)e->n_swa) || p.a >= n || p.a >= s->n) return p;
+    size_t work = 0;
+    /* the best start is the earliest whose match runs to S's end; a later
+     * start can only match less than what is left after it */
+    for (size_t b = p.a + 1; b < s->n && s->n - b > p.len && s->n - b >= SHIFT_MIN && work < MATCH_WORK; b++) {
+        work++;
+        if (s->v[b] != in[p.a]) continue;
+        size_t l = 1, lim = s->n - b < n - p.a ? s->n - b : n - p.a;
+        while (l < lim && s->v[b + l] == in[p.a + l]) l++;
+        work += l;
+        if (l > p.len) {
+            p.len = l;
+            p.cut = b - p.a;
+        }
+        if (b + l == s->n) break;
+    }
+    if (p.len < SHIFT_MIN) p.len = p.cut = 0;
+    return p;
+}
+
+/* Tokens of in a kept sequence s can serve (plan_reuse): how admit() and
+ * warm-up rank slots and spilled states. */
+static size_t reusable(const engine *e, const tokvec *s, const int32_t *in, size_t n) {
+    reuse_plan p = plan_reuse(e, s, in, n);
+    return p.a + p.len;
+}
+
 static void slot_truncate(engine *e, int s, size_t keep) {
     slot *sl = &e->slots[s];
     if (keep >= sl->toks.n) return;
@@ -221,6 +305,23 @@ static void slot_truncate(engine *e, int s, size_t keep) {
         keep = 0;
     }
     sl->toks.n = keep;
+}
+
+/* Removes the cells [a, a+cut) of slot s and moves those after them down
+ * by cut, so that they sit at the positions the input gives them. The K
+ * rotation itself runs in llama.cpp at the next llama_decode (and until
+ * then the slot's state must not be saved: shift_pending). Memory that
+ * cannot cut a range from a sequence's middle keeps the prefix only. */
+static void slot_shift(engine *e, int s, size_t a, size_t cut) {
+    slot *sl = &e->slots[s];
+    if (!llama_memory_seq_rm(e->mem, s, (llama_pos)a, (llama_pos)(a + cut))) {
+        slot_truncate(e, s, a);
+        return;
+    }
+    llama_memory_seq_add(e->mem, s, (llama_pos)(a + cut), -1, -(llama_pos)cut);
+    memmove(sl->toks.v + a, sl->toks.v + a + cut, (sl->toks.n - a - cut) * sizeof *sl->toks.v);
+    sl->toks.n -= cut;
+    e->shift_pending = true;
 }
 
 /* Under mu. Marks j finished; the caller may return as soon as mu drops. */
@@ -331,6 +432,12 @@ static void spill_close(engine *e) {
  * cache entry. */
 static void spill_save(engine *e, int s) {
     slot *sl = &e->slots[s];
+    /* llama.cpp writes a cell's new position but its K as it was until
+     * the shift runs (at the next decode): such a state would be wrong.
+     * The flag is the engine's, not the slot's (another slot shifted in
+     * the same step skips this save too): a skipped save only costs a
+     * cache entry, and a shift is rare. */
+    if (e->shift_pending) return;
     size_t size = llama_state_seq_get_size(e->ctx, s);
     if (!size || size > e->p.spill_budget) return;
     while (e->n_sp && e->sp_bytes + size > e->p.spill_budget) {
@@ -480,7 +587,7 @@ static void warm_step(engine *e) {
     size_t have = 0;
     for (int s = 0; s < e->p.n_slots; s++) {
         if (e->slots[s].busy || !same_owner(e->slots[s].owner, w->owner)) continue;
-        size_t p = common_prefix(&e->slots[s].toks, w->toks.v, w->toks.n);
+        size_t p = reusable(e, &e->slots[s].toks, w->toks.v, w->toks.n);
         if (at < 0 || p > have) {
             at = s;
             have = p;
@@ -508,7 +615,7 @@ static void warm_step(engine *e) {
                  .out = &none, .slot = at};
         for (int i = 0; i < e->n_sp; i++) {
             if (!same_owner(e->sp[i].owner, w->owner)) continue;
-            size_t p = common_prefix(&e->sp[i].toks, w->toks.v, w->toks.n);
+            size_t p = reusable(e, &e->sp[i].toks, w->toks.v, w->toks.n);
             if (p >= have + (size_t)e->p.spill_min) {
                 have = p;
                 j.restore = e->sp[i].id;
@@ -526,6 +633,7 @@ static void warm_step(engine *e) {
     if (take > (size_t)e->p.n_batch) take = (size_t)e->p.n_batch;
     for (size_t k = 0; k < take; k++) batch_add(b, w->toks.v[have + k], have + k, at, have + k + 1 == w->toks.n);
     int dr = llama_decode(e->ctx, *b);
+    e->shift_pending = false; /* as in step() */
     double ms = clock_mono_ms() - t0;
     e->wst.ms += ms;
     if (dr != 0) {
@@ -610,7 +718,7 @@ static void admit(engine *e) {
         for (int s = 0; s < e->p.n_slots; s++) {
             if (e->slots[s].busy) continue;
             bool mine = reuse && same_owner(e->slots[s].owner, j->gp.owner);
-            size_t p = mine ? common_prefix(&e->slots[s].toks, j->in, j->n) : 0;
+            size_t p = mine ? reusable(e, &e->slots[s].toks, j->in, j->n) : 0;
             if (best < 0 || p > best_p || (p == best_p && e->slots[s].used < e->slots[best].used)) {
                 best = s;
                 best_p = p;
@@ -621,7 +729,7 @@ static void admit(engine *e) {
         j->restore = 0;
         for (int i = 0; reuse && i < e->n_sp; i++) {
             if (!same_owner(e->sp[i].owner, j->gp.owner)) continue;
-            size_t p = common_prefix(&e->sp[i].toks, j->in, j->n);
+            size_t p = reusable(e, &e->sp[i].toks, j->in, j->n);
             if (p >= best_p + (size_t)e->p.spill_min) {
                 best_p = p;
                 j->restore = e->sp[i].id;
@@ -644,21 +752,26 @@ static void admit(engine *e) {
 }
 
 /* Engine thread, without mu: leaves in j's slot exactly the longest prefix
- * of j's input it can reuse. Whatever else the slot held is spilled first
- * when that is worth it (spill on, and at least spill_min tokens lost). */
+ * of j's input it can reuse, shifting a range out first when that reuses
+ * more (plan_reuse). Whatever else the slot held is spilled first when
+ * that is worth it (spill on, and at least spill_min tokens lost). A
+ * restored state is planned, and shifted, the same way. */
 static void prepare(engine *e, job *j) {
     slot *sl = &e->slots[j->slot];
     bool reuse = e->p.reuse && j->gp.cache_prompt, spill = e->spill_own && reuse;
-    size_t keep = reuse && same_owner(sl->owner, j->gp.owner) ? common_prefix(&sl->toks, j->in, j->n) : 0;
+    reuse_plan rp = {0};
+    if (reuse && same_owner(sl->owner, j->gp.owner)) rp = plan_reuse(e, &sl->toks, j->in, j->n);
     /* (KV nobody may reuse is not worth the disk) */
-    if (spill && sl->owner && sl->toks.n >= keep + (size_t)e->p.spill_min) spill_save(e, j->slot);
+    if (spill && sl->owner && sl->toks.n >= rp.a + rp.len + (size_t)e->p.spill_min) spill_save(e, j->slot);
     /* the entry chosen at admission may be gone: another job took it first,
      * or the save above dropped it for the budget */
     int entry = j->restore ? spill_find(e, j->restore) : -1;
     if (entry >= 0) {
         spill_restore(e, entry, j->slot);
-        keep = common_prefix(&sl->toks, j->in, j->n);
+        rp = plan_reuse(e, &sl->toks, j->in, j->n);
     }
+    if (rp.cut) slot_shift(e, j->slot, rp.a, rp.cut);
+    size_t keep = rp.cut ? rp.a + rp.len : rp.a;
     if (keep >= j->n) keep = j->n - 1; /* the last input token must run again for its logits */
     slot_truncate(e, j->slot, keep);
     /* what stays is j's owner's (or nothing); what j computes will be too */
@@ -727,6 +840,7 @@ static void step(engine *e) {
     if (b->n_tokens == 0) return;
 
     int dr = llama_decode(e->ctx, *b);
+    e->shift_pending = false; /* llama_decode applies pending shifts first, whatever the batch holds */
     for (int i = 0; i < e->n_active; i++) {
         job *j = e->active[i];
         if (!j->n_fed) continue;
@@ -867,7 +981,8 @@ static void ctl_held(engine *e, ctl *c) {
 static void ctl_export(engine *e, ctl *c) {
     int from = -1, entry = -1;
     size_t best = 0;
-    for (int s = 0; s < e->p.n_slots; s++) {
+    /* a slot's state is wrong until a pending shift has run (spill_save) */
+    for (int s = 0; s < e->p.n_slots && !e->shift_pending; s++) {
         const slot *sl = &e->slots[s];
         if (!sl->busy && same_owner(sl->owner, c->owner) && whole_prefix(&sl->toks, c->toks, c->n) && sl->toks.n > best) {
             best = sl->toks.n;
@@ -1026,6 +1141,8 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     e->ctx = ctx;
     e->vocab = vocab;
     e->mem = llama_get_memory(ctx);
+    e->can_shift = llama_memory_can_shift(e->mem);
+    e->n_swa = llama_model_n_swa(llama_get_model(ctx));
     e->batch = llama_batch_init(p->n_batch, 0, 1);
     e->slots = calloc((size_t)p->n_slots, sizeof *e->slots);
     e->active = calloc((size_t)p->n_parallel, sizeof *e->active);

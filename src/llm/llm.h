@@ -10,7 +10,10 @@
  * llm_generate blocks its caller; calls from several threads are batched
  * together (up to n_parallel at once) and the engine keeps the KV cache of
  * recent conversations, so a call whose input extends one of them prefills
- * only the new tokens (engine.c). */
+ * only the new tokens (engine.c). So does one whose input is such a
+ * conversation with one range taken out (its oldest turns, dropped to fit
+ * the window), where the model's memory can shift positions: the kept
+ * cells are moved into place, not computed again. */
 #ifndef DC_LLM_H
 #define DC_LLM_H
 

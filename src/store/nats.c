@@ -28,7 +28,11 @@
  * is safe, because messages are immutable and the context manager compares
  * the stored turn with the client's turn counter and waits when behind. A
  * per-node cache of turns (turncache.h) means a read fetches only the
- * session's last message and turns this node has not seen.
+ * messages after those this node has seen (usually none, or the one or two
+ * committed elsewhere since a hand-over), all in one batched direct get: a
+ * read costs one round trip to the copy it asks, whatever it is missing, so
+ * a handover whose mirror lags costs one round trip to the core, not one
+ * per missing turn (load_via).
  *
  * Waiting for replication: every commit is followed by a small core-NATS
  * notification on dce.<keygroup>.n.<session> carrying the turn number; each
@@ -61,11 +65,15 @@
  * Fault injection: with DC_FAULT_BURY_PAUSE_MS=N in the environment, ending a
  * session logs "fault: bury paused" and sleeps N ms after reading the
  * session's last message and again after appending the tombstone, so that a
- * test can commit in between (tests/integration/test_hardening_store.py). */
+ * test can commit in between (tests/integration/test_hardening_store.py).
+ * With DC_FAULT_NO_BATCH=1 the node reads as if its servers refused batched
+ * gets (one round trip per message, as with a nats-server before 2.11), so
+ * that the fallback is tested too (tests/integration/test_handover_read.py). */
 #include <errno.h>
 #include <jansson.h>
 #include <nats/nats.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +94,17 @@ typedef struct waiter {
     struct waiter *next;
 } waiter;
 
+/* A batched read waiting for its replies (batch_get, on_reply); guarded
+ * by the store's mu. */
+typedef struct reply_wait {
+    uint64_t id;     /* the last token of its reply subject */
+    natsMsg **v;     /* the records so far */
+    int n, cap;
+    natsMsg *end;    /* what ended it: a status (EOB, 404...), or a record of a server that does not batch */
+    bool done;
+    struct reply_wait *next;
+} reply_wait;
+
 typedef struct {
     store base;
     natsConnection *nc;
@@ -97,7 +116,7 @@ typedef struct {
     char stream[96];
     char subjects[96]; /* dce.<keygroup>.t. */
     char notify[96];   /* dce.<keygroup>.n. */
-    pthread_mutex_t mu; /* guards waiters */
+    pthread_mutex_t mu; /* guards waiters and replies */
     pthread_cond_t cv;
     waiter *waiters;
     /* store_watch's, under watch_mu, which a call of it holds: once
@@ -106,8 +125,13 @@ typedef struct {
     store_watch_fn watch;
     void *watch_ud;
     char node[ID_MAX + 1]; /* store_params.node_id, told with each commit */
+    natsSubscription *reply_sub; /* <inbox>.*: replies to batched gets (on_reply) */
+    char inbox[64];
+    atomic_uint_fast64_t reply_seq;
+    reply_wait *replies;
     turncache *cache;
     int fault_bury_pause_ms; /* DC_FAULT_BURY_PAUSE_MS (see top); 0 normally */
+    atomic_bool no_batch[2]; /* [core]: that copy's server refused a batched get (read_from) */
 } nstore;
 
 static const store_ops nats_ops;
@@ -196,6 +220,8 @@ static void nats_close(store *base) {
     nstore *s = (nstore *)base;
     if (s->notes) natsSubscription_Unsubscribe(s->notes);
     natsSubscription_Destroy(s->notes);
+    if (s->reply_sub) natsSubscription_Unsubscribe(s->reply_sub);
+    natsSubscription_Destroy(s->reply_sub);
     if (s->jsl != s->js) jsCtx_Destroy(s->jsl);
     jsCtx_Destroy(s->js);
     if (s->nc) natsConnection_Close(s->nc);
@@ -253,6 +279,25 @@ static void on_note(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     natsMsg_Destroy(msg);
 }
 
+static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+
+/* The node's one subscription for replies to batched gets (batch_get):
+ * <inbox>.*, a unique inbox (servers linked as leaf nodes share subjects).
+ * Unbounded pending: a reply is bounded by BATCH_BYTES per read in flight,
+ * and a record dropped as a slow consumer would only make the read time out. */
+static natsStatus subscribe_replies(nstore *s) {
+    natsInbox *inbox = NULL;
+    natsStatus ns = natsInbox_Create(&inbox);
+    if (ns != NATS_OK) return ns;
+    snprintf(s->inbox, sizeof s->inbox, "%s", (const char *)inbox);
+    natsInbox_Destroy(inbox);
+    char subj[sizeof s->inbox + 2];
+    snprintf(subj, sizeof subj, "%s.*", s->inbox);
+    ns = natsConnection_Subscribe(&s->reply_sub, s->nc, subj, on_reply, s);
+    if (ns == NATS_OK) ns = natsSubscription_SetPendingLimits(s->reply_sub, -1, -1);
+    return ns;
+}
+
 store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     for (const char *k = p->keygroup; *k; k++)
         if (!((*k >= 'a' && *k <= 'z') || (*k >= 'A' && *k <= 'Z') || (*k >= '0' && *k <= '9') || *k == '_' || *k == '-')) {
@@ -270,6 +315,10 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     s->cache = turncache_new(CACHE_SESSIONS);
     const char *pause = getenv("DC_FAULT_BURY_PAUSE_MS");
     s->fault_bury_pause_ms = pause ? atoi(pause) : 0;
+    const char *no_batch = getenv("DC_FAULT_NO_BATCH");
+    atomic_init(&s->no_batch[0], no_batch && *no_batch == '1');
+    atomic_init(&s->no_batch[1], no_batch && *no_batch == '1');
+    atomic_init(&s->reply_seq, 0);
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->watch_mu, NULL);
     pthread_condattr_t ca;
@@ -324,7 +373,7 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     lo.Wait = 5000;
     if (natsConnection_JetStream(&s->js, s->nc, &jo) != NATS_OK ||
         (s->leaf && natsConnection_JetStream(&s->jsl, s->nc, &lo) != NATS_OK) || ensure_stream(s, p->replicas, err, errlen) != 0 ||
-        natsConnection_Subscribe(&s->notes, s->nc, all_notes, on_note, s) != NATS_OK) {
+        natsConnection_Subscribe(&s->notes, s->nc, all_notes, on_note, s) != NATS_OK || subscribe_replies(s) != NATS_OK) {
         if (!err[0]) snprintf(err, errlen, "cannot use JetStream on %s", shown);
         nats_close(&s->base);
         return NULL;
@@ -352,6 +401,7 @@ static store_status direct_get(nstore *s, jsCtx *js, const char *subj, uint64_t 
         o.NextBySubject = subj;
     }
     natsStatus st = js_DirectGetMsg(out, js, s->stream, NULL, &o);
+    store_count_trip(js == s->js);
     if (st == NATS_NOT_FOUND) return STORE_NOT_FOUND;
     return st == NATS_OK ? STORE_OK : nats_fail("direct get", st, 0);
 }
@@ -412,107 +462,237 @@ static store_status nats_meta_get(store *base, const char *sid, session_meta *ou
     return st;
 }
 
-/* Appends the session's messages from stream sequence `from` on, up to
- * `upto`, to turns[0..*n). Any replica may answer each get; stopping at the
- * first "not found" yields a prefix of the session, which is safe (see top).
- * *garbage_below: the sequence below which the walk found only earlier
- * lives of the id (0: none found). Entries of turns[] past *n may hold
- * buffers of such lives; the caller frees all *cap of them. */
-static store_status walk(nstore *s, jsCtx *js, const char *subj, const char *sid, uint64_t from, uint64_t upto, turn_rec **turns,
-                         uint32_t *n, uint32_t *cap, session_meta *meta, uint64_t *last_seq, uint64_t *garbage_below) {
-    *garbage_below = 0;
-    for (uint64_t seq = from; seq <= upto;) {
-        natsMsg *m = NULL;
-        store_status st = direct_get(s, js, subj, seq, false, &m);
-        if (st == STORE_NOT_FOUND) break;
-        if (st != STORE_OK) return st;
-        if (*n == *cap) {
-            uint32_t c = *cap ? *cap * 2 : 8;
-            *turns = dc_xrealloc(*turns, c * sizeof **turns);
-            memset(*turns + *cap, 0, (c - *cap) * sizeof **turns);
-            *cap = c;
-        }
-        turn_rec *t = &(*turns)[*n];
-        session_meta mm;
-        st = decode(s, m, subj, sid, &mm, t);
-        seq = msg_seq(m) + 1;
-        natsMsg_Destroy(m);
-        if (st != STORE_OK) return st;
-        *last_seq = seq - 1;
-        /* A subject can hold earlier lives of a session id (deleted or
-         * expired, then started over): a tombstone or a new turn 1 begins
-         * a new life, and only the latest counts. */
-        if (t->turn == 0) {
-            *n = 0;
-            *garbage_below = seq - 1; /* keep the tombstone itself */
-            continue;
-        }
-        if (t->turn == 1 && *n > 0) {
-            turn_rec tmp = (*turns)[0];
-            (*turns)[0] = *t;
-            *t = tmp;
-            *n = 0;
-            *garbage_below = seq - 1;
-        } else if (t->turn != *n + 1) {
-            return store_fail(STORE_CORRUPT, "session %s: turn %u found where %u belongs", sid, t->turn, *n + 1);
-        }
-        (*n)++;
-        *meta = mm;
+/* A session read in progress: the turns of the session's latest life found
+ * so far (from this node's cache, then the stream), fed one message at a
+ * time to absorb(). */
+typedef struct {
+    turn_rec *turns;  /* turns[0..n); entries up to cap may hold buffers of earlier lives */
+    uint32_t n, cap;
+    session_meta meta; /* the meta after turns[n-1] */
+    uint64_t last_seq; /* stream sequence of the last message absorbed (or cached) */
+    uint64_t garbage_below; /* below this sequence only earlier lives of the id were found (0: none) */
+} reading;
+
+/* Adds the session's next message to r. */
+static store_status absorb(nstore *s, natsMsg *m, const char *subj, const char *sid, reading *r) {
+    if (r->n == r->cap) {
+        uint32_t c = r->cap ? r->cap * 2 : 8;
+        r->turns = dc_xrealloc(r->turns, c * sizeof *r->turns);
+        memset(r->turns + r->cap, 0, (c - r->cap) * sizeof *r->turns);
+        r->cap = c;
     }
+    turn_rec *t = &r->turns[r->n];
+    session_meta mm;
+    store_status st = decode(s, m, subj, sid, &mm, t);
+    if (st != STORE_OK) return st;
+    r->last_seq = msg_seq(m);
+    /* A subject can hold earlier lives of a session id (deleted or
+     * expired, then started over): a tombstone or a new turn 1 begins a new
+     * life, and only the latest counts. */
+    if (t->turn == 0) {
+        r->n = 0;
+        r->garbage_below = r->last_seq; /* keep the tombstone itself */
+        return STORE_OK;
+    }
+    if (t->turn == 1 && r->n > 0) {
+        turn_rec tmp = r->turns[0];
+        r->turns[0] = *t;
+        *t = tmp;
+        r->n = 0;
+        r->garbage_below = r->last_seq;
+    } else if (t->turn != r->n + 1) {
+        return store_fail(STORE_CORRUPT, "session %s: turn %u found where %u belongs", sid, t->turn, r->n + 1);
+    }
+    r->n++;
+    r->meta = mm;
     return STORE_OK;
 }
 
-/* Reads a session through js (the local mirror or the core). The last
- * message says where the session stands; this node's cache, then the stream,
- * supply the turns up to it. A replica that is behind what this node itself
- * committed or read is answered from the cache (read-your-writes). */
+/* A batched read: at most this many messages, and about this many bytes
+ * (the server stops at whichever comes first, always after at least one
+ * message, and says how many are left; the read then asks again from
+ * there). Bounds what one reply puts in this node's memory; a session
+ * rarely comes near either. */
+#define BATCH_MSGS 1024
+#define BATCH_BYTES (8 << 20)
+#define REQUEST_MS 5000 /* as the JetStream contexts' Wait; whole seconds */
+
+/* A batched direct get (nats-server 2.11+, ADR-31): the messages on subj
+ * from stream sequence `from` on, in one request and one round trip. The C
+ * client used (3.4) has no call for it, so it is asked here: a request on
+ * <api>.DIRECT.GET.<stream> (the core's API prefix carries its JetStream
+ * domain in leaf mode), answered with one message per record and a
+ * status-204 "EOB" saying how many are left (Nats-Num-Pending). The replies
+ * come to the node's one reply subscription (on_reply), not to an inbox
+ * subscribed per read: in leaf mode every new subscription is announced to
+ * the core over the WAN link, and replication bytes are measured there.
+ * Appends the records to *v (*n of them; the caller destroys them and frees
+ * *v) and sets *more when the server stopped at the limits above.
+ * STORE_NOT_FOUND: no message from `from` on. *refused: the server answered
+ * like one that does not batch (before 2.11 the fields are ignored and the
+ * reply is a single message without Nats-Num-Pending; or a 408 to the
+ * request): nothing is appended then. */
+static store_status batch_get(nstore *s, bool core, const char *subj, uint64_t from, natsMsg ***v, int *n,
+                              bool *more, bool *refused) {
+    char api[200], reply[96];
+    snprintf(api, sizeof api, "%s.DIRECT.GET.%s", core ? s->api : "$JS.API", s->stream);
+    json_t *req = json_pack("{s:I, s:s, s:i, s:i}", "seq", (json_int_t)from, "next_by_subj", subj, "batch", BATCH_MSGS,
+                            "max_bytes", BATCH_BYTES);
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    reply_wait w = {.id = atomic_fetch_add(&s->reply_seq, 1) + 1};
+    snprintf(reply, sizeof reply, "%s.%llu", s->inbox, (unsigned long long)w.id);
+    pthread_mutex_lock(&s->mu);
+    w.next = s->replies;
+    s->replies = &w;
+    pthread_mutex_unlock(&s->mu);
+    natsStatus ns = body ? natsConnection_PublishRequestString(s->nc, api, reply, body) : NATS_NO_MEMORY;
+    free(body);
+    store_count_trip(core);
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += REQUEST_MS / 1000; /* whole seconds */
+    pthread_mutex_lock(&s->mu);
+    while (ns == NATS_OK && !w.done)
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &deadline) == ETIMEDOUT) break;
+    reply_wait **pp = &s->replies;
+    while (*pp != &w) pp = &(*pp)->next;
+    *pp = w.next;
+    pthread_mutex_unlock(&s->mu);
+    if (ns == NATS_OK && !w.done) ns = NATS_TIMEOUT;
+
+    *v = w.v;
+    *n = w.n;
+    *more = *refused = false;
+    store_status st = STORE_OK;
+    const char *code = NULL, *np = NULL;
+    if (ns != NATS_OK) {
+        st = nats_fail("batched get", ns, 0);
+    } else if (natsMsgHeader_Get(w.end, "Status", &code) != NATS_OK || !code || !strcmp(code, "408")) {
+        *refused = true; /* a record without Nats-Num-Pending, or a request it did not understand */
+    } else if (!strcmp(code, "204")) { /* EOB */
+        *more = natsMsgHeader_Get(w.end, "Nats-Num-Pending", &np) == NATS_OK && np && strtoull(np, NULL, 10) > 0;
+    } else if (!strcmp(code, "404")) {
+        st = STORE_NOT_FOUND;
+    } else if (!strcmp(code, "503")) {
+        st = nats_fail("batched get", NATS_NO_RESPONDERS, 0);
+    } else {
+        const char *d = NULL;
+        natsMsgHeader_Get(w.end, "Description", &d);
+        st = store_fail(STORE_IO, "batched get on %s: %s %s", api, code, d ? d : "");
+    }
+    natsMsg_Destroy(w.end);
+    if (st != STORE_OK || *refused) {
+        for (int i = 0; i < *n; i++) natsMsg_Destroy((*v)[i]);
+        free(*v);
+        *v = NULL;
+        *n = 0;
+    }
+    return st;
+}
+
+/* The node's reply subscription (<inbox>.*): a reply to batched get <id>
+ * (the subject's last token). Records are collected; anything else - the
+ * EOB or another status, or a record without Nats-Num-Pending (a server
+ * that does not batch sends that one and nothing more) - ends the read.
+ * Replies to a read that gave up waiting are dropped. */
+static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
+    (void)nc;
+    (void)sub;
+    nstore *s = closure;
+    const char *dot = strrchr(natsMsg_GetSubject(msg), '.');
+    uint64_t id = dot ? strtoull(dot + 1, NULL, 10) : 0;
+    const char *hv = NULL;
+    bool record = natsMsgHeader_Get(msg, "Status", &hv) != NATS_OK &&
+                  natsMsgHeader_Get(msg, "Nats-Num-Pending", &hv) == NATS_OK;
+    pthread_mutex_lock(&s->mu);
+    reply_wait *w = s->replies;
+    while (w && w->id != id) w = w->next;
+    if (w && !w->done) {
+        if (record) {
+            if (w->n == w->cap) {
+                w->cap = w->cap ? w->cap * 2 : 8;
+                w->v = dc_xrealloc(w->v, (size_t)w->cap * sizeof *w->v);
+            }
+            w->v[w->n++] = msg;
+        } else {
+            w->end = msg;
+            w->done = true;
+            pthread_cond_broadcast(&s->cv);
+        }
+        msg = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    natsMsg_Destroy(msg);
+}
+
+/* Feeds r the session's messages from stream sequence `from` on, as the
+ * copy behind js holds them: in one round trip (a batched get), or one per
+ * message where the server refuses batched gets (an older nats-server;
+ * then the next read does not ask again). Stopping at the first "not found"
+ * yields a prefix of the session, which is safe (see top). */
+static store_status read_from(nstore *s, jsCtx *js, const char *subj, const char *sid, uint64_t from, reading *r) {
+    bool core = js == s->js;
+    while (!atomic_load(&s->no_batch[core])) {
+        natsMsg **v;
+        int n;
+        bool more, refused;
+        store_status st = batch_get(s, core, subj, from, &v, &n, &more, &refused);
+        for (int i = 0; i < n; i++) {
+            if (st == STORE_OK) st = absorb(s, v[i], subj, sid, r);
+            natsMsg_Destroy(v[i]);
+        }
+        free(v);
+        if (refused) {
+            if (!atomic_exchange(&s->no_batch[core], true))
+                log_warn("the %s's nats-server refuses batched direct gets (before 2.11?): reading sessions one message "
+                         "per round trip", core ? "core" : "mirror");
+            break;
+        }
+        if (st == STORE_NOT_FOUND) return STORE_OK;
+        if (st != STORE_OK || !more || n == 0) return st;
+        from = r->last_seq + 1;
+    }
+    for (;;) {
+        natsMsg *m = NULL;
+        store_status st = direct_get(s, js, subj, from, false, &m);
+        if (st == STORE_NOT_FOUND) return STORE_OK;
+        if (st == STORE_OK) st = absorb(s, m, subj, sid, r);
+        natsMsg_Destroy(m);
+        if (st != STORE_OK) return st;
+        from = r->last_seq + 1;
+    }
+}
+
+/* Reads a session through js (the local mirror or the core): the turns
+ * this node's cache holds, then every message after them, in one round
+ * trip. The last message read says where the session stands (a tombstone,
+ * idle past the TTL, a new life). A replica that has nothing after what
+ * this node itself committed or read - even one behind it - leaves the
+ * cache's answer (read-your-writes). */
 static store_status load_via(nstore *s, jsCtx *js, const char *sid, session_meta *meta, turn_rec **turns) {
     char subj[SUBJECT_MAX];
     subject_of(s, sid, subj);
-    natsMsg *m = NULL;
-    store_status st = direct_get(s, js, subj, 0, true, &m);
-    session_meta last_meta;
-    if (st == STORE_OK) st = decode(s, m, subj, sid, &last_meta, NULL);
-    uint64_t last = st == STORE_OK ? msg_seq(m) : 0;
-    natsMsg_Destroy(m);
-    if (st != STORE_OK && st != STORE_NOT_FOUND) return st;
-
-    turn_rec *out = NULL;
-    uint64_t seq = 0;
-    uint32_t n = turncache_get(s->cache, sid, &out, meta, &seq), cap = n;
-    if (n && seq > last) { /* the replica is behind this node */
-        if (!store_expired(&s->base, meta->last_ms, clock_wall_ms())) {
-            *turns = out;
-            meta->rev = seq;
-            return STORE_OK;
-        }
-        st = STORE_NOT_FOUND;
-    }
-    if (st == STORE_OK && (last_meta.turn == 0 || store_expired(&s->base, last_meta.last_ms, clock_wall_ms())))
-        st = STORE_NOT_FOUND; /* a tombstone, or idle past the TTL */
+    reading r = {0};
+    uint64_t cached = 0;
+    r.n = r.cap = turncache_get(s->cache, sid, &r.turns, &r.meta, &cached);
+    r.last_seq = cached;
+    store_status st = read_from(s, js, subj, sid, r.n ? cached + 1 : 1, &r);
+    if (st == STORE_OK && (r.n == 0 || store_expired(&s->base, r.meta.last_ms, clock_wall_ms())))
+        st = STORE_NOT_FOUND; /* none, a tombstone last, or idle past the TTL */
     if (st != STORE_OK) {
-        store_turns_free(out, cap);
-        turncache_drop(s->cache, sid);
+        store_turns_free(r.turns, r.cap);
+        if (st == STORE_NOT_FOUND) turncache_drop(s->cache, sid);
         return st;
     }
-    if (n && last_meta.turn < n) { /* deleted and started over since */
-        store_turns_free(out, cap);
-        out = NULL;
-        n = cap = 0;
-    }
-    uint64_t garbage = 0, from = n ? seq + 1 : 1;
-    if (seq != last || n == 0) st = walk(s, js, subj, sid, from, last, &out, &n, &cap, meta, &seq, &garbage);
-    if (st != STORE_OK || n == 0) {
-        store_turns_free(out, cap);
-        return st != STORE_OK ? st : STORE_NOT_FOUND;
-    }
-    /* earlier lives walked over: their buffers, and (so that the next miss
-     * does not walk them again) their messages where this read came from */
-    for (uint32_t i = n; i < cap; i++) turn_rec_free(&out[i]);
-    if (garbage) reclaim_below(s, s->leaf && js == s->jsl, subj, garbage);
-    meta->rev = seq;
-    turncache_put(s->cache, sid, out, n, meta, seq);
-    *turns = out;
+    /* earlier lives read over: their buffers, and (so that the next miss
+     * does not read them again) their messages where this read came from */
+    for (uint32_t i = r.n; i < r.cap; i++) turn_rec_free(&r.turns[i]);
+    if (r.garbage_below) reclaim_below(s, s->leaf && js == s->jsl, subj, r.garbage_below);
+    r.meta.rev = r.last_seq;
+    if (r.last_seq != cached) turncache_put(s->cache, sid, r.turns, r.n, &r.meta, r.last_seq);
+    *meta = r.meta;
+    *turns = r.turns;
     return STORE_OK;
 }
 

@@ -20,6 +20,16 @@ store_status store_fail(store_status st, const char *fmt, ...) {
 
 const char *store_last_error(void) { return last_error; }
 
+/* Per thread, like last_error: a request's store calls run on its thread. */
+static _Thread_local store_trips trips;
+
+void store_count_trip(bool core) {
+    trips.all++;
+    if (core) trips.core++;
+}
+
+store_trips store_trips_now(void) { return trips; }
+
 bool store_expired(const store *s, int64_t last_ms, int64_t now_ms) {
     return s->ttl_ms > 0 && last_ms + s->ttl_ms < now_ms;
 }

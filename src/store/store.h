@@ -105,6 +105,16 @@ void store_watch(store *s, store_watch_fn fn, void *ud);
  * number removed, or -1 on error. */
 long store_expire(store *s, int64_t now_ms);
 
+/* Round trips this thread has made to the store so far: all of them, and
+ * those to the core (the stream's own servers; in leaf mode, not the node's
+ * mirror). A caller takes the difference around a call to see what it cost,
+ * e.g. how many requests a handover read sent over the WAN (ctx.c reports
+ * them per turn). The embedded store makes none. */
+typedef struct {
+    uint64_t all, core;
+} store_trips;
+store_trips store_trips_now(void);
+
 const char *store_status_str(store_status st);
 /* Detail of the last STORE_IO/STORE_CORRUPT seen by this thread. */
 const char *store_last_error(void);

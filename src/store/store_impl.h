@@ -29,6 +29,10 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen);
 /* Records the detail of a failure for store_last_error(); returns st. */
 store_status store_fail(store_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Counts one round trip to the store (store_trips_now); core: to the
+ * core rather than a local mirror. */
+void store_count_trip(bool core);
+
 /* Every record goes through these two on its way to and from the store.
  * ad names the record's place (session id and kind; seal.h says why).
  * store_record_seal seals rec in place when the store has a seal.

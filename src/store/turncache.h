@@ -5,8 +5,8 @@
  * with this cache a node fetches only the turns it has not seen (usually
  * none, or the one or two committed elsewhere since a hand-over). Turn
  * records are immutable once committed, so a cached prefix stays valid; the
- * store still asks the stream for the session's last message on every read,
- * so a deleted or restarted session is never served from here.
+ * store still asks the stream for every message after the cached ones on
+ * every read, so a deleted or restarted session is never served from here.
  *
  * Bounded: least recently used sessions go first. Thread-safe. */
 #ifndef DC_TURNCACHE_H

@@ -1,6 +1,7 @@
 """dcnode.py - start a real `discedge serve` on loopback for a test, talk to it
 over real HTTP, stop it by PID. Shared by the integration tests."""
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -295,6 +296,52 @@ class NatsServer:
         if self.proc:
             self.log.close()
         self.proc = None
+
+
+class RawNats:
+    """Just enough of the NATS client protocol to ask a server's JetStream
+    API what it holds: requests (JSON) over one socket."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.f = self.s.makefile("rb")
+        self.f.readline()  # INFO
+        self.s.sendall(b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\nPING\r\n')
+        while not self.f.readline().startswith(b"PONG"):
+            pass
+        # inboxes of their own: servers linked as leaf nodes share subjects
+        self.prefix = "_INBOX.%s" % os.urandom(8).hex()
+        self.s.sendall(b"SUB %s.* 1\r\n" % self.prefix.encode())
+        self.n = itertools.count(1)
+
+    def request(self, subj, req):
+        """Returns (headers text, payload bytes) of the reply."""
+        data = json.dumps(req).encode()
+        inbox = "%s.%d" % (self.prefix, next(self.n))
+        self.s.sendall(b"PUB %s %s %d\r\n%s\r\n" % (subj.encode(), inbox.encode(), len(data), data))
+        while True:
+            line = self.f.readline()
+            if line.startswith(b"PING"):
+                self.s.sendall(b"PONG\r\n")
+                continue
+            if not (line.startswith(b"MSG") or line.startswith(b"HMSG")):
+                continue
+            parts = line.split()
+            hlen = int(parts[-2]) if line.startswith(b"HMSG") else 0
+            body = self.f.read(int(parts[-1]) + 2)[:-2]
+            if parts[1].decode() == inbox:
+                return body[:hlen].decode("latin-1"), body[hlen:]
+
+    def api(self, subj, req):
+        return json.loads(self.request(subj, req)[1])
+
+    def count(self, stream, subject):
+        """Messages the server's copy of stream holds on subject."""
+        info = self.api("$JS.API.STREAM.INFO.%s" % stream, {"subjects_filter": subject})
+        return (info["state"].get("subjects") or {}).get(subject, 0)
+
+    def close(self):
+        self.s.close()
 
 
 def nats_cluster(binary, workdir, size=3, domain=None):

@@ -475,12 +475,12 @@ static void warm_within_split_noise(void **state) {
     scenario sc;
     char err[256];
     if (scenario_load(scenario_path, &sc, err, sizeof err) != 0) fail_msg("%s", err);
-    assert_true(sc.n_turns >= 4);
+    assert_true(sc.n_turns >= 9);
     /* a conversation of a few turns (long enough for several warm-up
      * chunks), then the next user message */
     llm_msg msgs[8];
     size_t nm = 0;
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < 8; i += 2) {
         msgs[nm++] = (llm_msg){"user", sc.turns[i].message};
         msgs[nm++] = (llm_msg){"assistant", sc.turns[i + 1].message};
     }
@@ -488,10 +488,10 @@ static void warm_within_split_noise(void **state) {
     llm_add_bos(m, &all);
     assert_int_equal(llm_chat_render(m, msgs, nm, false, &all), 0);
     size_t warmed = all.n;
-    llm_msg next = {"user", sc.turns[3].message};
+    llm_msg next = {"user", sc.turns[8].message};
     assert_int_equal(llm_chat_render(m, &next, 1, true, &all), 0);
     size_t input_n = all.n;
-    assert_true(warmed > 256); /* more than two chunks */
+    assert_true(warmed > 128); /* more than one chunk (128 tokens: local.c) */
 
     llm_stats before, now;
     llm_stats_get(m, &before);
@@ -549,13 +549,114 @@ static void warm_within_split_noise(void **state) {
     scenario_free(&sc);
 }
 
+/* A conversation past its window: the context manager drops its oldest
+ * whole turns, and the engine removes their cells from the slot and shifts
+ * the rest into place (engine.c, plan_reuse) instead of prefilling the
+ * window again. The reply to the shortened input must stay as close to a
+ * fresh prefill of that same input as the reuse path above: within
+ * REUSE_MULT times the noise floor, measured here over the same tokens.
+ *
+ * The conversation goes straight through llm_generate (no session needed
+ * for what the engine sees): turns of the scenario, greedy, fixed reply
+ * lengths; then the input without its first two turns plus a new message,
+ * as ctx.c builds it once they no longer fit. */
+#define SHIFT_TURNS 5
+#define SHIFT_DROPPED 2
+#define SHIFT_REPLY 48
+
+static void shift_within_split_noise(void **state) {
+    (void)state;
+    scenario sc;
+    char err[256];
+    if (scenario_load(scenario_path, &sc, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_true(sc.n_turns > SHIFT_TURNS);
+    const tokvec *end = llm_turn_end(m);
+    tokvec all = {0}, sys = {0};
+    llm_add_bos(m, &sys);
+    llm_msg sm = {"system", "You are a helpful robotics tutor."};
+    assert_int_equal(llm_chat_render(m, &sm, 1, false, &sys), 0);
+    tokvec_append(&all, sys.v, sys.n);
+    size_t turn_at[SHIFT_TURNS + 1];
+    llm_gen_params gp = llm_default_gen_params();
+    gp.temperature = 0;
+    gp.ignore_eos = true;
+    gp.n_predict = SHIFT_REPLY;
+    gp.owner = "shift_test";
+    llm_timings lt;
+    for (size_t i = 0; i < SHIFT_TURNS; i++) {
+        turn_at[i] = all.n;
+        llm_msg um = {"user", sc.turns[i].message};
+        assert_int_equal(llm_chat_render(m, &um, 1, true, &all), 0);
+        tokvec out = {0};
+        assert_int_equal(llm_generate(m, all.v, all.n, &gp, &out, &lt, err, sizeof err), LLM_OK);
+        tokvec_append(&all, out.v, out.n);
+        tokvec_append(&all, end->v, end->n);
+        tokvec_free(&out);
+    }
+    turn_at[SHIFT_TURNS] = all.n;
+
+    /* [system][turns SHIFT_DROPPED..][a new message] */
+    tokvec in = {0}, user = {0};
+    tokvec_append(&in, sys.v, sys.n);
+    tokvec_append(&in, all.v + turn_at[SHIFT_DROPPED], all.n - turn_at[SHIFT_DROPPED]);
+    llm_msg um = {"user", sc.turns[SHIFT_TURNS].message};
+    assert_int_equal(llm_chat_render(m, &um, 1, true, &user), 0);
+    tokvec_append(&in, user.v, user.n);
+    logit_rows rows = {0};
+    gp.on_logits = keep_logits;
+    gp.on_logits_ud = &rows;
+    tokvec reply = {0};
+    assert_int_equal(llm_generate(m, in.v, in.n, &gp, &reply, &lt, err, sizeof err), LLM_OK);
+    /* it reused everything but the previous reply's last token (sampled,
+     * never decoded), the turn end and the new message */
+    printf("shift: %zu tokens dropped from a %zu-token conversation; the next turn's %zu input tokens: %d prefilled, "
+           "%d reused (bound %zu prefilled)\n",
+           turn_at[SHIFT_DROPPED] - sys.n, all.n, in.n, lt.prompt_n, lt.cached_n, 1 + end->n + user.n);
+    assert_true((size_t)lt.prompt_n <= 1 + end->n + user.n);
+    assert_int_equal(rows.n, reply.n);
+
+    /* against fresh prefills of the same shortened conversation */
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 0;
+    struct llama_model *model = llama_model_load_from_file(model_path, mp);
+    assert_non_null(model);
+    struct llama_context *whole = fresh_ctx(model, 512), *split = fresh_ctx(model, 1);
+    size_t input_n = in.n;
+    tokvec_append(&in, reply.v, reply.n);
+    bool *want = calloc(in.n, sizeof *want);
+    for (size_t k = 0; k < rows.n; k++) want[input_n - 1 + k] = true;
+    float dev = compare_fresh(whole, NULL, &rows, in.v, in.n, want);
+    /* the floor over the same tokens: every position of the kept turns'
+     * replies and of this one */
+    for (size_t p = sys.n; p < input_n; p++) want[p] = true;
+    float floor_ = compare_fresh(whole, split, NULL, in.v, in.n, want);
+    float bound = REUSE_MULT * floor_ + REUSE_EPS;
+    printf("shift: noise floor (fresh prefill, n_ubatch 512 vs 1, %zu tokens) %.4f; shifted KV vs fresh prefill %.4f "
+           "(%.2f x the floor); bound %.1f x floor + %g = %.4f\n",
+           in.n, floor_, dev, floor_ > 0 ? dev / floor_ : 0.0, REUSE_MULT, REUSE_EPS, bound);
+    assert_true(dev <= bound);
+
+    free(want);
+    free(rows.v);
+    llama_free(split);
+    llama_free(whole);
+    llama_model_free(model);
+    tokvec_free(&reply);
+    tokvec_free(&user);
+    tokvec_free(&in);
+    tokvec_free(&sys);
+    tokvec_free(&all);
+    scenario_free(&sc);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s MODEL.gguf SCENARIO.yaml\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s MODEL.gguf SCENARIO.yaml [TEST_NAME_PATTERN]\n", argv[0]);
         return 2;
     }
     model_path = argv[1];
     scenario_path = argv[2];
+    if (argc == 4) cmocka_set_test_filter(argv[3]); /* e.g. "warm*": one case while working on it */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(render_concatenates),
         cmocka_unit_test(user_text_cannot_forge_markup),
@@ -563,6 +664,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(tokenized_equals_raw),
         cmocka_unit_test(reuse_within_split_noise),
         cmocka_unit_test(warm_within_split_noise),
+        cmocka_unit_test(shift_within_split_noise),
     };
     return cmocka_run_group_tests(tests, load_model, free_model);
 }
