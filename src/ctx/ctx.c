@@ -535,8 +535,7 @@ dc_code ctx_kv_export(ctx *c, const char *sid, strbuf *blob, dc_error *err) {
         /* the stored tokens, whole, as build_tokenized lays them out */
         tokvec t = {0};
         tokvec_append(&t, turns[0].tok[SEG_SYSTEM].v, turns[0].tok[SEG_SYSTEM].n);
-        for (uint32_t i = 0; i < meta.turn; i++)
-            for (int g = SEG_USER; g <= SEG_END; g++) tokvec_append(&t, turns[i].tok[g].v, turns[i].tok[g].n);
+        window_append(turns, 0, meta.turn, &t);
         char owner[WARM_OWNER_MAX], why[160];
         warm_kv_owner(sid, owner);
         if (llm_kv_export(c->m, owner, t.v, t.n, blob, why, sizeof why) != 0)
