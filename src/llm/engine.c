@@ -656,6 +656,20 @@ static void warm_step(engine *e) {
     }
 }
 
+/* Under mu: the pending warm-up of owner, or -1; and removing entry i. */
+static int wq_find(const engine *e, const char *owner) {
+    for (int i = 0; i < e->n_wq; i++)
+        if (!strcmp(e->wq[i].owner, owner)) return i;
+    return -1;
+}
+
+static void wq_remove(engine *e, int i) {
+    if (i < 0 || i >= e->n_wq) return;
+    warm_req_free(&e->wq[i]);
+    memmove(&e->wq[i], &e->wq[i + 1], (size_t)(e->n_wq - i - 1) * sizeof *e->wq);
+    e->n_wq--;
+}
+
 bool engine_warm(engine *e, const char *owner, const int32_t *toks, size_t n) {
     if (e->stats.warm_sessions <= 0 || !owner || !*owner || n == 0 || n >= (size_t)e->p.n_ctx_seq)
         return false;
@@ -664,18 +678,8 @@ bool engine_warm(engine *e, const char *owner, const int32_t *toks, size_t n) {
     pthread_mutex_lock(&e->mu);
     /* one pending warm-up per owner (the newest tokens win), and no more
      * pending than may be kept */
-    for (int i = 0; i < e->n_wq; i++)
-        if (!strcmp(e->wq[i].owner, owner)) {
-            warm_req_free(&e->wq[i]);
-            memmove(&e->wq[i], &e->wq[i + 1], (size_t)(e->n_wq - i - 1) * sizeof *e->wq);
-            e->n_wq--;
-            break;
-        }
-    if (e->n_wq >= e->p.warm_sessions) {
-        warm_req_free(&e->wq[0]);
-        memmove(&e->wq[0], &e->wq[1], (size_t)(e->n_wq - 1) * sizeof *e->wq);
-        e->n_wq--;
-    }
+    wq_remove(e, wq_find(e, owner));
+    if (e->n_wq >= e->p.warm_sessions) wq_remove(e, 0);
     e->wq = dc_xrealloc(e->wq, (size_t)(e->n_wq + 1) * sizeof *e->wq);
     e->wq[e->n_wq++] = w;
     e->stats.warm_requests++;
@@ -687,13 +691,7 @@ bool engine_warm(engine *e, const char *owner, const int32_t *toks, size_t n) {
 void engine_forget(engine *e, const char *owner) {
     if (!owner || !*owner) return;
     pthread_mutex_lock(&e->mu);
-    for (int i = 0; i < e->n_wq; i++)
-        if (!strcmp(e->wq[i].owner, owner)) {
-            warm_req_free(&e->wq[i]);
-            memmove(&e->wq[i], &e->wq[i + 1], (size_t)(e->n_wq - i - 1) * sizeof *e->wq);
-            e->n_wq--;
-            break;
-        }
+    wq_remove(e, wq_find(e, owner));
     e->forget = dc_xrealloc(e->forget, (size_t)(e->n_forget + 1) * sizeof *e->forget);
     e->forget[e->n_forget++] = dc_xstrdup(owner);
     pthread_cond_signal(&e->wake);
