@@ -144,6 +144,9 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
                          NULL);
     }
     const char *who = hr->who[0] ? hr->who : NULL; /* the key's user (gate); NULL without keys */
+    /* /v1/sessions/{id}[/...]: where the id ends (NULL: at the end of the url) */
+    bool sessions = !strncmp(url, "/v1/sessions/", 13) && url[13];
+    const char *id_end = sessions ? strchr(url + 13, '/') : NULL;
     call_kind kind;
     const char *call = call_route(url, &kind);
     int status = 200;
@@ -166,14 +169,13 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
         else if (!ctx_kv_export(s->env.c, url + 12, &blob, &err))
             ok = http_send(conn, 200, "application/octet-stream", blob.s, blob.n, MHD_RESPMEM_MUST_FREE, NULL);
         if (err.code) strbuf_free(&blob);
-    } else if (!strncmp(url, "/v1/sessions/", 13) && url[13] && !strchr(url + 13, '/')) {
+    } else if (sessions && !id_end) {
         route = "/v1/sessions/{id}";
         ok = handle_session(s, conn, method, url + 13, who, &status);
-    } else if (!strncmp(url, "/v1/sessions/", 13) && strchr(url + 13, '/') && !strcmp(strchr(url + 13, '/'), "/warm") &&
-               strchr(url + 13, '/') > url + 13) {
+    } else if (sessions && id_end > url + 13 && !strcmp(id_end, "/warm")) {
         route = "/v1/sessions/{id}/warm";
-        char sid[ID_MAX + 2];
-        size_t n = (size_t)(strchr(url + 13, '/') - (url + 13));
+        char sid[ID_MAX + 2]; /* one more than an id may have: a longer one stays invalid */
+        size_t n = (size_t)(id_end - (url + 13));
         snprintf(sid, sizeof sid, "%.*s", (int)(n < sizeof sid - 1 ? n : sizeof sid - 1), url + 13);
         ok = handle_warm(s, conn, method, sid, who, &status);
     } else {

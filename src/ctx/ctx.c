@@ -784,7 +784,7 @@ dc_code ctx_session_warm(ctx *c, const char *sid, const char *user_id, bool *war
     /* only tokenized sessions keep the tokens a warm-up feeds (raw mode
      * renders its text anew every turn) */
     *warming = c->w && m.mode == MODE_TOKENIZED;
-    if (*warming) warm_session(c->w, sid);
+    if (*warming) warm_session(c->w, sid, m.turn);
     return DC_OK;
 }
 

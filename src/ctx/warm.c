@@ -22,7 +22,7 @@
 
 typedef struct {
     char sid[ID_MAX + 1];
-    uint32_t turn; /* the turn to read up to; 0: whatever is stored */
+    uint32_t turn; /* the turn to read up to */
 } pending;
 
 struct warm {
@@ -58,7 +58,7 @@ static void enqueue(warm *w, const char *sid, uint32_t turn) {
         w->q[i].turn = 0;
         w->n++;
     }
-    if (turn == 0 || turn > w->q[i].turn) w->q[i].turn = turn;
+    if (turn > w->q[i].turn) w->q[i].turn = turn;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
@@ -96,7 +96,7 @@ static void warm_one(warm *w, const pending *pd) {
     turn_rec *turns = NULL;
     /* the note can come before the record reaches this node's replica;
      * a read that wants the turn asks the core when the replica lags */
-    store_status st = store_session_load(w->s, pd->sid, pd->turn ? pd->turn : STORE_WANT_LATEST, &meta, &turns);
+    store_status st = store_session_load(w->s, pd->sid, pd->turn, &meta, &turns);
     if (st != STORE_OK) return;
     int64_t age_ms = clock_wall_ms() - meta.last_ms;
     /* only this node's own kind of session: tokenized (raw mode re-renders
@@ -181,6 +181,6 @@ void warm_free(warm *w) {
     free(w);
 }
 
-void warm_session(warm *w, const char *sid) {
-    if (w) enqueue(w, sid, 0);
+void warm_session(warm *w, const char *sid, uint32_t turn) {
+    if (w) enqueue(w, sid, turn);
 }

@@ -37,9 +37,10 @@ warm *warm_new(const warm_params *p, llm *m, store *s);
 /* Stops following (no watch call runs after it returns) and frees. */
 void warm_free(warm *w);
 
-/* Queues a warm-up of sid as stored now (the hint route; the caller has
- * checked the session is the asker's). Returns at once. */
-void warm_session(warm *w, const char *sid);
+/* Queues a warm-up of sid up to its turn `turn` (the hint route; the
+ * caller has read the session and checked it is the asker's, so the read
+ * that follows is satisfied by this node's replica). Returns at once. */
+void warm_session(warm *w, const char *sid, uint32_t turn);
 
 /* The KV owner of a session's turns (llm_gen_params.owner): KV is reused
  * only within one session. ':' is in no id, so it is no user's name. */

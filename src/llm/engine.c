@@ -1090,7 +1090,9 @@ static void *engine_main(void *arg) {
             e->n_wq--;
         }
         pthread_mutex_unlock(&e->mu);
-        if (n_forget || e->p.warm_sessions) apply_forgets(e, forget, n_forget);
+        /* (its sweep of stale warmed slots matters only to warm-up's own
+         * choices: not on every decode step) */
+        if (n_forget || warm) apply_forgets(e, forget, n_forget);
         ctl_run(e, cl);
         if (e->n_active) step(e);
         else if (warm && e->wcur.owner) warm_step(e);
