@@ -66,6 +66,10 @@ observe *observe_new(bool log_content) {
     metrics_define(m, "discedge_kv_transfer_refused_total", METRIC_COUNTER,
                    "KV states from a peer refused: another model or KV type, or tokens not the stored ones.", NULL, 0);
     metrics_define(m, "discedge_kv_exports_total", METRIC_COUNTER, "KV states sent to peers.", NULL, 0);
+    metrics_define(m, "discedge_kv_tokens", METRIC_GAUGE,
+                   "Tokens whose KV is kept in memory, in the sequences and outside them.", NULL, 0);
+    metrics_define(m, "discedge_kv_parked_bytes", METRIC_GAUGE,
+                   "Memory of the KV kept outside the sequences (the part that follows the tokens kept).", NULL, 0);
     metrics_define(m, "discedge_engine_active", METRIC_GAUGE, "Requests generating now.", NULL, 0);
     metrics_define(m, "discedge_engine_queued", METRIC_GAUGE, "Requests waiting for a sequence.", NULL, 0);
     /* warm handover (warm.h): what it prefilled, and what that bought */
@@ -177,6 +181,8 @@ void observe_render(observe *o, llm *m, strbuf *out) {
     metrics_set(o->mx, "discedge_kv_transfers_total", NULL, (double)ls.kv_imports);
     metrics_set(o->mx, "discedge_kv_transfer_refused_total", NULL, (double)ls.kv_import_refused);
     metrics_set(o->mx, "discedge_kv_exports_total", NULL, (double)ls.kv_exports);
+    metrics_set(o->mx, "discedge_kv_tokens", NULL, (double)(ls.kv_slot_tokens + ls.kv_parked_tokens));
+    metrics_set(o->mx, "discedge_kv_parked_bytes", NULL, (double)ls.kv_parked_bytes);
     metrics_set(o->mx, "discedge_engine_active", NULL, ls.active);
     metrics_set(o->mx, "discedge_engine_queued", NULL, ls.queued);
     metrics_set(o->mx, "discedge_warm_tokens_total", NULL, (double)ls.warm_tokens);

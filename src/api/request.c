@@ -210,6 +210,10 @@ json_t *api_engine_json(llm *m) {
     json_object_set_new(o, "spill_saves", json_integer((json_int_t)ls.spill_saves));
     json_object_set_new(o, "spill_restores", json_integer((json_int_t)ls.spill_restores));
     json_object_set_new(o, "spill_bytes", json_integer((json_int_t)ls.spill_bytes));
+    json_object_set_new(o, "kv_slot_tokens", json_integer((json_int_t)ls.kv_slot_tokens));
+    json_object_set_new(o, "kv_parked", json_integer(ls.kv_parked));
+    json_object_set_new(o, "kv_parked_tokens", json_integer((json_int_t)ls.kv_parked_tokens));
+    json_object_set_new(o, "kv_parked_bytes", json_integer((json_int_t)ls.kv_parked_bytes));
     json_object_set_new(o, "kv_transfers", json_integer((json_int_t)ls.kv_imports));
     json_object_set_new(o, "kv_transfer_refused", json_integer((json_int_t)ls.kv_import_refused));
     json_object_set_new(o, "kv_exports", json_integer((json_int_t)ls.kv_exports));

@@ -29,22 +29,16 @@
  * guess of another user's prompt is right. docs/SECURITY.md says what is
  * left (queueing and eviction, which depend on load, not on content).
  *
- * Spill: when a conversation's sequence is taken for another, its KV
- * state can go to a file (llama_state_seq_get_data) instead of being
- * dropped, and come back when a request extends it again: reading a few MB
- * costs far less than prefilling the same tokens (bench/RESULTS.md has both
- * measured). Spilled states are a cache of this process: files live in
- * spill_dir, bounded by spill_budget bytes (least recently used out first),
- * and are deleted at exit. The file I/O runs on the engine thread outside
- * the lock, between steps.
- *
- * The files hold conversations, so each engine keeps them in a folder of
- * its own, created by mkdtemp (0700, a random name) in spill_dir, and opens
- * them with O_NOFOLLOW | O_EXCL: nothing planted in a shared or predictable
- * place is followed or overwritten. The engine holds an flock on its folder
- * for its life; at start it removes the folders whose lock is free (their
- * engine crashed: the kernel dropped the lock with the process, whatever
- * PID namespace it ran in) and touches nothing else in spill_dir.
+ * Spill: the context has only the sequences that generate at once (one
+ * KV stream each, a full window, reserved up front). A conversation pushed
+ * out of its sequence for another keeps its KV in the spill (spill.c), in
+ * exactly the bytes its tokens need: in memory for the --kv-cache-sessions
+ * the node keeps, on disk for the rest, and comes back when a request
+ * extends it again: loading a state costs a copy, far less than
+ * prefilling the same tokens (bench/RESULTS.md has both measured). So
+ * resident KV follows the tokens kept, not the conversations times the
+ * window. The engine thread does the copies and the file I/O, outside the
+ * lock, between steps.
  *
  * Warm-up (llm_warm): a conversation served elsewhere can be prefilled
  * here before its client arrives, so that its next turn here prefills only
@@ -92,6 +86,7 @@
 
 #include "../util/clock.h"
 #include "../util/log.h"
+#include "spill.h"
 
 typedef enum { JOB_QUEUED, JOB_PREFILL, JOB_DECODE, JOB_DONE } job_state;
 
@@ -137,16 +132,6 @@ typedef struct {
     double at; /* when asked (monotonic ms) */
 } warm_req;
 
-/* A sequence state on disk, and the tokens it holds. */
-typedef struct {
-    tokvec toks;
-    char *owner;
-    char path[600];
-    size_t bytes;
-    uint64_t used;
-    uint64_t id; /* stable while entries come and go (indexes do not) */
-} spilled;
-
 struct engine {
     engine_params p;
     struct llama_context *ctx;
@@ -167,12 +152,7 @@ struct engine {
     llama_logit_bias *no_eog; /* -inf on every end-of-generation token, for ignore_eos */
     int n_eog;
     /* engine thread only */
-    char *spill_own; /* this engine's private folder in spill_dir (NULL: spill off) */
-    int spill_lock;  /* an fd holding an flock on it for the engine's life, or -1 */
-    spilled *sp;
-    int n_sp;
-    size_t sp_bytes;
-    uint64_t sp_seq, sp_saves, sp_restores;
+    spill *sp;      /* conversations' KV pushed out of their sequences */
     warm_req wcur;  /* the warm-up being prefilled (owner NULL: none) */
     struct {
         uint64_t done, tokens, used, unused, chunks;
@@ -355,139 +335,29 @@ static void job_finish(engine *e, job *j, llm_status rc) {
     pthread_cond_broadcast(&e->done);
 }
 
-/* --- spill: sequence states on disk (engine thread only) --- */
+/* --- spill (engine thread only; see the top and spill.c) --- */
 
-static void spill_drop(engine *e, int i) {
-    unlink(e->sp[i].path);
-    e->sp_bytes -= e->sp[i].bytes;
-    tokvec_free(&e->sp[i].toks);
-    free(e->sp[i].owner);
-    e->sp[i] = e->sp[--e->n_sp];
-}
-
-static int spill_find(const engine *e, uint64_t id) {
-    for (int i = 0; i < e->n_sp; i++)
-        if (e->sp[i].id == id) return i;
-    return -1;
-}
-
-/* Removes the folders in spill_dir of engines that ended without cleaning
- * up (a crash): those whose flock nobody holds. Only names of the form
- * mkdtemp gave them ("kv-XXXXXX"), and in them only our "*.state" files;
- * unlinkat removes a symlink itself, never what it points to. */
-static void spill_reclaim(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    for (struct dirent *de; (de = readdir(d));) {
-        if (strncmp(de->d_name, "kv-", 3) != 0 || strlen(de->d_name) != 9) continue;
-        int fd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0) continue;
-        DIR *sub = flock(fd, LOCK_EX | LOCK_NB) == 0 ? fdopendir(fd) : NULL;
-        if (!sub) {
-            close(fd); /* a live engine's (or not a folder of ours) */
-            continue;
-        }
-        for (struct dirent *f; (f = readdir(sub));) {
-            size_t n = strlen(f->d_name);
-            if (n > 6 && !strcmp(f->d_name + n - 6, ".state")) unlinkat(fd, f->d_name, 0);
-        }
-        closedir(sub); /* closes fd and drops the lock */
-        if (unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) == 0)
-            log_info("engine: removed the KV spill folder %s/%s, left by a crash", dir, de->d_name);
-    }
-    closedir(d);
-}
-
-/* Creates this engine's private folder in spill_dir and locks it. The
- * folder is made under a name spill_reclaim ignores and renamed once
- * locked, so another engine starting at the same moment never takes a new
- * (still unlocked) folder for a crashed one's. -1 on failure. */
-static int spill_open(engine *e) {
-    char tmpl[600], final[600];
-    snprintf(tmpl, sizeof tmpl, "%s/new-XXXXXX", e->p.spill_dir);
-    if (!mkdtemp(tmpl)) return -1; /* mode 0700 */
-    int fd = open(tmpl, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    snprintf(final, sizeof final, "%s/kv-%s", e->p.spill_dir, strrchr(tmpl, '-') + 1);
-    if (fd < 0 || flock(fd, LOCK_EX) != 0 || rename(tmpl, final) != 0) {
-        if (fd >= 0) close(fd);
-        rmdir(tmpl);
-        return -1;
-    }
-    e->spill_lock = fd;
-    e->spill_own = dc_xstrdup(final);
-    return 0;
-}
-
-/* Deletes this engine's spill files and folder (at exit). */
-static void spill_close(engine *e) {
-    while (e->n_sp) spill_drop(e, 0);
-    if (e->spill_own) rmdir(e->spill_own);
-    if (e->spill_lock >= 0) close(e->spill_lock);
-    free(e->spill_own);
-    e->spill_own = NULL;
-    e->spill_lock = -1;
-}
-
-/* Writes slot s's state to a file and indexes it. Failures only cost the
- * cache entry. */
-static void spill_save(engine *e, int s) {
-    slot *sl = &e->slots[s];
+/* Keeps slot s's KV in the spill before the slot is reused, without
+ * pushing out spill entry keep (0: none): the one the slot takes next.
+ * Failures only cost the cache entry. */
+static void slot_spill(engine *e, int s, uint64_t keep) {
     /* llama.cpp writes a cell's new position but its K as it was until
      * the shift runs (at the next decode): such a state would be wrong.
      * The flag is the engine's, not the slot's (another slot shifted in
      * the same step skips this save too): a skipped save only costs a
      * cache entry, and a shift is rare. */
     if (e->shift_pending) return;
-    size_t size = llama_state_seq_get_size(e->ctx, s);
-    if (!size || size > e->p.spill_budget) return;
-    while (e->n_sp && e->sp_bytes + size > e->p.spill_budget) {
-        int lru = 0;
-        for (int i = 1; i < e->n_sp; i++)
-            if (e->sp[i].used < e->sp[lru].used) lru = i;
-        spill_drop(e, lru);
-    }
-    uint8_t *buf = malloc(size);
-    spilled sp = {.bytes = size, .used = ++e->tick, .id = ++e->sp_seq};
-    snprintf(sp.path, sizeof sp.path, "%s/%llu.state", e->spill_own, (unsigned long long)sp.id);
-    int fd = -1;
-    bool ok = buf && llama_state_seq_get_data(e->ctx, buf, size, s) == size &&
-              (fd = open(sp.path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)) >= 0 &&
-              write(fd, buf, size) == (ssize_t)size;
-    if (fd >= 0) close(fd);
-    free(buf);
-    if (!ok) {
-        if (fd >= 0) unlink(sp.path); /* only a file this call created */
-        log_warn("engine: cannot spill a sequence state to %s", sp.path);
-        return;
-    }
-    tokvec_append(&sp.toks, sl->toks.v, sl->toks.n);
-    sp.owner = dc_xstrdup(sl->owner);
-    e->sp = dc_xrealloc(e->sp, (size_t)(e->n_sp + 1) * sizeof *e->sp);
-    e->sp[e->n_sp++] = sp;
-    e->sp_bytes += size;
-    e->sp_saves++;
+    const slot *sl = &e->slots[s];
+    spill_save(e->sp, e->ctx, s, sl->owner, sl->toks.v, sl->toks.n, keep);
 }
 
-/* Loads spilled entry i into slot s (emptied first) and forgets the file:
- * the state lives in the slot now. On failure the slot stays empty. */
-static void spill_restore(engine *e, int i, int s) {
+/* Loads spill entry i into slot s (emptied first); the entry goes. On
+ * failure the slot stays empty. */
+static void slot_restore(engine *e, int i, int s) {
     slot *sl = &e->slots[s];
     llama_memory_seq_rm(e->mem, s, -1, -1);
     sl->toks.n = 0;
-    uint8_t *buf = malloc(e->sp[i].bytes);
-    int fd = open(e->sp[i].path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    bool ok = buf && fd >= 0 && read(fd, buf, e->sp[i].bytes) == (ssize_t)e->sp[i].bytes &&
-              llama_state_seq_set_data(e->ctx, buf, e->sp[i].bytes, s) == e->sp[i].bytes;
-    if (fd >= 0) close(fd);
-    free(buf);
-    if (ok) {
-        tokvec_append(&sl->toks, e->sp[i].toks.v, e->sp[i].toks.n);
-        e->sp_restores++;
-    } else {
-        llama_memory_seq_rm(e->mem, s, -1, -1);
-        log_warn("engine: cannot restore the sequence state %s; prefilling instead", e->sp[i].path);
-    }
-    spill_drop(e, i);
+    spill_restore(e->sp, i, e->ctx, s, &sl->toks);
 }
 
 /* --- warm-up (see the top) --- */
@@ -538,8 +408,8 @@ static void apply_forgets(engine *e, char **owners, int n) {
             slot_unwarm(e, s, false);
             slot_wipe(e, s);
         }
-        for (int i = e->n_sp - 1; i >= 0; i--)
-            if (same_owner(e->sp[i].owner, owners[k])) spill_drop(e, i);
+        for (int i = spill_n(e->sp) - 1; i >= 0; i--)
+            if (same_owner(spill_at(e->sp, i)->owner, owners[k])) spill_drop(e->sp, i);
         if (same_owner(e->wcur.owner, owners[k])) warm_req_free(&e->wcur);
         free(owners[k]);
     }
@@ -604,7 +474,16 @@ static void warm_step(engine *e) {
          * worth it, a spilled state of this owner is restored when it
          * covers more, and the slot ends up holding this owner's longest
          * reusable prefix and nothing else */
-        if (at < 0 || have == 0) at = warm_victim(e);
+        if (at < 0 || have == 0) {
+            at = warm_victim(e);
+            /* a warmed conversation it replaces is warm-up's own, within
+             * its bound: dropped, not spilled, so that warm-ups never push
+             * the live conversations' KV out of memory */
+            if (at >= 0 && e->slots[at].warm) {
+                slot_unwarm(e, at, false);
+                slot_wipe(e, at);
+            }
+        }
         if (at < 0) { /* every slot warmed and busy: try again later */
             warm_req_free(w);
             return;
@@ -613,12 +492,13 @@ static void warm_step(engine *e) {
         tokvec none = {0};
         job j = {.in = w->toks.v, .n = w->toks.n, .gp = {.cache_prompt = true, .owner = w->owner}, .t = &t,
                  .out = &none, .slot = at};
-        for (int i = 0; i < e->n_sp; i++) {
-            if (!same_owner(e->sp[i].owner, w->owner)) continue;
-            size_t p = reusable(e, &e->sp[i].toks, w->toks.v, w->toks.n);
+        for (int i = 0; i < spill_n(e->sp); i++) {
+            const spill_entry *x = spill_at(e->sp, i);
+            if (!same_owner(x->owner, w->owner)) continue;
+            size_t p = reusable(e, &x->toks, w->toks.v, w->toks.n);
             if (p >= have + (size_t)e->p.spill_min) {
                 have = p;
-                j.restore = e->sp[i].id;
+                j.restore = x->id;
             }
         }
         if (!e->slots[at].warm) e->slots[at].warm_ms = 0;
@@ -725,12 +605,13 @@ static void admit(engine *e) {
         /* n_slots >= n_parallel, so a free slot exists. A spilled state is
          * worth loading when it covers clearly more than the best slot. */
         j->restore = 0;
-        for (int i = 0; reuse && i < e->n_sp; i++) {
-            if (!same_owner(e->sp[i].owner, j->gp.owner)) continue;
-            size_t p = reusable(e, &e->sp[i].toks, j->in, j->n);
+        for (int i = 0; reuse && i < spill_n(e->sp); i++) {
+            const spill_entry *x = spill_at(e->sp, i);
+            if (!same_owner(x->owner, j->gp.owner)) continue;
+            size_t p = reusable(e, &x->toks, j->in, j->n);
             if (p >= best_p + (size_t)e->p.spill_min) {
                 best_p = p;
-                j->restore = e->sp[i].id;
+                j->restore = x->id;
             }
         }
         j->slot = best;
@@ -756,16 +637,16 @@ static void admit(engine *e) {
  * restored state is planned, and shifted, the same way. */
 static void prepare(engine *e, job *j) {
     slot *sl = &e->slots[j->slot];
-    bool reuse = e->p.reuse && j->gp.cache_prompt, spill = e->spill_own && reuse;
+    bool reuse = e->p.reuse && j->gp.cache_prompt, spill = spill_on(e->sp) && reuse;
     reuse_plan rp = {0};
     if (reuse && same_owner(sl->owner, j->gp.owner)) rp = plan_reuse(e, &sl->toks, j->in, j->n);
-    /* (KV nobody may reuse is not worth the disk) */
-    if (spill && sl->owner && sl->toks.n >= rp.a + rp.len + (size_t)e->p.spill_min) spill_save(e, j->slot);
-    /* the entry chosen at admission may be gone: another job took it first,
-     * or the save above dropped it for the budget */
-    int entry = j->restore ? spill_find(e, j->restore) : -1;
+    /* (KV nobody may reuse is not worth keeping) */
+    if (spill && sl->owner && sl->toks.n >= rp.a + rp.len + (size_t)e->p.spill_min) slot_spill(e, j->slot, j->restore);
+    /* the entry chosen at admission may be gone: another job took it first
+     * (the save above never pushes it out) */
+    int entry = j->restore ? spill_find(e->sp, j->restore) : -1;
     if (entry >= 0) {
-        spill_restore(e, entry, j->slot);
+        slot_restore(e, entry, j->slot);
         rp = plan_reuse(e, &sl->toks, j->in, j->n);
     }
     if (rp.cut) slot_shift(e, j->slot, rp.a, rp.cut);
@@ -967,9 +848,9 @@ static void ctl_held(engine *e, ctl *c) {
             size_t p = common_prefix(&e->slots[s].toks, c->toks, c->n);
             if (p > best) best = p;
         }
-    for (int i = 0; i < e->n_sp; i++)
-        if (same_owner(e->sp[i].owner, c->owner)) {
-            size_t p = common_prefix(&e->sp[i].toks, c->toks, c->n);
+    for (int i = 0; i < spill_n(e->sp); i++)
+        if (same_owner(spill_at(e->sp, i)->owner, c->owner)) {
+            size_t p = common_prefix(&spill_at(e->sp, i)->toks, c->toks, c->n);
             if (p > best) best = p;
         }
     c->result = best;
@@ -979,7 +860,7 @@ static void ctl_held(engine *e, ctl *c) {
 static void ctl_export(engine *e, ctl *c) {
     int from = -1, entry = -1;
     size_t best = 0;
-    /* a slot's state is wrong until a pending shift has run (spill_save) */
+    /* a slot's state is wrong until a pending shift has run (slot_spill) */
     for (int s = 0; s < e->p.n_slots && !e->shift_pending; s++) {
         const slot *sl = &e->slots[s];
         if (!sl->busy && same_owner(sl->owner, c->owner) && whole_prefix(&sl->toks, c->toks, c->n) && sl->toks.n > best) {
@@ -987,35 +868,32 @@ static void ctl_export(engine *e, ctl *c) {
             from = s;
         }
     }
-    for (int i = 0; i < e->n_sp; i++)
-        if (same_owner(e->sp[i].owner, c->owner) && whole_prefix(&e->sp[i].toks, c->toks, c->n) &&
-            e->sp[i].toks.n > best) {
-            best = e->sp[i].toks.n;
+    for (int i = 0; i < spill_n(e->sp); i++) {
+        const spill_entry *x = spill_at(e->sp, i);
+        if (same_owner(x->owner, c->owner) && whole_prefix(&x->toks, c->toks, c->n) && x->toks.n > best) {
+            best = x->toks.n;
             entry = i;
             from = -1;
         }
+    }
     c->rc = -1;
     if (!best) {
         snprintf(c->err, sizeof c->err, "no KV of this session's stored tokens here");
         return;
     }
-    size_t size = from >= 0 ? llama_state_seq_get_size(e->ctx, from) : e->sp[entry].bytes;
-    size_t at = c->out->n;
-    strbuf_reserve(c->out, at + size + 1);
     bool ok;
     if (from >= 0) {
+        size_t size = llama_state_seq_get_size(e->ctx, from), at = c->out->n;
+        strbuf_reserve(c->out, at + size + 1);
         ok = size && llama_state_seq_get_data(e->ctx, (uint8_t *)c->out->s + at, size, from) == size;
+        if (ok) c->out->n = at + size;
     } else {
-        int fd = open(e->sp[entry].path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        ok = fd >= 0 && read(fd, c->out->s + at, size) == (ssize_t)size;
-        if (fd >= 0) close(fd);
-        if (ok) e->sp[entry].used = ++e->tick;
+        ok = spill_read(e->sp, entry, c->out);
     }
     if (!ok) {
         snprintf(c->err, sizeof c->err, "cannot read the sequence state");
         return;
     }
-    c->out->n = at + size;
     c->result = best;
     c->rc = 0;
 }
@@ -1038,7 +916,7 @@ static void ctl_import(engine *e, ctl *c) {
         return;
     }
     slot *sl = &e->slots[s];
-    if (e->spill_own && sl->owner && sl->toks.n >= (size_t)e->p.spill_min) spill_save(e, s);
+    if (spill_on(e->sp) && sl->owner && sl->toks.n >= (size_t)e->p.spill_min) slot_spill(e, s, 0);
     slot_unwarm(e, s, false);
     slot_wipe(e, s);
     /* llama.cpp checks the state's layout against this context (layers,
@@ -1098,9 +976,16 @@ static void *engine_main(void *arg) {
         else if (warm && e->wcur.owner) warm_step(e);
         pthread_mutex_lock(&e->mu);
         ctl_finish(e, cl);
-        e->stats.spill_saves = e->sp_saves;
-        e->stats.spill_restores = e->sp_restores;
-        e->stats.spill_bytes = e->sp_bytes;
+        spill_stats ss;
+        spill_stats_get(e->sp, &ss);
+        e->stats.spill_saves = ss.saves;
+        e->stats.spill_restores = ss.restores;
+        e->stats.spill_bytes = ss.disk_bytes;
+        e->stats.kv_parked = ss.n_mem;
+        e->stats.kv_parked_bytes = ss.mem_bytes;
+        e->stats.kv_parked_tokens = ss.mem_tokens;
+        e->stats.kv_slot_tokens = 0;
+        for (int s = 0; s < e->p.n_slots; s++) e->stats.kv_slot_tokens += e->slots[s].toks.n;
         e->stats.warm_done = e->wst.done;
         e->stats.warm_tokens = e->wst.tokens;
         e->stats.warm_used = e->wst.used;
@@ -1148,21 +1033,12 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     e->active = calloc((size_t)p->n_parallel, sizeof *e->active);
     e->stats.n_slots = p->n_slots;
     e->stats.warm_sessions = p->reuse ? p->warm_sessions : 0;
-    e->spill_lock = -1;
-    if (p->spill_dir) {
-        /* the folder and its parent (a node's --data-dir may not exist yet) */
-        char parent[512];
-        snprintf(parent, sizeof parent, "%s", p->spill_dir);
-        char *slash = strrchr(parent, '/');
-        if (slash && slash != parent) {
-            *slash = '\0';
-            mkdir(parent, 0700);
-        }
-        bool ok = mkdir(p->spill_dir, 0700) == 0 || errno == EEXIST;
-        if (ok) spill_reclaim(p->spill_dir);
-        if (!ok || spill_open(e) != 0)
-            log_warn("engine: cannot create a private folder in %s (%s); KV spill off", p->spill_dir, strerror(errno));
-    }
+    spill_params sp = spill_default_params();
+    /* the conversations kept beyond the sequences (see the top) */
+    sp.mem_max = p->reuse && p->kv_sessions > p->n_slots ? p->kv_sessions - p->n_slots : 0;
+    sp.dir = p->spill_dir;
+    sp.disk_budget = p->spill_dir ? p->spill_budget : 0;
+    e->sp = spill_new(&sp);
     int nv = llama_vocab_n_tokens(vocab);
     for (int i = 0; i < nv; i++) e->n_eog += llama_vocab_is_eog(vocab, i);
     e->no_eog = calloc((size_t)e->n_eog + 1, sizeof *e->no_eog);
@@ -1176,7 +1052,8 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&e->done, &ca);
     pthread_condattr_destroy(&ca);
-    if (!e->slots || !e->active || pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+    if (!e->slots || !e->active || !e->sp || pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        spill_free(e->sp);
         free(e->slots);
         free(e->active);
         free(e->no_eog);
@@ -1194,8 +1071,7 @@ void engine_free(engine *e) {
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->thread, NULL);
-    spill_close(e);
-    free(e->sp);
+    spill_free(e->sp);
     warm_req_free(&e->wcur);
     for (int i = 0; i < e->n_wq; i++) warm_req_free(&e->wq[i]);
     free(e->wq);

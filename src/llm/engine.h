@@ -10,16 +10,18 @@
 typedef struct engine engine;
 
 typedef struct {
-    int n_slots;    /* sequences in the context: sessions whose KV is kept (>= n_parallel) */
+    int n_slots;    /* sequences in the context, one KV stream each (>= n_parallel) */
+    int kv_sessions; /* conversations whose KV is kept in memory, those in sequences included;
+                      * the rest of them in the spill, in the bytes their tokens need */
     int n_parallel; /* sequences generating at once */
     int n_queue;    /* requests waiting for a free sequence; more get LLM_BUSY */
     int n_ctx_seq;  /* tokens per sequence */
     int n_batch;    /* tokens per llama_decode call */
     bool reuse;     /* keep KV between requests (false: every request prefills from scratch) */
-    const char *spill_dir; /* where evicted sequence states go; NULL: dropped (see engine.c) */
-    size_t spill_budget;   /* bytes of spilled states kept */
+    const char *spill_dir; /* where sequence states go past kv_sessions; NULL: dropped (see spill.c) */
+    size_t spill_budget;   /* bytes of spilled states kept on disk */
     int spill_min;         /* tokens a spill must save (or a restore gain) to be worth its I/O */
-    int warm_sessions;     /* conversations warm-up may keep in slots at once (0: warm-up off) */
+    int warm_sessions;     /* conversations warm-up may keep in sequences at once (0: warm-up off) */
     int warm_chunk;        /* tokens a warm-up prefills per step: the most a live request waits for it */
     double warm_window_ms; /* a warmed conversation unused this long is the first evicted */
 } engine_params;

@@ -192,7 +192,12 @@ typedef struct {
     /* when a refused request should retry, in seconds (>= 1): the engine's
      * estimate of when the queue now waiting will have reached a sequence */
     unsigned retry_after_s;
-    size_t kv_bytes; /* the KV cache's size */
+    size_t kv_bytes; /* the context's KV streams: n_slots windows, reserved at start */
+    /* what is kept now: tokens in the sequences, and the conversations
+     * kept in memory outside them (their count, tokens and bytes: the part
+     * of resident KV that follows the tokens, engine.c) */
+    size_t kv_slot_tokens, kv_parked_tokens, kv_parked_bytes;
+    int kv_parked;
     /* warm-up (llm_warm): asked, finished (all its tokens held), tokens and
      * milliseconds prefilled, warmed conversations a request of their
      * owner then used and those given up unused (with the prefill time they

@@ -251,9 +251,10 @@ void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errl
     info->n_ctx = p->n_ctx > 0 ? p->n_ctx : (train > 0 && train < 4096 ? train : 4096);
     info->n_ctx = (info->n_ctx + 255) / 256 * 256; /* llama.cpp pads each sequence's cells to 256 */
     info->n_threads = p->n_threads > 0 ? p->n_threads : llm_physical_cores();
-    /* One KV stream per slot; every kept conversation needs one, and so
-     * does every request generating at once. */
-    int n_slots = p->kv_sessions > p->n_parallel ? p->kv_sessions : p->n_parallel;
+    /* One KV stream per request generating at once, each a full window
+     * reserved now; the other kept conversations wait in the engine's
+     * spill, in the bytes their tokens need (spill.c says why). */
+    int n_slots = p->n_parallel;
     int n_batch = info->n_ctx < 512 ? info->n_ctx : 512;
     struct llama_context_params cp = llama_context_default_params();
     cp.n_ctx = (uint32_t)info->n_ctx * (uint32_t)n_slots;
@@ -286,14 +287,16 @@ void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errl
     m->kv_bytes = (size_t)n_slots * (size_t)info->n_ctx * (size_t)llama_model_n_layer(m->model) * 2 *
                   ggml_row_size(m->kv_type, (int64_t)((size_t)llama_model_n_head_kv(m->model) * head_dim));
     m->n_ctx_seq = info->n_ctx;
-    engine_params ep = {.n_slots = n_slots, .n_parallel = p->n_parallel, .n_queue = p->n_queue,
+    engine_params ep = {.n_slots = n_slots, .kv_sessions = p->kv_sessions, .n_parallel = p->n_parallel,
+                        .n_queue = p->n_queue,
                         .n_ctx_seq = info->n_ctx, .n_batch = n_batch, .reuse = p->kv_sessions > 0,
                         .spill_dir = p->spill_mib ? p->spill_dir : NULL, .spill_budget = p->spill_mib << 20,
                         .spill_min = 64,
-                        /* warm-up takes no more than the kept conversations
-                         * leave to the live ones; its chunk bounds a live
+                        /* warm-up runs on an idle engine only and may use
+                         * every sequence (a conversation it pushes out is
+                         * spilled, not lost); its chunk bounds a live
                          * request's wait for it (engine.c) */
-                        .warm_sessions = p->warm_sessions < n_slots ? p->warm_sessions : n_slots - 1,
+                        .warm_sessions = p->warm_sessions < n_slots ? p->warm_sessions : n_slots,
                         .warm_chunk = 128, .warm_window_ms = p->warm_window_s * 1000.0};
     m->eng = engine_new(m->ctx, m->vocab, &ep);
     if (!m->eng) {

@@ -151,6 +151,63 @@ class SpillTest(OneNode):
         n.cleanup()
 
 
+class ParkTest(OneNode):
+    """One sequence (--parallel 1) and three conversations kept in memory,
+    no disk: the two outside the sequence are kept in the bytes their
+    tokens need, not in a window each (issue 15: memory follows the tokens)."""
+    engine = ["--parallel", "1", "--kv-cache-sessions", "3", "--kv-spill-mib", "0"]
+
+    def turn1(self, prompt):
+        st, r = self.node.complete(prompt=prompt, user_id="p", turn=1, n_predict=80, ignore_eos=True)
+        self.assertEqual(st, 200, r)
+        # what its sequence holds: the input and 79 of the 80 generated
+        # tokens (the last was never fed back)
+        return r["session_id"], r["context_tokens"] + 79
+
+    def test_kept_conversations_cost_their_tokens(self):
+        e0 = engine(self.node)
+        # the context reserves one window, whatever --kv-cache-sessions says
+        self.assertEqual(e0["n_slots"], 1)
+        st, h = self.node.request("GET", "/health")
+        per_token = e0["kv_bytes"] / h["n_ctx"]
+        a, na = self.turn1("Describe a forest.")
+        b, nb = self.turn1("Describe a desert.")
+        c, nc = self.turn1("Describe a glacier.")
+        e1 = engine(self.node)
+        # a and b wait outside the sequence, c holds it
+        self.assertEqual(e1["kv_parked"], 2, e1)
+        self.assertEqual(e1["kv_parked_tokens"], na + nb, e1)
+        self.assertEqual(e1["kv_slot_tokens"], nc, e1)
+        # in their tokens' KV bytes, plus a small header (positions, layout)
+        ratio = e1["kv_parked_bytes"] / (per_token * (na + nb))
+        self.assertGreaterEqual(ratio, 1.0, e1)
+        self.assertLess(ratio, 1.05, e1)
+        self.assertEqual(e1["spill_bytes"], 0)
+        # a comes back from memory with all of it
+        st, r = self.node.complete(prompt="Which animals live there?", user_id="p", turn=2, session_id=a)
+        self.assertEqual(st, 200, r)
+        self.assertEqual(r["timings"]["cache_n"], na)
+        e2 = engine(self.node)
+        self.assertEqual(e2["spill_restores"] - e1["spill_restores"], 1)
+        # c took a's place outside; a 4th conversation pushes out the least
+        # recently used (b): with no disk it is dropped, and memory stays
+        # at two conversations' tokens
+        self.turn1("Describe a harbour.")
+        e3 = engine(self.node)
+        self.assertEqual(e3["kv_parked"], 2, e3)
+        st, r = self.node.complete(prompt="Which animals live there?", user_id="p", turn=2, session_id=b)
+        self.assertEqual(st, 200, r)
+        self.assertLess(r["timings"]["cache_n"], 8, r["timings"])
+
+    def test_other_users_never_reuse_a_parked_conversation(self):
+        sid, n = self.turn1("Describe a volcano.")
+        self.turn1("Describe a canyon.")  # the volcano goes outside the sequence
+        self.assertGreaterEqual(engine(self.node)["kv_parked"], 1)
+        st, r = self.node.complete(prompt="Describe a volcano.", user_id="q", turn=1, n_predict=4)
+        self.assertEqual(st, 200, r)
+        self.assertEqual(r["timings"]["cache_n"], 0, r["timings"])
+
+
 class ConcurrencyTest(OneNode):
     """--parallel 2 --queue 1: two generate, one waits, the next is refused."""
     engine = ["--parallel", "2", "--queue", "1", "--kv-cache-sessions", "4"]
