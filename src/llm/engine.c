@@ -1039,6 +1039,11 @@ engine *engine_new(struct llama_context *ctx, const struct llama_vocab *vocab, c
     sp.dir = p->spill_dir;
     sp.disk_budget = p->spill_dir ? p->spill_budget : 0;
     e->sp = spill_new(&sp);
+    /* spill_min weighs a save or a restore against prefilling the tokens
+     * it saves: a file's I/O needs a few dozen of them, a copy in memory
+     * (a tenth of a microsecond a byte) is worth any single one; and a
+     * kept conversation must stay kept, however short */
+    if (sp.mem_max > 0) e->p.spill_min = 1;
     int nv = llama_vocab_n_tokens(vocab);
     for (int i = 0; i < nv; i++) e->n_eog += llama_vocab_is_eog(vocab, i);
     e->no_eog = calloc((size_t)e->n_eog + 1, sizeof *e->no_eog);

@@ -20,7 +20,8 @@ typedef struct {
     bool reuse;     /* keep KV between requests (false: every request prefills from scratch) */
     const char *spill_dir; /* where sequence states go past kv_sessions; NULL: dropped (see spill.c) */
     size_t spill_budget;   /* bytes of spilled states kept on disk */
-    int spill_min;         /* tokens a spill must save (or a restore gain) to be worth its I/O */
+    int spill_min;         /* tokens a spill must save (or a restore gain) to be worth its I/O (disk
+                            * only: with kv_sessions > n_slots the engine takes any, engine_new) */
     int warm_sessions;     /* conversations warm-up may keep in sequences at once (0: warm-up off) */
     int warm_chunk;        /* tokens a warm-up prefills per step: the most a live request waits for it */
     double warm_window_ms; /* a warmed conversation unused this long is the first evicted */
