@@ -11,8 +11,9 @@
  * turn's body is len(message) + 3 user tokens (BOS and "[S]..." belong to
  * the system segment), the reply's bytes and one end token. Replies come
  * from a script, in order ("ok" once it runs out); a generation can be
- * scripted to fail, and a hook can run inside one (a racing writer, time
- * passing). What each generation was fed is kept.
+ * scripted to fail (LLM_CANCELLED stands for a caller gone during one:
+ * alive is not polled), and a hook can run inside one (a racing writer,
+ * time passing). What each generation was fed is kept.
  *
  * The store (fake_store.c). One core (the authoritative copy, shared by
  * every node handle opened on it) and, per node handle, a replica: what
