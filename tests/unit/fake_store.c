@@ -107,6 +107,7 @@ void fake_store_sync(fake_store *fs) {
 
 static store_status fake_meta_get(store *base, const char *sid, session_meta *out) {
     fake_store *fs = (fake_store *)base;
+    fs->meta_gets++;
     fsess *s = live(fs, replica_of(fs), sid);
     if (!s && fs->leaf && !fs->core_down) s = live(fs, &fs->core->t, sid);
     if (!s) return STORE_NOT_FOUND;

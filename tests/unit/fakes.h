@@ -69,7 +69,7 @@ typedef struct {
     bool wait_sees;       /* store_wait sees the turn arrive (the replica catches up); else it times out */
     int sync_after_loads; /* > 0: the replica catches up after this many more reads */
     /* record */
-    int loads, core_loads, commits, waits;
+    int loads, core_loads, commits, waits, meta_gets;
     int wait_timeout_ms;  /* the timeout the last store_wait was given */
 } fake_store;
 

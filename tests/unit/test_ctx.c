@@ -682,6 +682,32 @@ static void failures_commit_nothing(void **state) {
     ctx_reply_free(&rep);
 }
 
+/* The per-user session counts ask the store whether the sessions they
+ * hold still exist: in the node's periodic upkeep (ctx_sweep), never while
+ * a request creates a session. */
+static void the_session_counts_are_swept_by_upkeep_not_by_requests(void **state) {
+    (void)state;
+    char user[16];
+    enum { N = 1100, GONE = 600 };
+    static char sids[N][ID_MAX + 1];
+    for (int i = 0; i < N; i++) {
+        snprintf(user, sizeof user, "u%d", i % 10);
+        ok_turn(W.a, user, NULL, 1, "hi", sids[i]);
+    }
+    assert_int_equal(W.fa->meta_gets, 0);
+    fake_store_sync(W.fb);
+    dc_error err;
+    for (int i = 0; i < GONE; i++) { /* deleted through another node: a does not know */
+        snprintf(user, sizeof user, "u%d", i % 10);
+        assert_int_equal(ctx_session_delete(W.b, sids[i], user, &err), DC_OK);
+    }
+    fake_store_sync(W.fa);
+    assert_int_equal(ctx_sweep(W.a), GONE);
+    assert_int_equal(W.fa->meta_gets, N);
+    assert_int_equal(ctx_sweep(W.a), 0); /* nothing new since */
+    assert_int_equal(W.fa->meta_gets, N);
+}
+
 static void age(void *ud) { fake_core_age(W.core, ud, 2 * 3600 * 1000); }
 
 static void a_session_that_expires_while_generating_is_404(void **state) {
@@ -768,6 +794,7 @@ int main(void) {
         T(mode_and_tokenizer_must_match_the_session),
         T(failures_commit_nothing),
         T(a_session_that_expires_while_generating_is_404),
+        T(the_session_counts_are_swept_by_upkeep_not_by_requests),
         T(a_deleted_session_is_gone_and_its_id_starts_over),
         T(a_view_of_an_earlier_life_is_read_again),
     };
