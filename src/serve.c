@@ -370,6 +370,9 @@ static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_pa
         long n = store_expire(s, clock_wall_ms());
         if (n > 0) log_info("removed %ld expired sessions", n);
         else if (n < 0) log_warn("session expiry sweep failed: %s", store_last_error());
+        /* the per-user session counts' upkeep: here, not in a request */
+        int gone = ctx_sweep(cx);
+        if (gone > 0) log_info("forgot %d ended sessions counted for --max-sessions-per-user", gone);
     }
     log_info("stopping");
     rc = 0;

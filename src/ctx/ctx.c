@@ -75,6 +75,8 @@ void ctx_free(ctx *c) {
     free(c);
 }
 
+int ctx_sweep(ctx *c) { return quota_sweep(c->owners); }
+
 /* A new session for user: its place under the limit, or DC_E_QUOTA. */
 static dc_code reserve_session(ctx *c, const char *user, const char *sid, dc_error *err) {
     if (quota_take(c->owners, user, sid, c->p.max_sessions_per_user)) return DC_OK;

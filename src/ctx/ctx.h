@@ -111,6 +111,12 @@ dc_code ctx_session_warm(ctx *c, const char *sid, const char *user_id, bool *war
 dc_code ctx_session_fork(ctx *c, const char *sid, uint32_t upto, const char *user_id, const char *quota_user,
                          const char *new_sid, dc_error *err);
 
+/* Upkeep for the node's periodic loop (serve.c), never a request: forgets,
+ * for --max-sessions-per-user, sessions counted here that no longer exist
+ * (deleted through another node, expired) once enough have been created to
+ * be worth the store reads (quota_sweep). Returns the sessions forgotten. */
+int ctx_sweep(ctx *c);
+
 /* KV transfer, the serving side (api/peer.c): appends to blob the KV state
  * this node holds of session sid's stored tokens (llm_kv_export), read from
  * this node's store. No owner check: the caller is an authenticated peer.

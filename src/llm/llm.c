@@ -132,15 +132,21 @@ llm *llm_load(const llm_params *p, char *err, size_t errlen) {
         snprintf(err, errlen, "n_parallel must be >= 1, n_queue and kv_sessions >= 0");
         return NULL;
     }
+    llm_info info = {.bos = -1}; /* unless the implementation finds one */
+    void *impl = p->url ? llm_remote_open(p, &info, err, errlen) : llm_local_open(p, &info, err, errlen);
+    return impl ? llm_wrap(p->url ? &llm_remote_ops : &llm_local_ops, impl, &info, err, errlen) : NULL;
+}
+
+llm *llm_wrap(const llm_ops *ops, void *impl, const llm_info *info, char *err, size_t errlen) {
     llm *m = calloc(1, sizeof *m);
-    if (!m) return NULL;
-    m->ops = p->url ? &llm_remote_ops : &llm_local_ops;
-    m->info.bos = -1; /* unless the implementation finds one */
-    m->impl = p->url ? llm_remote_open(p, &m->info, err, errlen) : llm_local_open(p, &m->info, err, errlen);
-    if (!m->impl) {
-        free(m);
+    if (!m) {
+        ops->free(impl);
+        snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    m->ops = ops;
+    m->impl = impl;
+    m->info = *info;
     if (compute_turn_end(m) != 0) {
         snprintf(err, errlen, "cannot derive the end-of-turn markup from the chat template");
         llm_free(m);

@@ -48,6 +48,12 @@ extern const llm_ops llm_local_ops;
 void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t errlen);
 extern const llm_ops llm_remote_ops;
 
+/* An llm over an implementation already open: what llm_load does once
+ * local.c or remote.c has opened. Takes impl (freed with ops->free, also on
+ * failure: NULL, reason in err). The seam for a scripted implementation:
+ * tests/unit/fake_llm.c drives the context manager without a model. */
+llm *llm_wrap(const llm_ops *ops, void *impl, const llm_info *info, char *err, size_t errlen);
+
 /* Records, for llm_unreachable(), that this thread's call failed because
  * the service could not be reached. */
 void llm_set_unreachable(const char *why);

@@ -35,7 +35,7 @@ struct quota {
     pthread_mutex_t mu;
     entry *e;
     size_t n, cap;
-    size_t checked_at; /* n after the last check of every entry */
+    size_t checked_at; /* n after the last sweep */
     quota_alive_fn alive;
     void *ud;
 };
@@ -73,8 +73,9 @@ static int count_locked(quota *q, uint64_t h, const char *user) {
 }
 
 /* Asks alive() about the entries of user (all when NULL) not confirmed in
- * the last RECHECK_MS, without the lock; drops those gone, stamps the rest. */
-static void check(quota *q, const char *user) {
+ * the last RECHECK_MS, without the lock; drops those gone, stamps the rest.
+ * Returns how many it dropped. */
+static int check(quota *q, const char *user) {
     double now = clock_mono_ms();
     uint64_t h = user ? hash_of(user) : 0;
     pthread_mutex_lock(&q->mu);
@@ -85,15 +86,21 @@ static void check(quota *q, const char *user) {
             (q->e[i].alive_at == 0 || now - q->e[i].alive_at > RECHECK_MS))
             ask[k++] = q->e[i];
     pthread_mutex_unlock(&q->mu);
+    int dropped = 0;
     for (size_t i = 0; i < k; i++) {
         bool alive = q->alive(q->ud, ask[i].item);
         pthread_mutex_lock(&q->mu);
         size_t at = find(q, ask[i].h, ask[i].user, ask[i].item);
-        if (at < q->n && !alive) q->e[at] = q->e[--q->n];
-        else if (at < q->n) q->e[at].alive_at = now;
+        if (at < q->n && !alive) {
+            q->e[at] = q->e[--q->n];
+            dropped++;
+        } else if (at < q->n) {
+            q->e[at].alive_at = now;
+        }
         pthread_mutex_unlock(&q->mu);
     }
     free(ask);
+    return dropped;
 }
 
 int quota_count(quota *q, const char *user) {
@@ -103,24 +110,27 @@ int quota_count(quota *q, const char *user) {
     return c;
 }
 
-/* Before a take: asks alive() about user's items when the user is at max,
- * and about every item when the table has doubled since the last time. */
-static void forget_gone(quota *q, const char *user, int max) {
+/* The sweep of every entry runs here, on the node's periodic loop: in a
+ * take it ran inside a request, under the session's lock, as one store
+ * read per entry. A take asks only about its own user's entries, and only
+ * at the limit (at most max reads, once per RECHECK_MS). */
+int quota_sweep(quota *q) {
+    if (!q->alive) return 0;
     pthread_mutex_lock(&q->mu);
-    bool sweep = q->n >= 2 * q->checked_at + 1024;
+    bool due = q->n >= 2 * q->checked_at + 1024;
     pthread_mutex_unlock(&q->mu);
-    if (sweep) {
-        check(q, NULL);
-        pthread_mutex_lock(&q->mu);
-        q->checked_at = q->n;
-        pthread_mutex_unlock(&q->mu);
-    }
-    if (quota_count(q, user) >= max) check(q, user);
+    if (!due) return 0;
+    int dropped = check(q, NULL);
+    pthread_mutex_lock(&q->mu);
+    q->checked_at = q->n;
+    pthread_mutex_unlock(&q->mu);
+    return dropped;
 }
 
 bool quota_take(quota *q, const char *user, const char *item, int max) {
     if (max <= 0) return true;
-    if (q->alive) forget_gone(q, user, max);
+    /* at the limit: forget this user's items that are gone */
+    if (q->alive && quota_count(q, user) >= max) check(q, user);
     pthread_mutex_lock(&q->mu);
     uint64_t h = hash_of(user);
     bool ok = count_locked(q, h, user) < max;

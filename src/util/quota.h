@@ -8,10 +8,11 @@
  *    no index by user, and counting a user's sessions there would cost a
  *    round trip per session on NATS. So each node remembers the sessions
  *    created through it and asks the store about them (the alive callback)
- *    only when a user reaches the limit (sessions deleted or expired
- *    elsewhere are then forgotten), or when the table has doubled since it
- *    last asked; a session the store confirmed is not asked about again for
- *    a minute. The limit is per node: a user may hold up to it on each.
+ *    only when a user reaches the limit (that user's sessions deleted or
+ *    expired elsewhere are then forgotten), and in quota_sweep, which the
+ *    node's periodic loop calls (serve.c), never a request; a session the
+ *    store confirmed is not asked about again for a minute. The limit is
+ *    per node: a user may hold up to it on each.
  *  - generations at once per user (complete.c, --max-streams-per-key): taken
  *    for the length of a request, never checked against anything. */
 #ifndef DC_QUOTA_H
@@ -41,5 +42,11 @@ bool quota_take(quota *q, const char *user, const char *item, int max);
 void quota_give(quota *q, const char *user, const char *item);
 /* Items user holds. */
 int quota_count(quota *q, const char *user);
+/* Upkeep, off the request path: when the table has doubled since the last
+ * sweep, asks alive() about every item (not confirmed in the last minute)
+ * and forgets those gone, so that the table stays within twice the live
+ * items however few users ever reach their limit. Returns the items
+ * forgotten. No-op without alive. */
+int quota_sweep(quota *q);
 
 #endif

@@ -55,6 +55,27 @@ static void at_the_limit_forgets_what_is_gone(void **state) {
     quota_free(q);
 }
 
+/* The sweep of every item is the node's periodic upkeep (quota_sweep),
+ * never part of a take: however large the table grows, a take below the
+ * limit asks alive() nothing. */
+static void the_full_sweep_is_upkeep_not_a_take(void **state) {
+    (void)state;
+    quota *q = quota_new(alive, NULL);
+    asked = 0;
+    char item[32];
+    for (int i = 0; i < 1500; i++) {
+        snprintf(item, sizeof item, "%s%d", i % 2 ? "gone" : "live", i);
+        assert_true(quota_take(q, "ann", item, 100000));
+    }
+    assert_int_equal(asked, 0);
+    assert_int_equal(quota_sweep(q), 750);
+    assert_int_equal(asked, 1500);
+    assert_int_equal(quota_count(q, "ann"), 750);
+    assert_int_equal(quota_sweep(q), 0); /* not grown since: nothing asked */
+    assert_int_equal(asked, 1500);
+    quota_free(q);
+}
+
 #define THREADS 8
 #define TRIES 200
 static quota *shared;
@@ -89,6 +110,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(takes_up_to_the_limit_per_user),
         cmocka_unit_test(at_the_limit_forgets_what_is_gone),
+        cmocka_unit_test(the_full_sweep_is_upkeep_not_a_take),
         cmocka_unit_test(concurrent_takes_never_overshoot),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
