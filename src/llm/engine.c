@@ -68,7 +68,15 @@
  * condition variable, polling their alive() callback so a client that went
  * away frees its slot. Only the engine thread touches llama.cpp; job fields
  * other than `cancel` and `state` belong to it until the job is DONE, and
- * those two are read and written under `mu`. */
+ * those two are read and written under `mu`.
+ *
+ * Size: this file is longer than most because it is one state machine.
+ * Admission, preparation (reuse, shift, spill and restore), the decode
+ * step, warm-up and KV transfer all decide what a sequence holds, and they
+ * share the slots' invariants (whose KV, which tokens, busy or not, shift
+ * pending) that nothing else may see; split across files those would have
+ * to be exported. What is a job of its own, keeping states outside the
+ * context, is in spill.c. */
 #include "engine.h"
 
 #include <dirent.h>
