@@ -152,16 +152,20 @@ fi
 # The official OpenAI SDK, and Prometheus's own client for its text-format
 # parser (/metrics). In a virtual environment of the project's own, so that
 # nothing of the machine's Python changes.
+# And clang-format, pinned, for scripts/format.sh (its output differs
+# between versions; Debian's is older).
 OPENAI_VERSION=3.57.0
 PROMETHEUS_CLIENT_VERSION=0.21.1
+CLANG_FORMAT_VERSION=18.1.8
 VENV=third_party/venv
-if "$VENV/bin/python" -c "import openai, prometheus_client, importlib.metadata as m, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION' or m.version('prometheus_client') != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
-  say "openai $OPENAI_VERSION, prometheus_client $PROMETHEUS_CLIENT_VERSION present ($VENV)"
+if "$VENV/bin/python" -c "import openai, prometheus_client, importlib.metadata as m, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION' or m.version('prometheus_client') != '$PROMETHEUS_CLIENT_VERSION' or m.version('clang-format') != '$CLANG_FORMAT_VERSION')" 2>/dev/null; then
+  say "openai $OPENAI_VERSION, prometheus_client $PROMETHEUS_CLIENT_VERSION, clang-format $CLANG_FORMAT_VERSION present ($VENV)"
 else
-  say "installing openai==$OPENAI_VERSION prometheus_client==$PROMETHEUS_CLIENT_VERSION (PyPI) into $VENV"
+  say "installing openai==$OPENAI_VERSION prometheus_client==$PROMETHEUS_CLIENT_VERSION clang-format==$CLANG_FORMAT_VERSION (PyPI) into $VENV"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "openai==$OPENAI_VERSION" "prometheus_client==$PROMETHEUS_CLIENT_VERSION"
+  "$VENV/bin/pip" install -q "openai==$OPENAI_VERSION" "prometheus_client==$PROMETHEUS_CLIENT_VERSION" \
+    "clang-format==$CLANG_FORMAT_VERSION"
 fi
 
 # --- playwright-core, for the web page's headless-browser test (npm) --------
