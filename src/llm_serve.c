@@ -13,7 +13,7 @@
 #include "llm/llm.h"
 #include "util/log.h"
 
-static int run(llm_params *lpp, llm_server_params *spp);
+static int run(const llm_params *lp, const llm_server_params *sp);
 
 static const char intro[] =
     "usage: discedge llm-serve --model PATH [options]\n"
@@ -56,25 +56,23 @@ int llm_serve_main(int argc, char **argv) {
     return rc;
 }
 
-static int run(llm_params *lpp, llm_server_params *spp) {
-    llm_params lp = *lpp;
-    llm_server_params sp = *spp;
+static int run(const llm_params *lp, const llm_server_params *sp) {
     sigset_t stop;
     cli_block_stop(&stop);
 
     char err[256];
-    llm *m = llm_load(&lp, err, sizeof err);
+    llm *m = llm_load(lp, err, sizeof err);
     if (!m) {
         fprintf(stderr, "llm-serve: %s\n", err);
         return 1;
     }
-    llm_server *srv = llm_server_start(&sp, m, err, sizeof err);
+    llm_server *srv = llm_server_start(sp, m, err, sizeof err);
     if (!srv) {
         fprintf(stderr, "llm-serve: %s\n", err);
         llm_free(m);
         return 1;
     }
-    printf("discedge: llm-serve listening on http://%s:%d (model %s, ctx %d, threads %d)\n", sp.host,
+    printf("discedge: llm-serve listening on http://%s:%d (model %s, ctx %d, threads %d)\n", sp->host,
            llm_server_port(srv), llm_model_name(m), llm_n_ctx(m), llm_n_threads(m));
     fflush(stdout);
     log_info("compute: %s", llm_backend(m));

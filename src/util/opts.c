@@ -73,10 +73,7 @@ static const char *size_unit(long long unit) {
     return unit == 1 ? "bytes" : unit == 1 << 10 ? "KiB" : unit == 1 << 20 ? "MiB" : unit == 1 << 30 ? "GiB" : "units";
 }
 
-static void range_text(const opt *o, char *out, size_t n) {
-    if (o->max == LLONG_MAX) snprintf(out, n, "at least %lld", o->min);
-    else snprintf(out, n, "%lld..%lld", o->min, o->max);
-}
+static void range_text(const opt *o, char *out, size_t n) { snprintf(out, n, "%lld..%lld", o->min, o->max); }
 
 static void store_int(const opt *o, long long v) {
     switch (o->size) {
