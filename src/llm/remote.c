@@ -266,7 +266,7 @@ static int remote_detokenize(void *impl, const int32_t *toks, size_t n, strbuf *
 static int remote_render(void *impl, const llm_msg *msgs, size_t n, bool add_assistant, bool each,
                          tokvec *const *outs) {
     remote *r = impl;
-    if (!r->renders) return 1;
+    if (!__atomic_load_n(&r->renders, __ATOMIC_RELAXED)) return 1;
     json_t *arr = json_array(), *resp;
     for (size_t i = 0; i < n; i++)
         json_array_append_new(arr, json_pack("{s:s, s:s}", "role", msgs[i].role, "content", msgs[i].content));
@@ -274,6 +274,12 @@ static int remote_render(void *impl, const llm_msg *msgs, size_t n, bool add_ass
     long st = request(r, "/render",
                       json_pack("{s:o, s:b, s:b}", "messages", arr, "add_generation_prompt", add_assistant, "each", each),
                       NULL, 30, &resp, err, sizeof err);
+    if (st == 404) { /* the engine was replaced by one without it: the fine-grained calls from now on */
+        log_warn("remote: %s no longer offers /render", r->where);
+        __atomic_store_n(&r->renders, false, __ATOMIC_RELAXED);
+        json_decref(resp);
+        return 1;
+    }
     tokvec all = {0};
     int rc = st == 200 ? ids_append(json_object_get(resp, "tokens"), &all) : -1;
     json_t *lens = json_object_get(resp, "lengths");
@@ -337,7 +343,7 @@ static llm_status remote_generate(void *impl, const int32_t *input, size_t n, co
             t->stopped_limit = !t->stopped_eog;
             if (t->stopped_eog && out->n > n0) t->eog_token = out->v[--out->n];
             json_t *content = json_object_get(resp, "content");
-            if (r->renders && json_is_string(content))
+            if (__atomic_load_n(&r->renders, __ATOMIC_RELAXED) && json_is_string(content))
                 memo_put(r, out->v + n0, out->n - n0, json_string_value(content), json_string_length(content));
             /* the reply came whole (stream:false above): a stream gets it at once */
             for (size_t i = n0; p->on_token && i < out->n; i++) p->on_token(p->on_token_ud, out->v[i]);

@@ -16,6 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dcnode import LlmServer, Node, raw_post, turns_of  # noqa: E402
+from fake_llama import FakeLlama  # noqa: E402
 
 BIN = MODEL = None
 # one inference thread per process: several llama.cpp processes on a small
@@ -533,6 +534,32 @@ class RemoteRoundTripTest(unittest.TestCase):
             st, tk = self.llm.request("POST", "/tokenize", {"content": text, "parse_special": special})
             ids += tk["tokens"]
         self.assertEqual(last["user"], ids)
+
+    def test_an_engine_without_render_gets_the_fine_grained_calls(self):
+        for claims in (False, True):  # a llama-server; one that says it renders, then does not
+            fake = FakeLlama(reply="fine").start()
+            if claims:
+                fake.props_extra = {"discedge": {"render": True}}
+            node = Node(BIN, MODEL, node_id="plain", llm_url=fake.url()).start()
+            try:
+                for turn in (1, 2):
+                    f = dict(prompt="Hello", user_id="p", turn=turn)
+                    if turn == 2:
+                        f["session_id"] = sid
+                    del fake.bodies[:]
+                    st, r = node.complete(**f)
+                    self.assertEqual(st, 200, r)
+                    sid = r["session_id"]
+                    paths = [p for p, _ in fake.bodies]
+                    # a 404 from /render turns it off for good: only turn 1 of
+                    # the engine that claimed it asks
+                    self.assertEqual(paths.count("/render"), 1 if claims and turn == 1 else 0, paths)
+                    self.assertIn("/apply-template", paths)
+                    self.assertIn("/detokenize", paths)
+                    self.assertEqual(r["content"][:4], "fine")
+            finally:
+                node.cleanup()
+                fake.stop()
 
     def test_render_each_splits_as_rendering_one_by_one(self):
         msgs = [{"role": "system", "content": "S <|im_start|>"}, {"role": "user", "content": "U"}]
