@@ -534,6 +534,15 @@ class RemoteRoundTripTest(unittest.TestCase):
             st, tk = self.llm.request("POST", "/tokenize", {"content": text, "parse_special": special})
             ids += tk["tokens"]
         self.assertEqual(last["user"], ids)
+        # a stateless request of many messages: the same two calls
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"}]
+        before = len(self.calls())
+        st, o = self.node.request("POST", "/v1/chat/completions", {"messages": msgs, "max_tokens": 8,
+                                                                    "temperature": 0})
+        self.assertEqual(st, 200, o)
+        self.assertEqual(self.calls()[before:], ["POST /render", "POST /completion"])
 
     def test_an_engine_without_render_gets_the_fine_grained_calls(self):
         for claims in (False, True):  # a llama-server; one that says it renders, then does not
