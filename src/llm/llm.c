@@ -112,6 +112,7 @@ int llm_chat_render(const llm *m, const llm_msg *msgs, size_t n, bool add_assist
 
 int llm_chat_render_each(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *const *outs) {
     unreachable = false;
+    if (n == 0) return 0;
     int rc = m->ops->render ? m->ops->render(m->impl, msgs, n, add_assistant, true, outs) : 1;
     for (size_t i = 0; rc > 0 && i < n; i++)
         if (render_here(m, &msgs[i], 1, add_assistant && i + 1 == n, outs[i]) != 0) rc = -1;
