@@ -96,6 +96,50 @@ static dc_code do_apply_template(llm_server *s, json_t *body, json_t **out, dc_e
     return rc;
 }
 
+/* A DisCEdge call: renders and tokenizes messages in one request, as
+ * llm_chat_render does here (contents never parsed for special tokens), so
+ * that a remote context manager needs one round trip where /apply-template
+ * and a /tokenize per piece cost several. With "each", every message is
+ * rendered on its own (llm_chat_render_each) and "lengths" gives each one's
+ * share of "tokens". */
+static dc_code do_render(llm_server *s, json_t *body, json_t **out, dc_error *err) {
+    json_t *arr = NULL;
+    int add = 1, each = 0;
+    json_error_t je;
+    if (json_unpack_ex(body, &je, 0, "{s:o, s?b, s?b}", "messages", &arr, "add_generation_prompt", &add, "each",
+                       &each) != 0 ||
+        !json_is_array(arr) || json_array_size(arr) == 0)
+        return dc_fail(err, DC_E_INVALID, "/render: messages must be a non-empty array");
+    size_t n = json_array_size(arr);
+    llm_msg *msgs = calloc(n, sizeof *msgs);
+    tokvec *parts = calloc(n, sizeof *parts), **outs = calloc(n, sizeof *outs);
+    dc_code rc = msgs && parts && outs ? DC_OK : dc_fail(err, DC_E_INTERNAL, "out of memory");
+    for (size_t i = 0; i < n && !rc; i++) {
+        outs[i] = each ? &parts[i] : &parts[0];
+        if (json_unpack(json_array_get(arr, i), "{s:s, s:s}", "role", &msgs[i].role, "content", &msgs[i].content))
+            rc = dc_fail(err, DC_E_INVALID, "/render: messages[%zu] needs string role and content", i);
+    }
+    if (!rc && (each ? llm_chat_render_each(s->m, msgs, n, add, outs) : llm_chat_render(s->m, msgs, n, add, outs[0])))
+        rc = dc_fail(err, DC_E_INVALID, "/render: the model's chat template cannot render these messages");
+    if (!rc) {
+        tokvec all = {0};
+        json_t *lens = json_array();
+        for (size_t i = 0; i < (each ? n : 1); i++) {
+            tokvec_append(&all, parts[i].v, parts[i].n);
+            json_array_append_new(lens, json_integer((json_int_t)parts[i].n));
+        }
+        *out = json_pack("{s:o}", "tokens", api_ids_json(all.v, all.n));
+        if (each) json_object_set_new(*out, "lengths", lens);
+        else json_decref(lens);
+        tokvec_free(&all);
+    }
+    for (size_t i = 0; parts && i < n; i++) tokvec_free(&parts[i]);
+    free(parts);
+    free(outs);
+    free(msgs);
+    return rc;
+}
+
 /* Returns DC_E_CANCELLED when the caller went away (nothing to answer). */
 static dc_code do_completion(llm_server *s, const http_req *hr, json_t *body, json_t **out, dc_error *err) {
     json_t *prompt = NULL;
@@ -182,12 +226,14 @@ static json_t *props_json(llm_server *s) {
     llm_stats_get(s->m, &ls);
     char fp[24];
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)llm_fingerprint(s->m));
-    return json_pack("{s:{s:i}, s:i, s:s, s:s, s:s, s:{s:s, s:s, s:i, s:i, s:s, s:s}}", "default_generation_settings",
+    /* discedge.render: /render is offered, and /completion's content is
+     * /detokenize of its tokens (remote.c relies on both) */
+    return json_pack("{s:{s:i}, s:i, s:s, s:s, s:s, s:{s:s, s:s, s:i, s:i, s:s, s:s, s:b}}", "default_generation_settings",
                      "n_ctx", llm_n_ctx(s->m), "total_slots", ls.n_parallel, "model_path",
                      s->p.model_path ? s->p.model_path : "", "bos_token", llm_bos_text(s->m), "eos_token",
                      llm_eos_text(s->m), "discedge", "model", llm_model_name(s->m), "fingerprint", fp, "n_vocab",
                      llm_n_vocab(s->m), "n_threads", llm_n_threads(s->m), "backend", llm_backend(s->m),
-                     "kv_isolation", "owner");
+                     "kv_isolation", "owner", "render", 1);
 }
 
 static enum MHD_Result on_request(void *ud, const http_req *hr) {
@@ -196,7 +242,7 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
     json_t *out = NULL, *body = NULL;
     dc_code rc = DC_OK;
     bool post = !strcmp(hr->method, "POST");
-    static const char *const posts[] = {"/tokenize", "/detokenize", "/apply-template", "/completion", NULL};
+    static const char *const posts[] = {"/tokenize", "/detokenize", "/apply-template", "/render", "/completion", NULL};
     bool known_post = false;
     for (int i = 0; posts[i]; i++) known_post |= !strcmp(hr->url, posts[i]);
     if (!strcmp(hr->url, "/props") || !strcmp(hr->url, "/health")) {
@@ -210,6 +256,7 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
             rc = !strcmp(hr->url, "/tokenize")         ? do_tokenize(s, body, &out, &err)
                  : !strcmp(hr->url, "/detokenize")     ? do_detokenize(s, body, &out, &err)
                  : !strcmp(hr->url, "/apply-template") ? do_apply_template(s, body, &out, &err)
+                 : !strcmp(hr->url, "/render")         ? do_render(s, body, &out, &err)
                                                        : do_completion(s, hr, body, &out, &err);
     } else {
         rc = dc_fail(&err, DC_E_NOT_FOUND, "no route %s %s", hr->method, hr->url);

@@ -6,7 +6,10 @@
  *   GET  /props /health
  *   POST /tokenize /detokenize /apply-template /completion
  * /props adds a "discedge" object (model name, fingerprint, vocabulary size)
- * that plain llama-server does not have. */
+ * that plain llama-server does not have, and one call of its own:
+ *   POST /render   messages -> token ids, rendered and tokenized as
+ *                  llm_chat_render does (one round trip for a turn's message)
+ * which remote.c uses when /props says "discedge": {"render": true}. */
 #ifndef DC_API_LLM_SERVER_H
 #define DC_API_LLM_SERVER_H
 

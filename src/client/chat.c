@@ -1,40 +1,42 @@
 /* chat.c - `discedge chat --node URL`: a terminal chat. The client keeps only
  * the session id and the turn counter; the node keeps the conversation. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "chat.h"
 #include "client.h"
+#include "../util/opts.h"
 
 int chat_main(int argc, char **argv) {
-    static struct option opts[] = {{"node", required_argument, 0, 'n'}, {"mode", required_argument, 0, 'm'},
-                                   {"user-id", required_argument, 0, 'u'}, {"n-predict", required_argument, 0, 'p'},
-                                   {"temperature", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},      {0, 0, 0, 0}};
+    static const char *const modes[] = {"tokenized", "raw", "client-side", NULL};
+    static const char intro[] =
+        "usage: discedge chat --node URL [options]\n"
+        "Type a message and press Enter; /node URL switches node mid-conversation;\n"
+        "/quit or EOF ends.\n\n";
     const char *node = NULL, *mode = "tokenized", *user = NULL;
-    int n_predict = 0, c;
+    int n_predict = 0;
     double temperature = -1;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'n': node = optarg; break;
-        case 'm': mode = optarg; break;
-        case 'u': user = optarg; break;
-        case 'p': n_predict = atoi(optarg); break;
-        case 't': temperature = atof(optarg); break;
-        case 'h':
-        default:
-            fprintf(c == 'h' ? stdout : stderr,
-                    "usage: discedge chat --node URL [--mode tokenized|raw|client-side] [--user-id ID] [--n-predict N]\n"
-                    "                     [--temperature T]\n"
-                    "Type a message and press Enter; /node URL switches node mid-conversation; /quit or EOF ends.\n");
-            return c == 'h' ? 0 : 2;
-        }
-    }
-    if (!node) {
+    const opt rows[] = {
+        {"node", OPT_STRING, "URL", "the node to talk to (required)", .to = &node},
+        {"mode", OPT_ENUM, "MODE", "tokenized|raw|client-side", .to = &mode, .choices = modes},
+        {"user-id", OPT_STRING, "ID", "the user to chat as", .to = &user, .dflt = "a new one"},
+        {"n-predict", OPT_INT, "N", "reply length cap", OPT_TO(n_predict), .min = 0, .max = 1 << 20,
+         .dflt = "the node's"},
+        {"temperature", OPT_REAL, "T", "sampling temperature", .to = &temperature, .rmin = 0, .rmax = 100,
+         .dflt = "the node's"},
+        {0},
+    };
+    const opt *tables[] = {rows, NULL};
+    opts_result args;
+    int rc = opts_parse("chat", tables, argc, argv, 0, intro, &args);
+    if (rc == 0 && !node) {
         fprintf(stderr, "chat: --node URL is required\n");
-        return 2;
+        rc = 2;
+    }
+    if (rc != 0) {
+        opts_free(&args);
+        return rc == 1 ? 0 : 2;
     }
     char *url = strdup(node);
     client_session s;
@@ -70,5 +72,6 @@ int chat_main(int argc, char **argv) {
     free(line);
     free(url);
     client_session_free(&s);
+    opts_free(&args); /* the strings the options point at (a --config file's) */
     return 0;
 }

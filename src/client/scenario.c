@@ -3,35 +3,48 @@
  * per-turn table (and CSV with --csv). The benchmark is built on this. */
 #include "scenario.h"
 
-#include <getopt.h>
 #include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client.h"
+#include "../util/opts.h"
 
 typedef struct {
     char name[32];
     const char *url;
 } node_map;
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: discedge scenario FILE.yaml --node NAME=URL [--node NAME=URL ...]\n"
-            "         [--mode tokenized|raw|client-side] [--csv FILE] [--n-predict N]\n"
-            "         [--temperature T] [--seed S] [--user-id ID] [--quiet]\n"
-            "         [--no-cache] [--ignore-eos] [--turns N] [--after-turn CMD]\n"
-            "         [--think-ms MS] [--hint]\n"
-            "Runs the scenario's turns in order; a `locations` list switches node.\n"
-            "--turns N stops after N turns. --after-turn runs CMD through the shell\n"
-            "after every turn, with DC_TURN set to its number, before the next one\n"
-            "starts (the testbed samples its link counters this way).\n"
-            "--think-ms pauses that long between turns (a user reading and typing).\n"
-            "--hint: after the last turn before each move, tells the next node to\n"
-            "prepare (POST /v1/sessions/{id}/warm) before the turn goes there.\n"
-            "The first --node is the default for scenarios without locations;\n"
-            "--node URL alone names it after its position (node1, node2, ...).\n");
+static const char intro[] =
+    "usage: discedge scenario FILE.yaml --node NAME=URL [--node NAME=URL ...]\n"
+    "                         [options]\n"
+    "Runs the scenario's turns in order; a `locations` list switches node.\n"
+    "The first --node is the default for scenarios without locations;\n"
+    "--node URL alone names it after its position (node1, node2, ...).\n"
+    "\n";
+
+typedef struct {
+    node_map v[16];
+    int n;
+} nodes_seen;
+
+/* --node NAME=URL or --node URL, up to 16 of them. */
+static int add_node(void *ud, const char *arg, char *why, size_t whylen) {
+    nodes_seen *ns = ud;
+    if (ns->n == 16) return snprintf(why, whylen, "at most 16 nodes"), -1;
+    node_map *nm = &ns->v[ns->n];
+    const char *eq = strchr(arg, '=');
+    /* a bare URL ("http://...") has its '=' nowhere before "://" */
+    if (eq && (!strstr(arg, "://") || eq < strstr(arg, "://"))) {
+        snprintf(nm->name, sizeof nm->name, "%.*s", (int)(eq - arg), arg);
+        nm->url = eq + 1;
+    } else {
+        snprintf(nm->name, sizeof nm->name, "node%d", ns->n + 1);
+        nm->url = arg;
+    }
+    ns->n++;
+    return 0;
 }
 
 static const char *lookup(node_map *nodes, int n, const char *name) {
@@ -63,16 +76,9 @@ static void csv_field(FILE *f, const char *s) {
 }
 
 int scenario_main(int argc, char **argv) {
-    static struct option opts[] = {{"node", required_argument, 0, 'n'},      {"mode", required_argument, 0, 'm'},
-                                   {"csv", required_argument, 0, 'c'},       {"n-predict", required_argument, 0, 'p'},
-                                   {"temperature", required_argument, 0, 't'}, {"seed", required_argument, 0, 's'},
-                                   {"user-id", required_argument, 0, 'u'},   {"quiet", no_argument, 0, 'q'},
-                                   {"no-cache", no_argument, 0, 'C'},        {"ignore-eos", no_argument, 0, 'E'},
-                                   {"turns", required_argument, 0, 'T'},     {"after-turn", required_argument, 0, 'A'},
-                                   {"think-ms", required_argument, 0, 'K'},  {"hint", no_argument, 0, 'W'},
-                                   {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
-    node_map nodes[16];
-    int n_nodes = 0, quiet = 0, no_cache = 0, ignore_eos = 0, hint = 0;
+    static const char *const modes[] = {"tokenized", "raw", "client-side", NULL};
+    nodes_seen ns = {.n = 0};
+    bool quiet = false, no_cache = false, ignore_eos = false, hint = false;
     long think_ms = 0;
     const char *mode = "tokenized", *csv_path = NULL, *user = NULL, *after_turn = NULL;
     client_session sess;
@@ -80,58 +86,53 @@ int scenario_main(int argc, char **argv) {
     int n_predict = 0;
     double temperature = -1;
     long seed = -1;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'n': {
-            if (n_nodes == 16) {
-                fprintf(stderr, "scenario: at most 16 nodes\n");
-                return 2;
-            }
-            char *eq = strchr(optarg, '=');
-            /* a bare URL ("http://...") has its '=' nowhere before "://" */
-            if (eq && (!strstr(optarg, "://") || eq < strstr(optarg, "://"))) {
-                snprintf(nodes[n_nodes].name, sizeof nodes[n_nodes].name, "%.*s", (int)(eq - optarg), optarg);
-                nodes[n_nodes].url = eq + 1;
-            } else {
-                snprintf(nodes[n_nodes].name, sizeof nodes[n_nodes].name, "node%d", n_nodes + 1);
-                nodes[n_nodes].url = optarg;
-            }
-            n_nodes++;
-            break;
-        }
-        case 'm': mode = optarg; break;
-        case 'c': csv_path = optarg; break;
-        case 'p': n_predict = atoi(optarg); break;
-        case 't': temperature = atof(optarg); break;
-        case 's': seed = atol(optarg); break;
-        case 'u': user = optarg; break;
-        case 'q': quiet = 1; break;
-        case 'C': no_cache = 1; break;
-        case 'E': ignore_eos = 1; break;
-        case 'T': max_turns = atol(optarg); break;
-        case 'A': after_turn = optarg; break;
-        case 'K': think_ms = atol(optarg); break;
-        case 'W': hint = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
+    const opt rows[] = {
+        {"node", OPT_CALL, "NAME=URL", "a node the scenario's turns go to (repeatable)", .to = &ns, .call = add_node},
+        {"mode", OPT_ENUM, "MODE", "tokenized|raw|client-side", .to = &mode, .choices = modes},
+        {"csv", OPT_PATH, "FILE", "also write a per-turn CSV to FILE", .to = &csv_path},
+        {"n-predict", OPT_INT, "N", "reply length cap per turn", OPT_TO(n_predict), .min = 0, .max = 1 << 20,
+         .dflt = "the node's"},
+        {"temperature", OPT_REAL, "T", "sampling temperature", .to = &temperature, .rmin = 0, .rmax = 100,
+         .dflt = "the node's"},
+        {"seed", OPT_INT, "S", "sampling seed", OPT_TO(seed), .min = 0, .max = UINT32_MAX, .dflt = "the node's"},
+        {"user-id", OPT_STRING, "ID", "the user the turns are sent as", .to = &user, .dflt = "the scenario's"},
+        {"quiet", OPT_FLAG, NULL, "print no table", .to = &quiet},
+        {"no-cache", OPT_FLAG, NULL, "ask the node not to reuse KV (cache_prompt false)", .to = &no_cache},
+        {"ignore-eos", OPT_FLAG, NULL, "generate exactly --n-predict tokens per turn", .to = &ignore_eos},
+        {"turns", OPT_INT, "N", "stop after N turns", OPT_TO(max_turns), .min = 0, .max = INT32_MAX,
+         .dflt = "all"},
+        {"after-turn", OPT_STRING, "CMD",
+         "run CMD through the shell after every turn, with DC_TURN set to its number, before the next one starts "
+         "(the testbed samples its link counters this way)",
+         .to = &after_turn},
+        {"think-ms", OPT_DURATION, "MS", "pause that long between turns (a user reading and typing)",
+         OPT_TO(think_ms), .min = 0, .max = 3600000, .unit = 1},
+        {"hint", OPT_FLAG, NULL,
+         "after the last turn before each move, tell the next node to prepare (POST /v1/sessions/{id}/warm) "
+         "before the turn goes there",
+         .to = &hint},
+        {0},
+    };
+    const opt *tables[] = {rows, NULL};
+    opts_result args;
+    int prc = opts_parse("scenario", tables, argc, argv, 1, intro, &args);
+    if (prc != 0) {
+        opts_free(&args);
+        return prc == 1 ? 0 : 2;
     }
+    node_map *nodes = ns.v;
+    int n_nodes = ns.n;
     scenario sc = {0};
     char err[256];
     int rc = 0;
     FILE *csv = NULL;
-    if (optind != argc - 1 || n_nodes == 0) {
-        usage(stderr);
+    if (args.n_args != 1 || n_nodes == 0) {
+        fprintf(stderr, "scenario: a FILE.yaml and at least one --node are required (see --help)\n");
         rc = 2;
-    } else if (strcmp(mode, "tokenized") && strcmp(mode, "raw") && strcmp(mode, "client-side")) {
-        fprintf(stderr, "scenario: unknown mode %s\n", mode);
-        rc = 2;
-    } else if (scenario_load(argv[optind], &sc, err, sizeof err) != 0) {
+    } else if (scenario_load(args.args[0], &sc, err, sizeof err) != 0) {
         fprintf(stderr, "scenario: %s\n", err);
         rc = 2;
-    } else if (max_turns == 0 || max_turns < -1) {
+    } else if (max_turns == 0) {
         fprintf(stderr, "scenario: --turns must be at least 1\n");
         rc = 2;
     }
@@ -221,5 +222,6 @@ int scenario_main(int argc, char **argv) {
 out:
     if (csv) fclose(csv);
     scenario_free(&sc);
+    opts_free(&args);
     return rc;
 }

@@ -172,14 +172,17 @@ static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *t
                                turn_rec *rec, tokvec *input, size_t *whole, ctx_reply *rep, dc_error *err) {
     double t0 = clock_mono_ms();
     if (n_turns == 0) llm_add_bos(c->m, &rec->tok[SEG_SYSTEM]); /* the conversation's start: kept whatever is cut */
-    if (n_turns == 0 && req->system) {
-        llm_msg sys = {"system", req->system};
-        if (llm_chat_render(c->m, &sys, 1, false, &rec->tok[SEG_SYSTEM]) != 0)
-            return llm_error(err, DC_E_INVALID, "the model's chat template cannot render a system message");
-    }
-    llm_msg user = {"user", req->prompt};
-    if (llm_chat_render(c->m, &user, 1, true, &rec->tok[SEG_USER]) != 0)
+    /* both messages of turn 1 in one go: a remote engine renders them in one round trip */
+    llm_msg msgs[2] = {{"system", req->system}, {"user", req->prompt}};
+    tokvec *const outs[2] = {&rec->tok[SEG_SYSTEM], &rec->tok[SEG_USER]};
+    bool with_sys = n_turns == 0 && req->system;
+    if (llm_chat_render_each(c->m, msgs + !with_sys, with_sys ? 2 : 1, true, outs + !with_sys) != 0) {
+        tokvec sys = {0}; /* which one failed */
+        bool sys_bad = with_sys && llm_chat_render(c->m, msgs, 1, false, &sys) != 0;
+        tokvec_free(&sys);
+        if (sys_bad) return llm_error(err, DC_E_INVALID, "the model's chat template cannot render a system message");
         return llm_error(err, DC_E_INTERNAL, "cannot render the message with the chat template");
+    }
     rep->tokenize_ms = clock_mono_ms() - t0;
 
     const tokvec *sys = n_turns ? &turns[0].tok[SEG_SYSTEM] : &rec->tok[SEG_SYSTEM];

@@ -75,12 +75,12 @@ int llm_detokenize(const llm *m, const int32_t *toks, size_t n, strbuf *out) {
     return m->ops->detokenize(m->impl, toks, n, out);
 }
 
-int llm_chat_render(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *out) {
+/* llm_chat_render on the implementation's primitives (see the top). */
+static int render_here(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *out) {
     llm_msg *cm = calloc(n ? n : 1, sizeof *cm);
     char (*sent)[32] = calloc(n ? n : 1, sizeof *sent);
     strbuf text = {0};
     int rc = -1;
-    unreachable = false;
     if (!cm || !sent) goto done;
     for (size_t i = 0; i < n; i++) {
         snprintf(sent[i], sizeof sent[i], SENTINEL_FMT, i);
@@ -102,6 +102,21 @@ done:
     free(sent);
     free(cm);
     return rc;
+}
+
+int llm_chat_render(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *out) {
+    unreachable = false;
+    int rc = m->ops->render ? m->ops->render(m->impl, msgs, n, add_assistant, false, &out) : 1;
+    return rc <= 0 ? rc : render_here(m, msgs, n, add_assistant, out);
+}
+
+int llm_chat_render_each(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *const *outs) {
+    unreachable = false;
+    if (n == 0) return 0;
+    int rc = m->ops->render ? m->ops->render(m->impl, msgs, n, add_assistant, true, outs) : 1;
+    for (size_t i = 0; rc > 0 && i < n; i++)
+        if (render_here(m, &msgs[i], 1, add_assistant && i + 1 == n, outs[i]) != 0) rc = -1;
+    return rc > 0 ? 0 : rc;
 }
 
 const tokvec *llm_turn_end(const llm *m) { return &m->turn_end; }

@@ -103,6 +103,14 @@ typedef struct {
  * checks it). Returns 0, or -1 if the template fails. */
 int llm_chat_render(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *out);
 
+/* The same for each message on its own: appends msgs[i]'s tokens to
+ * *outs[i], as n calls of llm_chat_render with one message each would (the
+ * last one's followed by the assistant prefix with add_assistant). Made for
+ * a remote engine, which renders them all in one round trip where the
+ * service offers it (remote.c). 0, or -1 when any fails (the outs may then
+ * hold part of it). */
+int llm_chat_render_each(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *const *outs);
+
 /* Renders msgs with the model's chat template as text (replacing out's
  * contents): what llama-server's /apply-template answers. 0 or -1. */
 int llm_apply_template(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, strbuf *out);

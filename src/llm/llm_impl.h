@@ -15,6 +15,11 @@ typedef struct {
     int (*apply_template)(void *impl, const llm_msg *msgs, size_t n, bool add_assistant, strbuf *out);
     int (*tokenize)(void *impl, const char *text, size_t len, bool parse_special, tokvec *out);
     int (*detokenize)(void *impl, const int32_t *toks, size_t n, strbuf *out);
+    /* llm_chat_render (each false: all into *outs[0]) or llm_chat_render_each
+     * in one go, where the service does it itself (remote.c: one round trip
+     * instead of one per piece). 0, -1, or 1 when it does not offer it: llm.c
+     * then renders on the primitives above. NULL: never offered (local). */
+    int (*render)(void *impl, const llm_msg *msgs, size_t n, bool add_assistant, bool each, tokvec *const *outs);
     /* Arguments already checked by llm_generate. */
     llm_status (*generate)(void *impl, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
                            llm_timings *t, char *err, size_t errlen);

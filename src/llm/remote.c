@@ -12,6 +12,16 @@
  * keeps the KV cache (cache_prompt), so a session's next turn prefills only
  * its new tokens there too.
  *
+ * Round trips: on those alone a turn costs about six (llm.c renders a
+ * message with one /apply-template and a /tokenize per piece of markup and
+ * content, then /completion, then /detokenize of the reply). A DisCEdge
+ * llm-serve offers more (props "discedge.render"): POST /render renders and
+ * tokenizes a list of messages in one call, the way llm.c would, and its
+ * /completion "content" is exactly /detokenize of the ids it returns, so the
+ * text of a recent reply is kept here (memo) and a detokenize of exactly
+ * those ids is answered from it. A turn is then two calls: /render and
+ * /completion. A plain llama-server gets the fine-grained calls.
+ *
  * The fingerprint (do stored ids mean the same to this engine?) comes from
  * /props "discedge.fingerprint" when the server is a DisCEdge node; a plain
  * llama-server gets one hashed from its chat template, vocabulary size and
@@ -44,14 +54,26 @@
 #include "llm_impl.h"
 
 #define POOL_MAX 16
+/* Replies whose text is kept: a reply's text is asked for right after it
+ * arrives (ctx.c, and sse.c for a stream), so a few cover the replies in
+ * flight; a miss only costs the /detokenize call. */
+#define MEMO_MAX 8
+
+typedef struct {
+    tokvec ids;
+    strbuf text;
+} memo;
 
 typedef struct {
     char *base; /* "http://host:port", no trailing slash */
     char where[300]; /* base without credentials or path: for logs */
     bool isolates;   /* the engine confines KV reuse to one owner */
+    bool renders;    /* the engine offers /render, and /completion's content is its /detokenize */
     pthread_mutex_t mu;
     CURL *pool[POOL_MAX];
     int n_pool;
+    memo memo[MEMO_MAX]; /* the latest replies' ids and text (renders only), under mu */
+    int memo_next;
     llm_stats stats; /* what this side sees: requests, tokens, refusals */
 } remote;
 
@@ -199,7 +221,35 @@ static int remote_tokenize(void *impl, const char *text, size_t len, bool parse_
     return rc;
 }
 
+/* A reply's ids and text, from /completion. */
+static void memo_put(remote *r, const int32_t *toks, size_t n, const char *text, size_t len) {
+    pthread_mutex_lock(&r->mu);
+    memo *e = &r->memo[r->memo_next];
+    r->memo_next = (r->memo_next + 1) % MEMO_MAX;
+    tokvec_clear(&e->ids);
+    tokvec_append(&e->ids, toks, n);
+    strbuf_clear(&e->text);
+    strbuf_append(&e->text, text, len);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Appends the text of a kept reply whose ids are exactly toks. */
+static bool memo_get(remote *r, const int32_t *toks, size_t n, strbuf *out) {
+    bool hit = false;
+    pthread_mutex_lock(&r->mu);
+    for (int i = 0; i < MEMO_MAX && !hit; i++) {
+        memo *e = &r->memo[i];
+        if (e->ids.n == n && n && !memcmp(e->ids.v, toks, n * sizeof *toks)) {
+            strbuf_append(out, e->text.s ? e->text.s : "", e->text.n);
+            hit = true;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return hit;
+}
+
 static int remote_detokenize(void *impl, const int32_t *toks, size_t n, strbuf *out) {
+    if (memo_get(impl, toks, n, out)) return 0;
     json_t *resp;
     char err[256];
     long st = request(impl, "/detokenize", json_pack("{s:o}", "tokens", ids_json(toks, n)), NULL, 30, &resp, err,
@@ -207,6 +257,52 @@ static int remote_detokenize(void *impl, const int32_t *toks, size_t n, strbuf *
     json_t *c = json_object_get(resp, "content");
     int rc = st == 200 && json_is_string(c) ? 0 : -1;
     if (!rc) strbuf_append(out, json_string_value(c), json_string_length(c));
+    json_decref(resp);
+    return rc;
+}
+
+/* POST /render (llm-serve): {"messages", "add_generation_prompt", "each"}
+ * -> {"tokens"}, with each also "lengths", each message's share of them. */
+static int remote_render(void *impl, const llm_msg *msgs, size_t n, bool add_assistant, bool each,
+                         tokvec *const *outs) {
+    remote *r = impl;
+    if (!__atomic_load_n(&r->renders, __ATOMIC_RELAXED)) return 1;
+    json_t *arr = json_array(), *resp;
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_pack("{s:s, s:s}", "role", msgs[i].role, "content", msgs[i].content));
+    char err[256];
+    long st = request(r, "/render",
+                      json_pack("{s:o, s:b, s:b}", "messages", arr, "add_generation_prompt", add_assistant, "each", each),
+                      NULL, 30, &resp, err, sizeof err);
+    if (st == 404) { /* the engine was replaced by one without it: the fine-grained calls from now on */
+        log_warn("remote: %s no longer offers /render", r->where);
+        __atomic_store_n(&r->renders, false, __ATOMIC_RELAXED);
+        json_decref(resp);
+        return 1;
+    }
+    tokvec all = {0};
+    int rc = st == 200 ? ids_append(json_object_get(resp, "tokens"), &all) : -1;
+    json_t *lens = json_object_get(resp, "lengths");
+    if (!rc && each) { /* n lengths that add up to the tokens, or nothing is taken */
+        size_t sum = 0, i;
+        json_t *v;
+        rc = json_is_array(lens) && json_array_size(lens) == n ? 0 : -1;
+        json_array_foreach(lens, i, v) {
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || (size_t)json_integer_value(v) > all.n - sum)
+                rc = -1;
+            else sum += (size_t)json_integer_value(v);
+        }
+        if (sum != all.n) rc = -1;
+        for (size_t k = 0, at = 0; !rc && k < n; k++) {
+            size_t len = (size_t)json_integer_value(json_array_get(lens, k));
+            tokvec_append(outs[k], all.v + at, len);
+            at += len;
+        }
+    } else if (!rc) {
+        tokvec_append(outs[0], all.v, all.n);
+    }
+    if (rc && st == 200) log_warn("remote: %s/render sent a reply without valid tokens", r->where);
+    tokvec_free(&all);
     json_decref(resp);
     return rc;
 }
@@ -246,6 +342,9 @@ static llm_status remote_generate(void *impl, const int32_t *input, size_t n, co
             t->stopped_eog = stop && !strcmp(stop, "eos");
             t->stopped_limit = !t->stopped_eog;
             if (t->stopped_eog && out->n > n0) t->eog_token = out->v[--out->n];
+            json_t *content = json_object_get(resp, "content");
+            if (__atomic_load_n(&r->renders, __ATOMIC_RELAXED) && json_is_string(content))
+                memo_put(r, out->v + n0, out->n - n0, json_string_value(content), json_string_length(content));
             /* the reply came whole (stream:false above): a stream gets it at once */
             for (size_t i = n0; p->on_token && i < out->n; i++) p->on_token(p->on_token_ud, out->v[i]);
             json_t *tm = json_object_get(resp, "timings");
@@ -289,6 +388,10 @@ static void remote_free(void *impl) {
     remote *r = impl;
     if (!r) return;
     for (int i = 0; i < r->n_pool; i++) curl_easy_cleanup(r->pool[i]);
+    for (int i = 0; i < MEMO_MAX; i++) {
+        tokvec_free(&r->memo[i].ids);
+        strbuf_free(&r->memo[i].text);
+    }
     pthread_mutex_destroy(&r->mu);
     free(r->base);
     free(r);
@@ -433,6 +536,7 @@ void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t err
     snprintf(info->bos_text, sizeof info->bos_text, "%s", bos ? bos : "");
     snprintf(info->eos_text, sizeof info->eos_text, "%s", eos ? eos : "");
     r->isolates = iso && !strcmp(iso, "owner");
+    r->renders = json_is_true(json_object_get(dc, "render"));
     json_decref(props);
     if (check_parse_special(r, info->eos_text, info->bos_text, err, errlen) != 0) {
         remote_free(r);
@@ -450,6 +554,7 @@ const llm_ops llm_remote_ops = {
     .apply_template = remote_apply_template,
     .tokenize = remote_tokenize,
     .detokenize = remote_detokenize,
+    .render = remote_render,
     .generate = remote_generate,
     .stats = remote_stats,
     .free = remote_free,

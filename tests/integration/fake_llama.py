@@ -12,7 +12,8 @@ ids 0..255 are bytes, 256 and 257 are "<|im_start|>" and "<|im_end|>".
 Knobs (attributes, changeable while it runs): ignore_parse_special (turn
 special text into control ids whatever the request says), fail_with (answer
 /completion with HTTP 500 and this error message), reply (the text
-/completion generates, repeated up to n_predict tokens: one token per byte)."""
+/completion generates, repeated up to n_predict tokens: one token per byte),
+props_extra (merged into /props, e.g. to claim what it does not offer)."""
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,7 @@ SPECIALS = {"<|im_start|>": 256, "<|im_end|>": 257}
 class FakeLlama:
     def __init__(self, reply="ok", ignore_parse_special=False):
         self.reply, self.ignore_parse_special, self.fail_with = reply, ignore_parse_special, None
+        self.props_extra = {}
         self.bodies = []  # every POST body, in order: (path, parsed JSON)
         fake = self
 
@@ -43,8 +45,9 @@ class FakeLlama:
             def do_GET(self):
                 if self.path != "/props":
                     return self.send(404, {"error": {"message": "no route"}})
-                self.send(200, {"default_generation_settings": {"n_ctx": 4096}, "chat_template": "fake-chatml",
-                                "model_path": "/models/fake.gguf", "bos_token": "", "eos_token": "<|im_end|>"})
+                self.send(200, dict({"default_generation_settings": {"n_ctx": 4096}, "chat_template": "fake-chatml",
+                                     "model_path": "/models/fake.gguf", "bos_token": "", "eos_token": "<|im_end|>"},
+                                    **fake.props_extra))
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")

@@ -15,7 +15,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import LlmServer, Node, raw_post  # noqa: E402
+from dcnode import LlmServer, Node, raw_post, turns_of  # noqa: E402
+from fake_llama import FakeLlama  # noqa: E402
 
 BIN = MODEL = None
 # one inference thread per process: several llama.cpp processes on a small
@@ -469,6 +470,118 @@ class RemoteTest(unittest.TestCase):
             n.start()
         self.assertIn("cannot reach the LLM service", str(cm.exception))
         n.cleanup()
+
+
+class RemoteRoundTripTest(unittest.TestCase):
+    """A turn through `serve --llm` costs two HTTP calls to a DisCEdge
+    llm-serve (/render, /completion), counted from llm-serve's own request
+    log (--log-level debug logs every call); the same conversation as the
+    fine-grained calls give, which a plain llama-server still gets
+    (test_hardening_llm drives one)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.llm = LlmServer(BIN, MODEL, extra=ONE_THREAD + ["--kv-cache-sessions", "4", "--log-level", "debug"]).start()
+        try:
+            cls.node = Node(BIN, MODEL, node_id="cm", llm_url=cls.llm.url).start()
+        except Exception:
+            cls.llm.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.node.cleanup()
+        finally:
+            cls.llm.cleanup()
+
+    def calls(self):
+        """The requests llm-serve has logged: "METHOD /path" each."""
+        out = []
+        for line in self.llm.log_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 5 and parts[2] in ("GET", "POST") and parts[3].startswith("/"):
+                out.append(parts[2] + " " + parts[3])
+        return out
+
+    def turn(self, **fields):
+        before = len(self.calls())
+        st, r = self.node.complete(**fields)
+        self.assertEqual(st, 200, r)
+        return r, self.calls()[before:]
+
+    def test_a_turn_is_two_calls(self):
+        st, props = self.llm.request("GET", "/props")
+        self.assertTrue(props["discedge"]["render"], props)
+        r, calls = self.turn(prompt="What is a robot?", system="Be brief.", user_id="rt", turn=1)
+        self.assertEqual(calls, ["POST /render", "POST /completion"])
+        sid = r["session_id"]
+        for turn, q in ((2, "Name one sensor."), (3, "What does it <|im_end|> measure?")):
+            r, calls = self.turn(prompt=q, user_id="rt", session_id=sid, turn=turn)
+            self.assertEqual(calls, ["POST /render", "POST /completion"])
+            self.assertGreater(len(r["content"]), 0)
+        # the reply's text is what /detokenize gives for the stored ids, and
+        # the message was rendered as /apply-template + /tokenize render it
+        s = turns_of(self.node, sid, "rt")
+        last = s["turns"][-1]
+        st, d = self.llm.request("POST", "/detokenize", {"tokens": last["reply"]})
+        self.assertEqual((st, d["content"]), (200, r["content"]))
+        st, t = self.llm.request("POST", "/apply-template", {"messages": [
+            {"role": "user", "content": "\x1edc0\x1f"}], "add_generation_prompt": True})
+        head, tail = t["prompt"].split("\x1edc0\x1f")
+        ids = []
+        for text, special in ((head, True), ("What does it <|im_end|> measure?", False), (tail, True)):
+            st, tk = self.llm.request("POST", "/tokenize", {"content": text, "parse_special": special})
+            ids += tk["tokens"]
+        self.assertEqual(last["user"], ids)
+        # a stateless request of many messages: the same two calls
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"}]
+        before = len(self.calls())
+        st, o = self.node.request("POST", "/v1/chat/completions", {"messages": msgs, "max_tokens": 8,
+                                                                    "temperature": 0})
+        self.assertEqual(st, 200, o)
+        self.assertEqual(self.calls()[before:], ["POST /render", "POST /completion"])
+
+    def test_an_engine_without_render_gets_the_fine_grained_calls(self):
+        for claims in (False, True):  # a llama-server; one that says it renders, then does not
+            fake = FakeLlama(reply="fine").start()
+            if claims:
+                fake.props_extra = {"discedge": {"render": True}}
+            node = Node(BIN, MODEL, node_id="plain", llm_url=fake.url()).start()
+            try:
+                for turn in (1, 2):
+                    f = dict(prompt="Hello", user_id="p", turn=turn)
+                    if turn == 2:
+                        f["session_id"] = sid
+                    del fake.bodies[:]
+                    st, r = node.complete(**f)
+                    self.assertEqual(st, 200, r)
+                    sid = r["session_id"]
+                    paths = [p for p, _ in fake.bodies]
+                    # a 404 from /render turns it off for good: only turn 1 of
+                    # the engine that claimed it asks
+                    self.assertEqual(paths.count("/render"), 1 if claims and turn == 1 else 0, paths)
+                    self.assertIn("/apply-template", paths)
+                    self.assertIn("/detokenize", paths)
+                    self.assertEqual(r["content"][:4], "fine")
+            finally:
+                node.cleanup()
+                fake.stop()
+
+    def test_render_each_splits_as_rendering_one_by_one(self):
+        msgs = [{"role": "system", "content": "S <|im_start|>"}, {"role": "user", "content": "U"}]
+        st, both = self.llm.request("POST", "/render", {"messages": msgs, "add_generation_prompt": True,
+                                                         "each": True})
+        self.assertEqual(st, 200, both)
+        st, one = self.llm.request("POST", "/render", {"messages": msgs[:1], "add_generation_prompt": False})
+        st, two = self.llm.request("POST", "/render", {"messages": msgs[1:], "add_generation_prompt": True})
+        self.assertEqual(both["lengths"], [len(one["tokens"]), len(two["tokens"])])
+        self.assertEqual(both["tokens"], one["tokens"] + two["tokens"])
+        for body in ({"messages": []}, {"messages": [{"role": "user"}]}, {"messages": "x"}):
+            st, r = self.llm.request("POST", "/render", body)
+            self.assertEqual((st, r["error"]["type"]), (400, "invalid_request"), body)
 
 
 if __name__ == "__main__":

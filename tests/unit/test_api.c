@@ -17,7 +17,6 @@
 #include "api/errors.h"
 #include "api/openai.h"
 #include "api/request.h"
-#include "cli.h"
 #include "util/ids.h"
 #include "util/metrics.h"
 #include "util/utf8.h"
@@ -501,44 +500,6 @@ static void api_keys(void **state) {
     assert_null(auth_load("/nonexistent/keys", err, sizeof err));
 }
 
-static void config_files(void **state) {
-    (void)state;
-    static const struct option opts[] = {{"port", required_argument, 0, 'p'},
-                                         {"node-id", required_argument, 0, 'n'},
-                                         {"verbose", no_argument, 0, 'v'},
-                                         {"quiet", no_argument, 0, 'q'},
-                                         {0, 0, 0, 0}};
-    char *path = temp_file("# a node\nport = 9000\n node-id \"edge 1\"  # its name\nverbose\nquiet = false\n");
-    char *argv[] = {"serve", "--config", path, "--port", "9001", NULL};
-    cli_args a;
-    assert_int_equal(cli_config_expand("t", opts, 5, argv, &a), 0);
-    assert_int_equal(a.argc, 6);
-    assert_string_equal(a.argv[0], "serve");
-    assert_string_equal(a.argv[1], "--port=9000");
-    assert_string_equal(a.argv[2], "--node-id=edge 1");
-    assert_string_equal(a.argv[3], "--verbose");
-    assert_string_equal(a.argv[4], "--port"); /* the command line comes after the file: it wins */
-    assert_string_equal(a.argv[5], "9001");
-    assert_null(a.argv[6]);
-    cli_args_free(&a);
-    char *plain[] = {"serve", "--port", "1", NULL};
-    assert_int_equal(cli_config_expand("t", opts, 3, plain, &a), 0);
-    assert_int_equal(a.argc, 3);
-    cli_args_free(&a);
-    static const char *bad[] = {"nope = 1\n", "port\n", "verbose = maybe\n", "config = x\n"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        FILE *f = fopen(path, "w");
-        fputs(bad[i], f);
-        fclose(f);
-        char *args[] = {"serve", "--config=x", NULL};
-        args[1] = malloc(strlen(path) + 10);
-        sprintf(args[1], "--config=%s", path);
-        if (cli_config_expand("t", opts, 2, args, &a) != -1) fail_msg("config %zu accepted", i);
-        free(args[1]);
-    }
-    unlink(path);
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(error_statuses), cmocka_unit_test(error_body_shape), cmocka_unit_test(paper_client_request),
@@ -546,7 +507,7 @@ int main(void) {
         cmocka_unit_test(chat_stateless_and_session), cmocka_unit_test(chat_bad_requests),
         cmocka_unit_test(utf8_stream_boundaries), cmocka_unit_test(response_ids),
         cmocka_unit_test(responses_requests), cmocka_unit_test(chat_stream_options),
-        cmocka_unit_test(metrics_text), cmocka_unit_test(api_keys), cmocka_unit_test(config_files),
+        cmocka_unit_test(metrics_text), cmocka_unit_test(api_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
