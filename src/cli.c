@@ -24,13 +24,15 @@ const opt *cli_engine_opts(llm_params *lp) {
          .dflt = "the model's, at most 4096"},
         {"threads", OPT_INT, "N", "inference threads", OPT_TO(lp->n_threads), .min = 0, .max = 1024,
          .dflt = "physical cores"},
-        {"parallel", OPT_INT, "N", "requests generating at once, batched together", OPT_TO(lp->n_parallel),
-         .min = 1, .max = 64},
+        {"parallel", OPT_INT, "N",
+         "requests generating at once, batched together; each has a KV stream of ctx-size tokens, reserved at "
+         "start",
+         OPT_TO(lp->n_parallel), .min = 1, .max = 64},
         {"queue", OPT_INT, "N", "requests waiting beyond those; more get 429", OPT_TO(lp->n_queue), .min = 0,
          .max = 1 << 16},
         {"kv-cache-sessions", OPT_INT, "N",
          "conversations whose KV cache stays in memory, least recently used out first; 0 disables reuse. "
-         "Memory: N x ctx-size x the model's KV bytes per token",
+         "Those beyond --parallel take the KV bytes of the tokens they hold, not a window each",
          OPT_TO(lp->kv_sessions), .min = 0, .max = 256},
         {"kv-spill-mib", OPT_SIZE, "N",
          "disk for the KV of conversations pushed out of memory, restored when they return, in MiB (or with a "

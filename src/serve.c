@@ -148,7 +148,8 @@ int serve_main(int argc, char **argv) {
          OPT_TO(ap.request_timeout_s), .min = 1, .max = 3600, .unit = 1000},
         {"warm-sessions", OPT_INT, "N",
          "warm handover: conversations served by other nodes whose KV this node prefills in the background, on idle engine "
-         "time, so that their next turn here prefills only the new message; among --kv-cache-sessions; 0: off",
+         "time, so that their next turn here prefills only the new message; at most --parallel (they are "
+         "prefilled into its streams); 0: off",
          OPT_TO(warm_sessions), .min = 0, .max = 256, .dflt = "4 with --store, 0 without"},
         {"warm-window", OPT_DURATION, "SECS",
          "warm only turns committed this recently; a warmed conversation unused this long is evicted first",
