@@ -232,9 +232,10 @@ void spill_save(spill *sp, struct llama_context *ctx, int seq, const char *owner
     spill_entry x = {.bytes = size, .used = ++sp->tick, .id = ++sp->seq};
     bool ok;
     if (sp->p.mem_max > 0) {
-        /* (keep leaves memory next, for the sequence this one leaves:
-         * memory is over by one entry until then) */
-        for (int i; sp->st.n_mem >= sp->p.mem_max && (i = lru(sp, true, keep)) >= 0;) demote(sp, i, keep);
+        /* keep leaves memory next, for the sequence this one leaves: it
+         * does not count, and memory is over by one entry until then */
+        int k = keep ? spill_find(sp, keep) : -1, limit = sp->p.mem_max + (k >= 0 && sp->e[k].mem);
+        for (int i; sp->st.n_mem >= limit && (i = lru(sp, true, keep)) >= 0;) demote(sp, i, keep);
         x.mem = mem_alloc(size);
         ok = x.mem && llama_state_seq_get_data(ctx, x.mem, size, seq) == size;
         if (!ok) {

@@ -190,13 +190,18 @@ class ParkTest(OneNode):
         self.assertEqual(r["timings"]["cache_n"], na)
         e2 = engine(self.node)
         self.assertEqual(e2["spill_restores"] - e1["spill_restores"], 1)
-        # c took a's place outside; a 4th conversation pushes out the least
-        # recently used (b): with no disk it is dropped, and memory stays
-        # at two conversations' tokens
+        # c took a's place outside, and b is still kept: a swap is no
+        # eviction (round robin over the kept conversations reuses them all)
+        self.assertEqual((e2["kv_parked"], e2["kv_parked_tokens"]), (2, nb + nc), e2)
+        st, r = self.node.complete(prompt="Which animals live there?", user_id="p", turn=2, session_id=b)
+        self.assertEqual(st, 200, r)
+        self.assertEqual(r["timings"]["cache_n"], nb)
+        # a 4th conversation pushes out the least recently used (c): with no
+        # disk it is dropped, and memory stays at two conversations' tokens
         self.turn1("Describe a harbour.")
         e3 = engine(self.node)
         self.assertEqual(e3["kv_parked"], 2, e3)
-        st, r = self.node.complete(prompt="Which animals live there?", user_id="p", turn=2, session_id=b)
+        st, r = self.node.complete(prompt="Which animals live there?", user_id="p", turn=2, session_id=c)
         self.assertEqual(st, 200, r)
         self.assertLess(r["timings"]["cache_n"], 8, r["timings"])
 
