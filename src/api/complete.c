@@ -8,7 +8,7 @@
 #include "auth.h"
 #include "errors.h"
 #include "openai.h"
-#include "request.h"
+#include "llamacpp.h"
 #include "sse.h"
 
 typedef struct {

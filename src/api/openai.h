@@ -23,7 +23,7 @@
 
 #include "../ctx/ctx.h"
 #include "../util/ids.h"
-#include "request.h"
+#include "json.h"
 
 /* One parsed OpenAI request and its reply's identity, fixed before the
  * generation so that every streamed chunk can carry it. */

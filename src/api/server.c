@@ -12,7 +12,7 @@
 #include "http.h"
 #include "observe.h"
 #include "openai.h"
-#include "request.h"
+#include "json.h"
 #include "sse.h"
 #include "web.h"
 
@@ -28,6 +28,23 @@ api_params api_default_params(void) {
                         .default_n_predict = 128, .max_n_predict = 4096, .max_streams = 4,
                         .max_connections = h.max_connections, .max_per_address = h.max_per_address,
                         .request_timeout_s = h.request_timeout_s};
+}
+
+/* Stored turns as JSON: per turn its segments, token ids (tokenized mode)
+ * or text (raw mode). For clients and tests that compare contexts. */
+static json_t *turns_json(const turn_rec *turns, uint32_t n) {
+    static const char *names[SEG_COUNT] = {"system", "user", "reply", "end"};
+    json_t *arr = json_array();
+    for (uint32_t i = 0; i < n; i++) {
+        json_t *t = json_pack("{s:i}", "turn", (int)turns[i].turn);
+        for (int k = 0; k < SEG_COUNT; k++) {
+            json_object_set_new(t, names[k], turns[i].kind == TURN_TOKENS
+                                                 ? api_ids_json(turns[i].tok[k].v, turns[i].tok[k].n)
+                                                 : api_text_json(&turns[i].text[k]));
+        }
+        json_array_append_new(arr, t);
+    }
+    return arr;
 }
 
 static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn, const char *method,
@@ -49,7 +66,7 @@ static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn
                              "model", m.model, "mode", ctx_mode_name(m.mode), "turn", (int)m.turn, "context_tokens",
                              (int)m.n_tokens, "created_ms", (json_int_t)m.created_ms, "last_activity_ms",
                              (json_int_t)m.last_ms);
-        if (!rc && with_turns) json_object_set_new(body, "turns", api_turns_json(turns, m.turn));
+        if (!rc && with_turns) json_object_set_new(body, "turns", turns_json(turns, m.turn));
         store_turns_free(turns, rc ? 0 : m.turn);
     } else if (!strcmp(method, "DELETE")) {
         rc = ctx_session_delete(c, sid, user, &err);
