@@ -7,6 +7,7 @@
 #include "../util/clock.h"
 #include "auth.h"
 #include "errors.h"
+#include "identity.h"
 #include "openai.h"
 #include "llamacpp.h"
 #include "sse.h"
@@ -24,6 +25,8 @@ typedef struct {
     double t0;
     char holder[AUTH_LIMITS_MAX + 1]; /* whose generation this is, once counted (call_take) */
     char slot[24];           /* its item in env->inflight */
+    char sid[ID_MAX + 1];    /* a new session's id (/completion; openai.c names its own in chat) */
+    char fork_id[ID_MAX + 1]; /* the id the turn's session takes if it goes on in a fork */
 } call;
 
 static void call_release(void *ud) {
@@ -100,13 +103,20 @@ static dc_code call_parse(call *k, const http_req *hr, dc_error *err) {
         k->chat.model = llm_model_name(k->env->m);
         k->chat.node = k->env->node_id;
     }
-    /* who the call is (auth.h): with API keys the key says, whatever the
-     * body says; without, the body's claim, and an OpenAI session no one
-     * named belongs to "anonymous" */
-    if (k->user[0]) k->req.user_id = k->user;
+    /* who the call is and what its session is called (identity.h): the
+     * limits count the claim (auth_limits_key), the session belongs to the
+     * user the call runs as */
     auth_limits_key(k->user, k->req.user_id, hr->addr, k->limits);
-    if (!k->req.user_id && k->kind != CALL_COMPLETION && k->chat.session) k->req.user_id = "anonymous";
+    k->req.user_id = identity_user(k->user, k->req.user_id);
     k->req.quota_user = k->limits;
+    if (k->kind == CALL_COMPLETION && k->req.mode != MODE_CLIENT_SIDE && !k->req.session_id) {
+        if ((rc = identity_new_session(&k->req.turn, k->sid, err))) return rc;
+        k->req.session_id = k->sid;
+    }
+    if (k->req.fork_on_conflict) {
+        if ((rc = identity_fork_id(k->fork_id, err))) return rc;
+        k->req.fork_id = k->fork_id;
+    }
     if (k->req.gen.n_predict > k->env->max_n_predict)
         return dc_fail(err, DC_E_INVALID, "a reply of %d tokens was asked for; this node allows at most %d",
                        k->req.gen.n_predict, k->env->max_n_predict);
@@ -138,8 +148,8 @@ static dc_code call_fork_if_older(call *k, dc_error *err) {
     if (rc == DC_E_NOT_FOUND) return dc_fail(err, DC_E_NOT_FOUND, "no stored response resp_%s_%u", k->chat.prev_sid,
                                              k->chat.prev_turn);
     if (rc || m.turn <= k->chat.prev_turn) return rc;
-    char sid[33];
-    if (id_random_hex(sid) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
+    char sid[ID_MAX + 1];
+    if ((rc = identity_fork_id(sid, err))) return rc;
     if ((rc = ctx_session_fork(k->env->c, k->chat.prev_sid, k->chat.prev_turn, k->req.user_id, k->limits, sid, err)))
         return rc;
     api_chat_fork(&k->chat, &k->req, sid);

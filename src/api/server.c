@@ -10,6 +10,7 @@
 #include "complete.h"
 #include "errors.h"
 #include "http.h"
+#include "identity.h"
 #include "observe.h"
 #include "openai.h"
 #include "json.h"
@@ -28,6 +29,14 @@ api_params api_default_params(void) {
                         .default_n_predict = 128, .max_n_predict = 4096, .max_streams = 4,
                         .max_connections = h.max_connections, .max_per_address = h.max_per_address,
                         .request_timeout_s = h.request_timeout_s};
+}
+
+/* Who a sessions route runs as (identity.h): the key's user, else the
+ * user_id query parameter, else the X-User-Id header, else anonymous. */
+static const char *user_of(struct MHD_Connection *conn, const char *key_user) {
+    const char *claimed = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "user_id");
+    if (!claimed) claimed = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-User-Id");
+    return identity_user(key_user, claimed);
 }
 
 /* Stored turns as JSON: per turn its segments, token ids (tokenized mode)
@@ -49,8 +58,7 @@ static json_t *turns_json(const turn_rec *turns, uint32_t n) {
 
 static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn, const char *method,
                                       const char *sid, const char *user, int *status) {
-    if (!user) user = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "user_id");
-    if (!user) user = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-User-Id");
+    user = user_of(conn, user);
     ctx *c = s->env.c;
     dc_error err = {0};
     session_meta m;
@@ -82,8 +90,7 @@ static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn
  * accepted, the warm-up runs in the background. */
 static enum MHD_Result handle_warm(api_server *s, struct MHD_Connection *conn, const char *method, const char *sid,
                                    const char *user, int *status) {
-    if (!user) user = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "user_id");
-    if (!user) user = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-User-Id");
+    user = user_of(conn, user);
     dc_error err = {0};
     bool warming = false;
     dc_code rc = strcmp(method, "POST")
