@@ -226,7 +226,8 @@ dc_code api_responses_parse(const char *body, size_t len, const api_defaults *d,
         if (instructions)
             return dc_fail(err, DC_E_INVALID, "instructions start a conversation; they cannot change in its middle");
         /* the session's next turn; complete.c forks when it has gone on since,
-         * ctx_complete when another request takes the turn meanwhile */
+         * the turn protocol when another request takes the turn meanwhile
+         * (ctx_request.fork_on_conflict) */
         memcpy(chat->sid, chat->prev_sid, sizeof chat->sid);
         req->session_id = chat->sid;
         req->turn = chat->prev_turn + 1;

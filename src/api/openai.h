@@ -1,6 +1,6 @@
 /* openai.h - the OpenAI APIs' JSON, mapped onto the context manager.
  *
- * POST /v1/chat/completions is one ctx_complete call, like /completion:
+ * POST /v1/chat/completions is one turn (complete.c), like /completion:
  *  - without a session it is stateless: `messages` is the whole
  *    conversation, rendered with the model's template (client-side mode);
  *  - with `session_id` (body, or the X-Session-Id header), or `store: true`

@@ -14,12 +14,12 @@
 #include "observe.h"
 #include "openai.h"
 #include "json.h"
-#include "sse.h"
 #include "web.h"
 
 struct api_server {
     api_params p;
     api_env env;
+    api_turns turns;
     http_server *h;
 };
 
@@ -219,13 +219,14 @@ api_server *api_server_start(const api_params *p, ctx *c, llm *m, char *err, siz
     if (!s) return NULL;
     s->p = *p;
     s->env = (api_env){.c = c, .m = m, .node_id = p->node_id, .default_n_predict = p->default_n_predict,
-                       .max_n_predict = p->max_n_predict, .max_streams = p->max_streams};
+                       .max_n_predict = p->max_n_predict, .max_streams = p->max_streams, .turns = &s->turns};
     if (!(s->env.obs = observe_new(p->log_content)) || !(s->env.inflight = quota_new(NULL, NULL))) {
         observe_free(s->env.obs);
         free(s);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    api_turns_init(&s->turns);
     http_params hp = http_default_params();
     hp.host = p->host;
     hp.port = p->port;
@@ -236,6 +237,7 @@ api_server *api_server_start(const api_params *p, ctx *c, llm *m, char *err, siz
     if (!(s->h = http_start(&hp, gate, on_request, s, err, errlen))) {
         observe_free(s->env.obs);
         quota_free(s->env.inflight);
+        api_turns_drain(&s->turns);
         free(s);
         return NULL;
     }
@@ -246,8 +248,8 @@ int api_server_port(const api_server *s) { return http_port(s->h); }
 
 void api_server_stop(api_server *s) {
     if (!s) return;
-    http_stop(s->h); /* closes every connection: streams in flight are cancelled */
-    sse_drain();
+    http_stop(s->h); /* closes every connection: turns in flight are cancelled */
+    api_turns_drain(&s->turns);
     observe_free(s->env.obs);
     quota_free(s->env.inflight);
     free(s);
