@@ -82,12 +82,19 @@ static call *call_new(const api_env *env, call_kind kind, const char *route, con
     return k;
 }
 
+/* The generation is over: it no longer counts against its user's
+ * generations at once (call_take). */
+static void call_give(call *k) {
+    if (k->holder[0]) quota_give(k->env->inflight, k->holder, k->slot);
+    k->holder[0] = '\0';
+}
+
 static void call_unref(call *k) {
     pthread_mutex_lock(&k->mu);
     bool last = --k->refs == 0;
     pthread_mutex_unlock(&k->mu);
     if (!last) return;
-    if (k->holder[0]) quota_give(k->env->inflight, k->holder, k->slot);
+    call_give(k);
     json_decref(k->root);
     api_chat_free(&k->chat);
     ctx_reply_free(&k->rep);
@@ -167,6 +174,7 @@ static void *call_run(void *arg) {
     api_turns *turns = k->env->turns;
     dc_error err = {0};
     dc_code rc = ctx_complete(k->env->c, &k->req, &k->rep, &err);
+    call_give(k); /* before the answer goes out: the client may send its next at once */
     call_finish(k, rc, &k->rep);
     pthread_mutex_lock(&k->mu);
     k->rc = rc;
