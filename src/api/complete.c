@@ -34,7 +34,7 @@
 #include "../util/utf8.h"
 #include "auth.h"
 #include "errors.h"
-#include "identity.h"
+#include "../util/identity.h"
 #include "llamacpp.h"
 #include "openai.h"
 #include "sse.h"
@@ -52,8 +52,6 @@ typedef struct {
     double t0;
     char holder[AUTH_LIMITS_MAX + 1]; /* whose generation this is, once counted (call_take) */
     char slot[24];           /* its item in env->inflight */
-    char sid[ID_MAX + 1];    /* a new session's id (/completion; openai.c names its own in chat) */
-    char fork_id[ID_MAX + 1]; /* the id the turn's session takes if it goes on in a fork */
 
     /* shared, under mu (see the top) */
     pthread_mutex_t mu;
@@ -355,20 +353,11 @@ static dc_code call_parse(call *k, const http_req *hr, dc_error *err) {
         k->chat.model = llm_model_name(k->env->m);
         k->chat.node = k->env->node_id;
     }
-    /* who the call is and what its session is called (identity.h): the
-     * limits count the claim (auth_limits_key), the session belongs to the
-     * user the call runs as */
+    /* who the call is (util/identity.h): the limits count the claim
+     * (auth_limits_key), the session belongs to the user the call runs as */
     auth_limits_key(k->user, k->req.user_id, hr->addr, k->limits);
     k->req.user_id = identity_user(k->user, k->req.user_id);
     k->req.quota_user = k->limits;
-    if (k->kind == CALL_COMPLETION && k->req.mode != MODE_CLIENT_SIDE && !k->req.session_id) {
-        if ((rc = identity_new_session(&k->req.turn, k->sid, err))) return rc;
-        k->req.session_id = k->sid;
-    }
-    if (k->req.fork_on_conflict) {
-        if ((rc = identity_fork_id(k->fork_id, err))) return rc;
-        k->req.fork_id = k->fork_id;
-    }
     if (k->req.gen.n_predict > k->env->max_n_predict)
         return dc_fail(err, DC_E_INVALID, "a reply of %d tokens was asked for; this node allows at most %d",
                        k->req.gen.n_predict, k->env->max_n_predict);

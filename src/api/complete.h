@@ -5,7 +5,7 @@
  *   POST /v1/responses          OpenAI's Responses (previous_response_id)
  *
  * Each parses its body into a ctx_request (llamacpp.h, openai.h), names
- * it (identity.h) and runs it: here, the one runner of every turn, which
+ * it (util/identity.h) and runs it: here, the one runner of every turn, which
  * answers as one JSON object or, with stream:true, as Server-Sent Events
  * (streaming is an output mode of the runner; sse.h only moves the bytes),
  * and logs the request and counts it (observe.h). */

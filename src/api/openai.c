@@ -135,7 +135,7 @@ static void name_reply(api_chat *chat, const ctx_request *req) {
 }
 
 /* A new session's id is chosen before the generation, so that a stream's
- * first chunk can already name it (identity.h). */
+ * first chunk can already name it (util/identity.h). */
 static dc_code new_session(api_chat *chat, ctx_request *req, dc_error *err) {
     dc_code rc = identity_new_session(&req->turn, chat->sid, err);
     if (!rc) req->session_id = chat->sid;
@@ -219,7 +219,7 @@ dc_code api_responses_parse(const char *body, size_t len, const api_defaults *d,
 
     chat->session = store || prev;
     if (prev) {
-        if (!api_response_id_parse(prev, chat->prev_sid, &chat->prev_turn))
+        if (!identity_response_id_parse(prev, chat->prev_sid, &chat->prev_turn))
             return dc_fail(err, DC_E_NOT_FOUND, "no stored response %.80s", prev);
         if (!store)
             return dc_fail(err, DC_E_INVALID, "continuing a response stores the new one: leave store at true");

@@ -23,7 +23,7 @@
 
 #include "../ctx/ctx.h"
 #include "../util/ids.h"
-#include "identity.h"
+#include "../util/identity.h"
 #include "json.h"
 
 /* One parsed OpenAI request and its reply's identity, fixed before the
@@ -37,7 +37,7 @@ typedef struct {
     char sid[ID_MAX + 1];       /* the session; chosen here for a new one */
     char prev_sid[ID_MAX + 1];  /* responses: previous_response_id's session and turn (0: none) */
     uint32_t prev_turn;
-    char id[IDENTITY_REPLY_MAX]; /* chatcmpl-..., resp_... (identity.h) */
+    char id[IDENTITY_REPLY_MAX]; /* chatcmpl-..., resp_... (util/identity.h) */
     long long created;
     int seq;                    /* responses stream: sequence_number */
     const char *model, *node;
@@ -53,6 +53,11 @@ dc_code api_responses_parse(const char *body, size_t len, const api_defaults *d,
 void api_chat_free(api_chat *chat);
 /* Moves the reply to session sid (a fork of the one asked for). */
 void api_chat_fork(api_chat *chat, ctx_request *req, const char *sid);
+
+/* Splits "resp_<session>_<turn>" (util/identity.h); false when id is not one. */
+static inline bool api_response_id_parse(const char *id, char sid[ID_MAX + 1], uint32_t *turn) {
+    return identity_response_id_parse(id, sid, turn);
+}
 
 /* The whole reply: a chat.completion, or a response object. */
 json_t *api_chat_json(const ctx_reply *rep, const api_chat *chat);

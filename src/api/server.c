@@ -10,7 +10,7 @@
 #include "complete.h"
 #include "errors.h"
 #include "http.h"
-#include "identity.h"
+#include "../util/identity.h"
 #include "observe.h"
 #include "openai.h"
 #include "json.h"
@@ -31,7 +31,7 @@ api_params api_default_params(void) {
                         .request_timeout_s = h.request_timeout_s};
 }
 
-/* Who a sessions route runs as (identity.h): the key's user, else the
+/* Who a sessions route runs as (util/identity.h): the key's user, else the
  * user_id query parameter, else the X-User-Id header, else anonymous. */
 static const char *user_of(struct MHD_Connection *conn, const char *key_user) {
     const char *claimed = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "user_id");

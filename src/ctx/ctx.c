@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "../util/clock.h"
+#include "../util/identity.h"
 #include "../util/keylock.h"
 #include "../util/log.h"
 #include "../util/quota.h"
@@ -146,7 +147,7 @@ static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tok
      * stateless request shares with the client as the per-user limits
      * know it (ctx_request.quota_user: the key's user; without keys, the
      * claimed user at its address): key-less strangers, all "anonymous"
-     * (api/identity.h), never share. */
+     * (util/identity.h), never share. */
     if (!gp.owner && req->mode != MODE_CLIENT_SIDE) {
         warm_kv_owner(rep->session_id, owner);
         gp.owner = owner;
@@ -413,10 +414,13 @@ static dc_code copy_turns(ctx *c, const char *new_sid, const session_meta *src, 
 
 /* The turn goes on in a fork of its session: a copy of the turns before it
  * (the context the reply was generated from) under a new id, then the turn.
- * rep->session_id becomes the fork's, fsid (ctx_request.fork_id). */
+ * rep->session_id becomes the fork's. */
 static dc_code commit_in_fork(ctx *c, const turn_rec *turns, session_meta *meta, const turn_rec *rec,
-                              const char *counted, const char *fsid, ctx_reply *rep, dc_error *err) {
-    dc_code rc = reserve_session(c, counted, fsid, err);
+                              const char *counted, ctx_reply *rep, dc_error *err) {
+    char fsid[ID_MAX + 1];
+    dc_code rc = identity_fork_id(fsid, err);
+    if (rc) return rc;
+    rc = reserve_session(c, counted, fsid, err);
     if (rc) return rc;
     session_meta copy;
     rc = copy_turns(c, fsid, meta, turns, rec->turn - 1, &copy, err);
@@ -637,7 +641,7 @@ static dc_code complete_turn(ctx *c, const ctx_request *req, uint32_t turn, ctx_
         }
         if (fork) {
             double t0 = clock_mono_ms();
-            rc = commit_in_fork(c, turns, &meta, &rec, counted, req->fork_id, rep, err);
+            rc = commit_in_fork(c, turns, &meta, &rec, counted, rep, err);
             rep->store_commit_ms += clock_mono_ms() - t0;
         }
     }
@@ -657,23 +661,24 @@ dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *e
         return dc_fail(err, DC_E_INVALID, "messages replace the prompt in client-side mode only, and cannot be empty");
     if (!req->prompt && !req->messages) return dc_fail(err, DC_E_INVALID, "prompt is required");
     if (req->gen.n_predict < 1) return dc_fail(err, DC_E_INVALID, "n_predict must be >= 1");
-    /* the caller names the user and the session (ctx_request): nothing is
-     * made up here */
-    if (!req->user_id) return dc_fail(err, DC_E_INVALID, "user_id is required");
-    if (!id_is_valid(req->user_id)) return dc_fail(err, DC_E_INVALID, "user_id must be 1-64 characters of [A-Za-z0-9._-]");
-    strcpy(rep->user_id, req->user_id);
+    /* what the request leaves out is decided in util/identity.h */
+    const char *user = identity_user(NULL, req->user_id);
+    if (!id_is_valid(user)) return dc_fail(err, DC_E_INVALID, "user_id must be 1-64 characters of [A-Za-z0-9._-]");
+    strcpy(rep->user_id, user);
     if (req->request_id && !id_is_valid(req->request_id))
         return dc_fail(err, DC_E_INVALID, "request_id must be 1-64 characters of [A-Za-z0-9._-]");
     if (req->mode == MODE_CLIENT_SIDE) return complete_client_side(c, req, rep, err);
 
     uint32_t turn = req->turn;
-    if (!req->session_id) return dc_fail(err, DC_E_INVALID, "session_id is required outside client-side mode");
-    if (!id_is_valid(req->session_id))
-        return dc_fail(err, DC_E_INVALID, "session_id must be 1-64 characters of [A-Za-z0-9._-]");
-    if (!turn) return dc_fail(err, DC_E_INVALID, "turn is required with session_id");
-    if (req->fork_on_conflict && (!req->fork_id || !id_is_valid(req->fork_id)))
-        return dc_fail(err, DC_E_INVALID, "fork_on_conflict needs a fork_id");
-    strcpy(rep->session_id, req->session_id);
+    if (req->session_id) {
+        if (!id_is_valid(req->session_id))
+            return dc_fail(err, DC_E_INVALID, "session_id must be 1-64 characters of [A-Za-z0-9._-]");
+        if (!turn) return dc_fail(err, DC_E_INVALID, "turn is required with session_id");
+        strcpy(rep->session_id, req->session_id);
+    } else {
+        dc_code rc = identity_new_session(&turn, rep->session_id, err);
+        if (rc) return rc;
+    }
     rep->turn = turn;
 
     /* One retry when the commit finds this node's view of the session out

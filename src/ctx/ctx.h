@@ -55,20 +55,20 @@ typedef struct {
                                 the model's template (contents never parsed as markup) */
     size_t n_messages;
     const char *system;     /* optional system message, first turn only */
-    /* Who and what, named by the caller (the API layer decides: api/identity.h); nothing is made up here. */
-    const char *session_id; /* required outside client-side mode; one not stored yet is created at turn 1 */
-    const char *user_id;    /* required: whom the session belongs to (another user gets 403) */
+    /* Who and what: util/identity.h decides what the caller leaves out, for every caller alike. */
+    const char *session_id; /* NULL: a new session (turn 1 only), named before the generation; a caller that
+                               must know its id sooner (a stream's first event) names it itself the same way */
+    const char *user_id;    /* NULL: the default user ("anonymous"); the session belongs to its user (others: 403) */
     const char *quota_user; /* the client as limits and the KV cache know it: whom --max-sessions-per-user
                                counts a new session against, and whose cached prefixes the engine may reuse
                                (llm_gen_params.owner); NULL: the session's owner (the API layer decides:
                                auth.h auth_limits_key) */
-    uint32_t turn;          /* required with session_id */
+    uint32_t turn;          /* 0: not given (allowed only for a new session) */
     const char *request_id; /* optional: a retry with the same id gets the committed reply again */
     ctx_consistency consistency;
     bool fork_on_conflict;  /* the turn continues a stored reply (a Responses previous_response_id): when another
                                request has taken the turn meanwhile, the turn goes on in a fork of the session at
-                               turn - 1 (session fork_id, then in rep->session_id) instead of failing with 409 */
-    const char *fork_id;    /* with fork_on_conflict: the id a fork takes, a session not stored yet */
+                               turn - 1 (a new session id, in rep->session_id) instead of failing with 409 */
     llm_gen_params gen;
 } ctx_request;
 

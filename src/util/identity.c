@@ -7,7 +7,7 @@
 
 const char *identity_user(const char *key_user, const char *claimed) {
     if (key_user && *key_user) return key_user;
-    if (claimed && *claimed) return claimed;
+    if (claimed) return claimed; /* checked where it is used (ids.h): "" is no one's name */
     return IDENTITY_ANONYMOUS;
 }
 
@@ -31,7 +31,7 @@ void identity_reply_id(bool responses, const char *sid, uint32_t turn, char out[
     else snprintf(out, IDENTITY_REPLY_MAX, "resp_%s", rnd);
 }
 
-bool api_response_id_parse(const char *id, char sid[ID_MAX + 1], uint32_t *turn) {
+bool identity_response_id_parse(const char *id, char sid[ID_MAX + 1], uint32_t *turn) {
     if (strncmp(id, "resp_", 5) != 0) return false;
     const char *s = id + 5, *us = strrchr(s, '_');
     if (!us || us == s || (size_t)(us - s) > ID_MAX) return false;
