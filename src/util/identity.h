@@ -1,7 +1,7 @@
 /* identity.h - who a turn runs as and what it and its session are called:
  * decided here, the same for every endpoint (/completion, the OpenAI
  * routes, the sessions routes) and every caller (the API layer names what
- * it must know before the generation; the context manager, ctx_complete,
+ * it must know before the generation; the context manager (ctx.h)
  * what its caller left out). In util/ because both layers use it.
  *
  *  - The user. With API keys, the key's user, whatever the request says
@@ -20,7 +20,7 @@
  *    also name its own new session (the paper's client does), any valid id
  *    (ids.h), at turn 1.
  *  - A fork's id: a new session id, the same way (a Responses call that
- *    continues an older response: api/complete.c, or ctx_complete when the
+ *    continues an older response: api/complete.c, or the context manager when the
  *    turn it continues was taken meanwhile, ctx_request.fork_on_conflict).
  *  - A reply's id: "chatcmpl-" and 32 random hex digits on chat
  *    completions; "resp_<session>_<turn>" for a stored response, which is
