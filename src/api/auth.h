@@ -31,9 +31,8 @@ dc_code auth_check(auth *a, const char *header, char user[ID_MAX + 1], dc_error 
  *  - with keys, the key's user (auth_check), whatever the request says;
  *  - without, the user the request claims (user_id on /completion and the
  *    sessions routes, `user` on the OpenAI ones through auth_owner_of), or
- *    none: then an OpenAI session belongs to "anonymous" (its random id is
- *    what lets a client continue it) and a /completion session to a random
- *    user id (ctx.h).
+ *    none: then it is "anonymous" on every route (util/identity.h: a session's
+ *    random id is then what lets a client continue it).
  * The per-user limits (--max-streams-per-key, --max-sessions-per-user)
  * count against auth_limits_key: the key's user; without keys the claimed
  * user at the client's address, or the address alone for a client that

@@ -15,7 +15,7 @@
 #include "../util/log.h"
 #include "errors.h"
 #include "http.h"
-#include "request.h"
+#include "json.h"
 
 struct llm_server {
     llm_server_params p;

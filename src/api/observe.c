@@ -12,7 +12,7 @@
 #include "../util/hash.h"
 #include "../util/log.h"
 #include "../util/metrics.h"
-#include "request.h"
+#include "json.h"
 
 /* A session counts as active while it had a turn here in this window. */
 #define ACTIVE_WINDOW_MS (5 * 60 * 1000)

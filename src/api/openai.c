@@ -131,20 +131,15 @@ static dc_code common_of(json_t *r, const api_defaults *d, const char *const *ca
 }
 
 static void name_reply(api_chat *chat, const ctx_request *req) {
-    char rnd[33];
-    if (id_random_hex(rnd) != 0) strcpy(rnd, "0");
-    if (!chat->responses) snprintf(chat->id, sizeof chat->id, "chatcmpl-%s", rnd);
-    else if (chat->session) snprintf(chat->id, sizeof chat->id, "resp_%s_%u", chat->sid, req->turn);
-    else snprintf(chat->id, sizeof chat->id, "resp_%s", rnd); /* names no turn: cannot be continued */
+    identity_reply_id(chat->responses, chat->session ? chat->sid : NULL, req->turn, chat->id);
 }
 
-/* A new session's id is chosen here, not by ctx_complete, so that a
- * stream's first chunk can already name it. */
+/* A new session's id is chosen before the generation, so that a stream's
+ * first chunk can already name it (util/identity.h). */
 static dc_code new_session(api_chat *chat, ctx_request *req, dc_error *err) {
-    if (id_random_hex(chat->sid) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
-    req->session_id = chat->sid;
-    req->turn = 1;
-    return DC_OK;
+    dc_code rc = identity_new_session(&req->turn, chat->sid, err);
+    if (!rc) req->session_id = chat->sid;
+    return rc;
 }
 
 /* Both APIs' last step: a session's turn takes the new message (tokenized
@@ -193,25 +188,11 @@ dc_code api_chat_parse(const char *body, size_t len, const char *hdr_session, co
     chat->session = req->session_id || store;
     if (!chat->session && req->turn) return dc_fail(err, DC_E_INVALID, "turn needs a session (session_id or store:true)");
     if (chat->session && !req->session_id) {
-        if (req->turn > 1) return dc_fail(err, DC_E_INVALID, "turn %u needs the session_id of turn 1", req->turn);
         if ((rc = new_session(chat, req, err))) return rc;
     } else if (chat->session) {
         snprintf(chat->sid, sizeof chat->sid, "%s", req->session_id);
     }
     return place_messages(chat, req, req->turn <= 1, err);
-}
-
-bool api_response_id_parse(const char *id, char sid[ID_MAX + 1], uint32_t *turn) {
-    if (strncmp(id, "resp_", 5) != 0) return false;
-    const char *s = id + 5, *us = strrchr(s, '_');
-    if (!us || us == s || (size_t)(us - s) > ID_MAX) return false;
-    char *end;
-    unsigned long t = strtoul(us + 1, &end, 10);
-    if (!us[1] || *end || t < 1 || t >= UINT32_MAX - 1 || us[1] == '0') return false;
-    memcpy(sid, s, (size_t)(us - s));
-    sid[us - s] = '\0';
-    *turn = (uint32_t)t;
-    return id_is_valid(sid);
 }
 
 dc_code api_responses_parse(const char *body, size_t len, const api_defaults *d, ctx_request *req, api_chat *chat,
@@ -238,14 +219,15 @@ dc_code api_responses_parse(const char *body, size_t len, const api_defaults *d,
 
     chat->session = store || prev;
     if (prev) {
-        if (!api_response_id_parse(prev, chat->prev_sid, &chat->prev_turn))
+        if (!identity_response_id_parse(prev, chat->prev_sid, &chat->prev_turn))
             return dc_fail(err, DC_E_NOT_FOUND, "no stored response %.80s", prev);
         if (!store)
             return dc_fail(err, DC_E_INVALID, "continuing a response stores the new one: leave store at true");
         if (instructions)
             return dc_fail(err, DC_E_INVALID, "instructions start a conversation; they cannot change in its middle");
         /* the session's next turn; complete.c forks when it has gone on since,
-         * ctx_complete when another request takes the turn meanwhile */
+         * the turn protocol when another request takes the turn meanwhile
+         * (ctx_request.fork_on_conflict) */
         memcpy(chat->sid, chat->prev_sid, sizeof chat->sid);
         req->session_id = chat->sid;
         req->turn = chat->prev_turn + 1;
@@ -311,8 +293,8 @@ static json_t *response_json(const api_chat *chat, const ctx_reply *rep) {
                           "incomplete_details", cut ? json_pack("{s:s}", "reason", "max_output_tokens") : json_null(),
                           "metadata", "parallel_tool_calls", 0, "tool_choice", "auto", "tools", "text", "format",
                           "type", "text", "store", chat->session);
-    char prev[ID_MAX + 48];
-    snprintf(prev, sizeof prev, "resp_%s_%u", chat->prev_sid, chat->prev_turn);
+    char prev[IDENTITY_REPLY_MAX];
+    identity_reply_id(true, chat->prev_sid, chat->prev_turn, prev);
     json_object_set_new(o, "previous_response_id", chat->prev_turn ? json_string(prev) : json_null());
     add_session(o, chat, rep);
     return o;

@@ -1,6 +1,6 @@
 /* openai.h - the OpenAI APIs' JSON, mapped onto the context manager.
  *
- * POST /v1/chat/completions is one ctx_complete call, like /completion:
+ * POST /v1/chat/completions is one turn (complete.c), like /completion:
  *  - without a session it is stateless: `messages` is the whole
  *    conversation, rendered with the model's template (client-side mode);
  *  - with `session_id` (body, or the X-Session-Id header), or `store: true`
@@ -23,7 +23,8 @@
 
 #include "../ctx/ctx.h"
 #include "../util/ids.h"
-#include "request.h"
+#include "../util/identity.h"
+#include "json.h"
 
 /* One parsed OpenAI request and its reply's identity, fixed before the
  * generation so that every streamed chunk can carry it. */
@@ -36,7 +37,7 @@ typedef struct {
     char sid[ID_MAX + 1];       /* the session; chosen here for a new one */
     char prev_sid[ID_MAX + 1];  /* responses: previous_response_id's session and turn (0: none) */
     uint32_t prev_turn;
-    char id[ID_MAX + 48];       /* chatcmpl-..., resp_... */
+    char id[IDENTITY_REPLY_MAX]; /* chatcmpl-..., resp_... (util/identity.h) */
     long long created;
     int seq;                    /* responses stream: sequence_number */
     const char *model, *node;
@@ -53,8 +54,10 @@ void api_chat_free(api_chat *chat);
 /* Moves the reply to session sid (a fork of the one asked for). */
 void api_chat_fork(api_chat *chat, ctx_request *req, const char *sid);
 
-/* Splits "resp_<session>_<turn>"; false when id is not one. */
-bool api_response_id_parse(const char *id, char sid[ID_MAX + 1], uint32_t *turn);
+/* Splits "resp_<session>_<turn>" (util/identity.h); false when id is not one. */
+static inline bool api_response_id_parse(const char *id, char sid[ID_MAX + 1], uint32_t *turn) {
+    return identity_response_id_parse(id, sid, turn);
+}
 
 /* The whole reply: a chat.completion, or a response object. */
 json_t *api_chat_json(const ctx_reply *rep, const api_chat *chat);

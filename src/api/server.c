@@ -10,15 +10,16 @@
 #include "complete.h"
 #include "errors.h"
 #include "http.h"
+#include "../util/identity.h"
 #include "observe.h"
 #include "openai.h"
-#include "request.h"
-#include "sse.h"
+#include "json.h"
 #include "web.h"
 
 struct api_server {
     api_params p;
     api_env env;
+    api_turns turns;
     http_server *h;
 };
 
@@ -30,10 +31,34 @@ api_params api_default_params(void) {
                         .request_timeout_s = h.request_timeout_s};
 }
 
+/* Who a sessions route runs as (util/identity.h): the key's user, else the
+ * user_id query parameter, else the X-User-Id header, else anonymous. */
+static const char *user_of(struct MHD_Connection *conn, const char *key_user) {
+    const char *claimed = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "user_id");
+    if (!claimed) claimed = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-User-Id");
+    return identity_user(key_user, claimed);
+}
+
+/* Stored turns as JSON: per turn its segments, token ids (tokenized mode)
+ * or text (raw mode). For clients and tests that compare contexts. */
+static json_t *turns_json(const turn_rec *turns, uint32_t n) {
+    static const char *names[SEG_COUNT] = {"system", "user", "reply", "end"};
+    json_t *arr = json_array();
+    for (uint32_t i = 0; i < n; i++) {
+        json_t *t = json_pack("{s:i}", "turn", (int)turns[i].turn);
+        for (int k = 0; k < SEG_COUNT; k++) {
+            json_object_set_new(t, names[k], turns[i].kind == TURN_TOKENS
+                                                 ? api_ids_json(turns[i].tok[k].v, turns[i].tok[k].n)
+                                                 : api_text_json(&turns[i].text[k]));
+        }
+        json_array_append_new(arr, t);
+    }
+    return arr;
+}
+
 static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn, const char *method,
                                       const char *sid, const char *user, int *status) {
-    if (!user) user = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "user_id");
-    if (!user) user = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-User-Id");
+    user = user_of(conn, user);
     ctx *c = s->env.c;
     dc_error err = {0};
     session_meta m;
@@ -49,7 +74,7 @@ static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn
                              "model", m.model, "mode", ctx_mode_name(m.mode), "turn", (int)m.turn, "context_tokens",
                              (int)m.n_tokens, "created_ms", (json_int_t)m.created_ms, "last_activity_ms",
                              (json_int_t)m.last_ms);
-        if (!rc && with_turns) json_object_set_new(body, "turns", api_turns_json(turns, m.turn));
+        if (!rc && with_turns) json_object_set_new(body, "turns", turns_json(turns, m.turn));
         store_turns_free(turns, rc ? 0 : m.turn);
     } else if (!strcmp(method, "DELETE")) {
         rc = ctx_session_delete(c, sid, user, &err);
@@ -65,8 +90,7 @@ static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn
  * accepted, the warm-up runs in the background. */
 static enum MHD_Result handle_warm(api_server *s, struct MHD_Connection *conn, const char *method, const char *sid,
                                    const char *user, int *status) {
-    if (!user) user = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "user_id");
-    if (!user) user = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-User-Id");
+    user = user_of(conn, user);
     dc_error err = {0};
     bool warming = false;
     dc_code rc = strcmp(method, "POST")
@@ -195,13 +219,14 @@ api_server *api_server_start(const api_params *p, ctx *c, llm *m, char *err, siz
     if (!s) return NULL;
     s->p = *p;
     s->env = (api_env){.c = c, .m = m, .node_id = p->node_id, .default_n_predict = p->default_n_predict,
-                       .max_n_predict = p->max_n_predict, .max_streams = p->max_streams};
+                       .max_n_predict = p->max_n_predict, .max_streams = p->max_streams, .turns = &s->turns};
     if (!(s->env.obs = observe_new(p->log_content)) || !(s->env.inflight = quota_new(NULL, NULL))) {
         observe_free(s->env.obs);
         free(s);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    api_turns_init(&s->turns);
     http_params hp = http_default_params();
     hp.host = p->host;
     hp.port = p->port;
@@ -212,6 +237,7 @@ api_server *api_server_start(const api_params *p, ctx *c, llm *m, char *err, siz
     if (!(s->h = http_start(&hp, gate, on_request, s, err, errlen))) {
         observe_free(s->env.obs);
         quota_free(s->env.inflight);
+        api_turns_drain(&s->turns);
         free(s);
         return NULL;
     }
@@ -222,8 +248,8 @@ int api_server_port(const api_server *s) { return http_port(s->h); }
 
 void api_server_stop(api_server *s) {
     if (!s) return;
-    http_stop(s->h); /* closes every connection: streams in flight are cancelled */
-    sse_drain();
+    http_stop(s->h); /* closes every connection: turns in flight are cancelled */
+    api_turns_drain(&s->turns);
     observe_free(s->env.obs);
     quota_free(s->env.inflight);
     free(s);

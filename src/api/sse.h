@@ -1,47 +1,34 @@
-/* sse.h - a turn streamed to its client as Server-Sent Events.
+/* sse.h - Server-Sent Events: the transport of a streamed answer.
  *
- * The generation runs on a thread of its own while the connection's thread
- * sends each piece of text as the engine samples it. The wire format (the
- * llama.cpp /completion chunks, OpenAI's chat chunks, the Responses API's
- * events) is the caller's, through sse_format; this file only moves text.
- *
- * A turn that fails before its first token is answered as a plain JSON
- * error with its own status (409, 404, 429, ...), like a non-streamed one:
- * the response's status is chosen only once there is something to stream.
- * A client that disconnects mid-stream cancels the generation, and the turn
- * commits nothing (ctx_complete checks alive() before committing). */
+ * This file only moves bytes: a source (the turn runner, complete.c) makes
+ * the events, in the endpoint's wire format, and sse.c hands them to
+ * libmicrohttpd as they come, on the connection's thread, and notices a
+ * client that went away. What the events say, when the stream starts (its
+ * status) and what a departed client cancels are the source's business. */
 #ifndef DC_API_SSE_H
 #define DC_API_SSE_H
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <stdbool.h>
 
-#include "../ctx/ctx.h"
 #include "../util/vec.h"
 
 typedef struct {
-    /* Each appends events to out (connection thread). */
-    void (*open)(void *ud, strbuf *out);                                /* before the first text */
-    void (*delta)(void *ud, const char *text, size_t n, strbuf *out);   /* text, whole UTF-8 characters */
-    void (*close)(void *ud, const ctx_reply *rep, strbuf *out);         /* the turn is done (committed) */
-    void (*fail)(void *ud, const dc_error *e, strbuf *out);             /* failed after open */
-    /* Once, on the generating thread, when ctx_complete has returned: for
-     * logs and metrics. */
-    void (*finish)(void *ud, dc_code rc, const ctx_reply *rep, const dc_error *e);
-    /* When both threads are done with ud. */
-    void (*release)(void *ud);
-} sse_format;
+    /* On the connection's thread: appends the events ready now to out,
+     * after waiting a short while (about 100 ms: how soon a client that left
+     * is noticed) when there are none; false once the stream has ended (out
+     * holds its last events). */
+    bool (*next)(void *ud, strbuf *out);
+    /* The transport is done with ud: the stream was sent, or the client
+     * left first (then the stream did not end). Called once, in every case. */
+    void (*done)(void *ud);
+} sse_source;
 
-/* Runs ctx_complete(c, req) and answers conn with it (see above). req's
- * strings and ud must stay valid until f->release(ud), which is called in
- * every case, also when this fails. */
-enum MHD_Result sse_run(struct MHD_Connection *conn, ctx *c, llm *m, const ctx_request *req, const sse_format *f,
-                        void *ud);
-
-/* Waits until every generation started by sse_run has returned. The server
- * calls it once its connections are closed (which cancels them), before
- * the context manager goes. */
-void sse_drain(void);
+/* Answers conn 200 text/event-stream with src's events. When the answer
+ * cannot be made, src->done(ud) is called at once and the connection is
+ * closed (MHD_NO). */
+enum MHD_Result sse_respond(struct MHD_Connection *conn, const sse_source *src, void *ud);
 
 /* Appends one event: "event: NAME\n" (when name is not NULL) and
  * "data: JSON\n\n". Consumes data. */

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "../util/clock.h"
+#include "../util/identity.h"
 #include "../util/keylock.h"
 #include "../util/log.h"
 #include "../util/quota.h"
@@ -145,8 +146,8 @@ static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tok
      * another node prepares exactly what its next turn asks for); a
      * stateless request shares with the client as the per-user limits
      * know it (ctx_request.quota_user: the key's user; without keys, the
-     * claimed user at its address): key-less strangers, all "anonymous" on
-     * the OpenAI routes, never share. */
+     * claimed user at its address): key-less strangers, all "anonymous"
+     * (util/identity.h), never share. */
     if (!gp.owner && req->mode != MODE_CLIENT_SIDE) {
         warm_kv_owner(rep->session_id, owner);
         gp.owner = owner;
@@ -419,9 +420,10 @@ static dc_code copy_turns(ctx *c, const char *new_sid, const session_meta *src, 
  * rep->session_id becomes the fork's. */
 static dc_code commit_in_fork(ctx *c, const turn_rec *turns, session_meta *meta, const turn_rec *rec,
                               const char *counted, ctx_reply *rep, dc_error *err) {
-    char fsid[33];
-    if (id_random_hex(fsid) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
-    dc_code rc = reserve_session(c, counted, fsid, err);
+    char fsid[ID_MAX + 1];
+    dc_code rc = identity_fork_id(fsid, err);
+    if (rc) return rc;
+    rc = reserve_session(c, counted, fsid, err);
     if (rc) return rc;
     session_meta copy;
     rc = copy_turns(c, fsid, meta, turns, rec->turn - 1, &copy, err);
@@ -662,25 +664,23 @@ dc_code ctx_complete(ctx *c, const ctx_request *req, ctx_reply *rep, dc_error *e
         return dc_fail(err, DC_E_INVALID, "messages replace the prompt in client-side mode only, and cannot be empty");
     if (!req->prompt && !req->messages) return dc_fail(err, DC_E_INVALID, "prompt is required");
     if (req->gen.n_predict < 1) return dc_fail(err, DC_E_INVALID, "n_predict must be >= 1");
-    if (req->user_id) {
-        if (!id_is_valid(req->user_id)) return dc_fail(err, DC_E_INVALID, "user_id must be 1-64 characters of [A-Za-z0-9._-]");
-        strcpy(rep->user_id, req->user_id);
-    } else if (id_random_hex(rep->user_id) != 0) {
-        return dc_fail(err, DC_E_INTERNAL, "no randomness for a user id");
-    }
+    /* what the request leaves out is decided in util/identity.h */
+    const char *user = identity_user(NULL, req->user_id);
+    if (!id_is_valid(user)) return dc_fail(err, DC_E_INVALID, "user_id must be 1-64 characters of [A-Za-z0-9._-]");
+    strcpy(rep->user_id, user);
     if (req->request_id && !id_is_valid(req->request_id))
         return dc_fail(err, DC_E_INVALID, "request_id must be 1-64 characters of [A-Za-z0-9._-]");
     if (req->mode == MODE_CLIENT_SIDE) return complete_client_side(c, req, rep, err);
 
-    uint32_t turn = req->turn ? req->turn : 1;
+    uint32_t turn = req->turn;
     if (req->session_id) {
         if (!id_is_valid(req->session_id))
             return dc_fail(err, DC_E_INVALID, "session_id must be 1-64 characters of [A-Za-z0-9._-]");
-        if (!req->turn) return dc_fail(err, DC_E_INVALID, "turn is required with session_id");
+        if (!turn) return dc_fail(err, DC_E_INVALID, "turn is required with session_id");
         strcpy(rep->session_id, req->session_id);
     } else {
-        if (turn != 1) return dc_fail(err, DC_E_INVALID, "turn %u needs the session_id of turn 1", turn);
-        if (id_random_hex(rep->session_id) != 0) return dc_fail(err, DC_E_INTERNAL, "no randomness for a session id");
+        dc_code rc = identity_new_session(&turn, rep->session_id, err);
+        if (rc) return rc;
     }
     rep->turn = turn;
 

@@ -55,8 +55,10 @@ typedef struct {
                                 the model's template (contents never parsed as markup) */
     size_t n_messages;
     const char *system;     /* optional system message, first turn only */
-    const char *session_id; /* NULL: a new session is created */
-    const char *user_id;    /* NULL: one is assigned */
+    /* Who and what: util/identity.h decides what the caller leaves out, for every caller alike. */
+    const char *session_id; /* NULL: a new session (turn 1 only), named before the generation; a caller that
+                               must know its id sooner (a stream's first event) names it itself the same way */
+    const char *user_id;    /* NULL: the default user ("anonymous"); the session belongs to its user (others: 403) */
     const char *quota_user; /* the client as limits and the KV cache know it: whom --max-sessions-per-user
                                counts a new session against, and whose cached prefixes the engine may reuse
                                (llm_gen_params.owner); NULL: the session's owner (the API layer decides:

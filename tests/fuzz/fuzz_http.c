@@ -17,7 +17,7 @@
 
 #include "api/auth.h"
 #include "api/openai.h"
-#include "api/request.h"
+#include "api/llamacpp.h"
 #include "util/ids.h"
 
 static auth *keys;

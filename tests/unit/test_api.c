@@ -16,7 +16,7 @@
 #include "api/auth.h"
 #include "api/errors.h"
 #include "api/openai.h"
-#include "api/request.h"
+#include "api/llamacpp.h"
 #include "util/ids.h"
 #include "util/metrics.h"
 #include "util/utf8.h"
