@@ -15,7 +15,14 @@
  * The commit is synchronous: the response goes out after the store has the
  * turn on disk, so "200" means "committed" and the next request of the
  * session, on any thread, sees it. On the embedded store this costs one
- * fsync (store_commit_ms in the timings). */
+ * fsync (store_commit_ms in the timings).
+ *
+ * Size: this file is the turn protocol, one decision from the read of a
+ * session to its commit (turn check, stale wait, replay, truncation, fork,
+ * the three modes); its parts share the request's state and their order is
+ * the protocol, so they stay together. The layout of a context is
+ * window.c's, following commits warm.c's; tests/unit/test_ctx.c covers the
+ * protocol with fakes. */
 #include "ctx.h"
 
 #include <stdint.h>

@@ -41,7 +41,11 @@
  * Requests carry their owner ("discedge_owner"); a DisCEdge llm-serve
  * confines KV reuse to it (props "discedge.kv_isolation": "owner"). Any
  * other engine shares its cache between users, so the prefix lengths it
- * reports are not passed on (docs/SECURITY.md). */
+ * reports are not passed on (docs/SECURITY.md).
+ *
+ * Size: one protocol client, two dialects (llm-serve's /render, and
+ * llama-server's fine-grained calls it falls back to); splitting them would
+ * export the connection and its checks for nothing. */
 #include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
