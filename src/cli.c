@@ -18,8 +18,7 @@ const opt *cli_engine_opts(llm_params *lp) {
     static const char *const kv_types[] = {"f16", "q8_0", NULL};
     static opt rows[16];
     const opt t[] = {
-        {.kind = OPT_TEXT,
-         .help = "The engine (with serve --llm, set these on the LLM service instead) and logging:"},
+        {.kind = OPT_TEXT, .help = "The engine (with serve --llm, set these on the LLM service instead) and logging:"},
         {"ctx-size", OPT_INT, "N", "tokens per conversation", OPT_TO(lp->n_ctx), .min = 0, .max = 1 << 20,
          .dflt = "the model's, at most 4096"},
         {"threads", OPT_INT, "N", "inference threads", OPT_TO(lp->n_threads), .min = 0, .max = 1024,
@@ -44,8 +43,7 @@ const opt *cli_engine_opts(llm_params *lp) {
          "KV cache element type: f16 or q8_0 (about half the memory, spill and KV transfer bytes; a KV state "
          "moves only between nodes of the same type)",
          .to = &lp->kv_type, .choices = kv_types, .dflt = "f16"},
-        {"backend-dir", OPT_PATH, "DIR", "folder with libggml-cpu-*.so", .to = &lp->backend_dir,
-         .dflt = "the build's"},
+        {"backend-dir", OPT_PATH, "DIR", "folder with libggml-cpu-*.so", .to = &lp->backend_dir, .dflt = "the build's"},
         {"log-level", OPT_CALL, "LEVEL", "debug|info|warn|error", .call = set_log_level, .dflt = "info"},
         {0},
     };

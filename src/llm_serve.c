@@ -15,17 +15,16 @@
 
 static int run(const llm_params *lp, const llm_server_params *sp);
 
-static const char intro[] =
-    "usage: discedge llm-serve --model PATH [options]\n"
-    "\n"
-    "Serves a GGUF model with llama-server's /completion (token-array prompts,\n"
-    "cache_prompt), /tokenize, /detokenize, /apply-template and /props, and\n"
-    "/render (messages to token ids in one call), for\n"
-    "`discedge serve --llm http://HOST:PORT` on other machines.\n"
-    "\n"
-    "  --config FILE         read settings from FILE: one \"name = value\" per line,\n"
-    "                        named as the long options here; options on the\n"
-    "                        command line win over the file\n";
+static const char intro[] = "usage: discedge llm-serve --model PATH [options]\n"
+                            "\n"
+                            "Serves a GGUF model with llama-server's /completion (token-array prompts,\n"
+                            "cache_prompt), /tokenize, /detokenize, /apply-template and /props, and\n"
+                            "/render (messages to token ids in one call), for\n"
+                            "`discedge serve --llm http://HOST:PORT` on other machines.\n"
+                            "\n"
+                            "  --config FILE         read settings from FILE: one \"name = value\" per line,\n"
+                            "                        named as the long options here; options on the\n"
+                            "                        command line win over the file\n";
 
 int llm_serve_main(int argc, char **argv) {
     llm_params lp = llm_default_params();
@@ -33,8 +32,7 @@ int llm_serve_main(int argc, char **argv) {
     const opt own[] = {
         {"model", OPT_PATH, "PATH", "GGUF model (required)", .to = &lp.model_path},
         {"host", OPT_STRING, "ADDR", "IPv4 address to listen on", .to = &sp.host},
-        {"port", OPT_INT, "N", "TCP port (0 picks a free one and prints it)", OPT_TO(sp.port), .min = 0,
-         .max = 65535},
+        {"port", OPT_INT, "N", "TCP port (0 picks a free one and prints it)", OPT_TO(sp.port), .min = 0, .max = 65535},
         {"n-predict", OPT_INT, "N", "reply cap when a request gives none", OPT_TO(sp.default_n_predict), .min = 1,
          .max = 1 << 20},
         {0},

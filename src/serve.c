@@ -45,32 +45,31 @@ static void keygroup_of(const llm *m, char *out, size_t n) {
 static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_params *app, peer_params *ppp,
                      const char *keys_path, const char *store_key);
 
-static const char intro[] =
-    "usage: discedge serve (--model PATH | --llm URL) [options]\n"
-    "       discedge serve --config FILE [options]\n"
-    "\n"
-    "Runs one DisCEdge edge node. Clients talk to it over HTTP and their\n"
-    "conversations are kept on the server, as tokens, in a store that every node\n"
-    "of a deployment shares; a client can move to another node mid-conversation.\n"
-    "\n"
-    "Start one on this machine and chat with it:\n"
-    "  discedge serve --model models/SmolLM2-135M-Instruct.Q4_1.gguf --port 8080\n"
-    "  then open http://127.0.0.1:8080/ in a browser, or use any OpenAI SDK with\n"
-    "  base_url http://127.0.0.1:8080/v1 (README.md has curl examples).\n"
-    "\n"
-    "Endpoints: POST /v1/chat/completions, POST /v1/responses, GET /v1/models\n"
-    "(OpenAI's), POST /completion (llama.cpp's), GET|DELETE /v1/sessions/{id},\n"
-    "POST /v1/sessions/{id}/warm (the handover hint),\n"
-    "GET /health, GET /metrics (Prometheus), GET / (a chat page).\n"
-    "\n"
-    "A SECS or MS option takes a plain number in that unit, or a duration with\n"
-    "its unit (500ms, 30s, 10m, 1h, 1d); a BYTES option, a plain number of bytes\n"
-    "or a size with its unit (512K, 64MiB, 2G; 1K = 1024). A bad value stops the\n"
-    "command with status 2 and says which option and what it accepts.\n"
-    "\n"
-    "  --config FILE         read settings from FILE: one \"name = value\" per line,\n"
-    "                        named as the long options here (deploy/discedge.conf);\n"
-    "                        options on the command line win over the file\n";
+static const char intro[] = "usage: discedge serve (--model PATH | --llm URL) [options]\n"
+                            "       discedge serve --config FILE [options]\n"
+                            "\n"
+                            "Runs one DisCEdge edge node. Clients talk to it over HTTP and their\n"
+                            "conversations are kept on the server, as tokens, in a store that every node\n"
+                            "of a deployment shares; a client can move to another node mid-conversation.\n"
+                            "\n"
+                            "Start one on this machine and chat with it:\n"
+                            "  discedge serve --model models/SmolLM2-135M-Instruct.Q4_1.gguf --port 8080\n"
+                            "  then open http://127.0.0.1:8080/ in a browser, or use any OpenAI SDK with\n"
+                            "  base_url http://127.0.0.1:8080/v1 (README.md has curl examples).\n"
+                            "\n"
+                            "Endpoints: POST /v1/chat/completions, POST /v1/responses, GET /v1/models\n"
+                            "(OpenAI's), POST /completion (llama.cpp's), GET|DELETE /v1/sessions/{id},\n"
+                            "POST /v1/sessions/{id}/warm (the handover hint),\n"
+                            "GET /health, GET /metrics (Prometheus), GET / (a chat page).\n"
+                            "\n"
+                            "A SECS or MS option takes a plain number in that unit, or a duration with\n"
+                            "its unit (500ms, 30s, 10m, 1h, 1d); a BYTES option, a plain number of bytes\n"
+                            "or a size with its unit (512K, 64MiB, 2G; 1K = 1024). A bad value stops the\n"
+                            "command with status 2 and says which option and what it accepts.\n"
+                            "\n"
+                            "  --config FILE         read settings from FILE: one \"name = value\" per line,\n"
+                            "                        named as the long options here (deploy/discedge.conf);\n"
+                            "                        options on the command line win over the file\n";
 
 int serve_main(int argc, char **argv) {
     static const char *const http_urls[] = {"http://", "https://", NULL};
@@ -88,11 +87,10 @@ int serve_main(int argc, char **argv) {
     const opt own[] = {
         {"model", OPT_PATH, "PATH", "GGUF model to serve in this process", .to = &lp.model_path},
         {"llm", OPT_URL, "URL",
-         "or: use the LLM service at http://HOST:PORT instead, a `discedge llm-serve` or llama-server",
-         .to = &lp.url, .choices = http_urls},
+         "or: use the LLM service at http://HOST:PORT instead, a `discedge llm-serve` or llama-server", .to = &lp.url,
+         .choices = http_urls},
         {"host", OPT_STRING, "ADDR", "IPv4 address to listen on", .to = &ap.host},
-        {"port", OPT_INT, "N", "TCP port (0 picks a free one and prints it)", OPT_TO(ap.port), .min = 0,
-         .max = 65535},
+        {"port", OPT_INT, "N", "TCP port (0 picks a free one and prints it)", OPT_TO(ap.port), .min = 0, .max = 65535},
         {"node-id", OPT_STRING, "NAME", "this node's name in responses", .to = &node_id, .dflt = "hostname"},
         {"data-dir", OPT_PATH, "DIR", "embedded store folder", .to = &sp.data_dir},
         {"store", OPT_URL, "URL",
@@ -108,17 +106,16 @@ int serve_main(int argc, char **argv) {
          "from a local mirror of the model's stream (see docs/DEPLOY.md)",
          .to = &sp.core_domain},
         {"store-replicas", OPT_INT, "N",
-         "replicas of the model's stream when this node creates it (3 on a 3-server core cluster)",
-         OPT_TO(sp.replicas), .min = 1, .max = 5},
+         "replicas of the model's stream when this node creates it (3 on a 3-server core cluster)", OPT_TO(sp.replicas),
+         .min = 1, .max = 5},
         {"session-ttl", OPT_DURATION, "SECS", "drop sessions idle this long", OPT_TO(ttl_s), .min = 0,
          .max = 100LL * 365 * 86400, .unit = 1000},
-        {"n-predict", OPT_INT, "N", "default reply length cap", OPT_TO(ap.default_n_predict), .min = 1,
-         .max = 1 << 20},
+        {"n-predict", OPT_INT, "N", "default reply length cap", OPT_TO(ap.default_n_predict), .min = 1, .max = 1 << 20},
         {"sync-timeout", OPT_DURATION, "MS",
          "longest wait for a client's previous turn to replicate here before `strong` requests get 503",
          OPT_TO(cp.sync_timeout_ms), .min = 0, .max = 3600000, .unit = 1},
-        {"stale-retries", OPT_INT, "N", "re-reads when the stored turn is behind", OPT_TO(cp.stale_retries),
-         .min = 0, .max = 1000},
+        {"stale-retries", OPT_INT, "N", "re-reads when the stored turn is behind", OPT_TO(cp.stale_retries), .min = 0,
+         .max = 1000},
         {"stale-retry-ms", OPT_DURATION, "MS", "pause between re-reads", OPT_TO(cp.stale_retry_ms), .min = 0,
          .max = 60000, .unit = 1},
         {"max-body", OPT_SIZE, "BYTES", "request body limit", OPT_TO(ap.max_body), .min = 1, .max = 1LL << 32,
@@ -147,7 +144,8 @@ int serve_main(int argc, char **argv) {
          "connection; a generation is not bound by it",
          OPT_TO(ap.request_timeout_s), .min = 1, .max = 3600, .unit = 1000},
         {"warm-sessions", OPT_INT, "N",
-         "warm handover: conversations served by other nodes whose KV this node prefills in the background, on idle engine "
+         "warm handover: conversations served by other nodes whose KV this node prefills in the background, on idle "
+         "engine "
          "time, so that their next turn here prefills only the new message; at most --parallel (they are "
          "prefilled into its streams); 0: off",
          OPT_TO(warm_sessions), .min = 0, .max = 256, .dflt = "4 with --store, 0 without"},
@@ -186,11 +184,11 @@ int serve_main(int argc, char **argv) {
     const opt *tables[] = {own, cli_engine_opts(&lp), NULL};
     opts_result args;
     int rc = opts_parse("serve", tables, argc, argv, 0, intro, &args);
-    const char *bad = rc                                                   ? NULL
-                      : !lp.model_path && !lp.url                          ? "--model PATH or --llm URL is required (see --help)"
-                      : ap.max_n_predict < ap.default_n_predict            ? "--max-n-predict is below --n-predict"
-                      : cp.advertise_url && strlen(cp.advertise_url) > 200 ? "--advertise-url: longer than 200 bytes"
-                                                                           : NULL;
+    const char *bad = rc                                     ? NULL
+        : !lp.model_path && !lp.url                          ? "--model PATH or --llm URL is required (see --help)"
+        : ap.max_n_predict < ap.default_n_predict            ? "--max-n-predict is below --n-predict"
+        : cp.advertise_url && strlen(cp.advertise_url) > 200 ? "--advertise-url: longer than 200 bytes"
+                                                             : NULL;
     if (bad) {
         fprintf(stderr, "serve: %s\n", bad);
         rc = 2;
@@ -282,8 +280,8 @@ static int serve_run(llm_params *lpp, store_params *spp, ctx_params *cpp, api_pa
     if (lp.url) store_url_redact(lp.url, llm_where, sizeof llm_where); /* the same rule for both URLs */
     printf("discedge: node %s listening on http://%s:%d (model %s%s%s, ctx %d, threads %d, store %s %s%s, keygroup "
            "%s)\n",
-           ap.node_id, ap.host, api_server_port(srv), llm_model_name(m), lp.url ? " at " : "", llm_where,
-           llm_n_ctx(m), llm_n_threads(m), store_kind(s), where, sealer ? " sealed" : "", keygroup);
+           ap.node_id, ap.host, api_server_port(srv), llm_model_name(m), lp.url ? " at " : "", llm_where, llm_n_ctx(m),
+           llm_n_threads(m), store_kind(s), where, sealer ? " sealed" : "", keygroup);
     fflush(stdout);
     if (expired > 0) log_info("removed %ld expired sessions", expired);
     log_info("compute: %s", llm_backend(m));

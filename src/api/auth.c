@@ -49,8 +49,10 @@ static int read_keys(const char *path, auth_key **keys, size_t *n, char *err, si
         int got = sscanf(line, "%257s %65s %1s", key, user, extra);
         if (got != 2 || strlen(key) < KEY_MIN || strlen(key) > KEY_MAX || !id_is_valid(user)) {
             /* the line itself is not quoted: it holds a key */
-            snprintf(err, errlen, "%s:%d: expected \"KEY USER_ID\" (a key of %d-%d characters, a user id of "
-                     "[A-Za-z0-9._-])", path, lineno, KEY_MIN, KEY_MAX);
+            snprintf(err, errlen,
+                     "%s:%d: expected \"KEY USER_ID\" (a key of %d-%d characters, a user id of "
+                     "[A-Za-z0-9._-])",
+                     path, lineno, KEY_MIN, KEY_MAX);
             rc = -1;
             break;
         }
@@ -125,8 +127,7 @@ static unsigned equal_ct(const char *a, size_t n, const auth_key *k) {
 }
 
 dc_code auth_check(auth *a, const char *header, char user[ID_MAX + 1], dc_error *err) {
-    if (!header)
-        return dc_fail(err, DC_E_UNAUTHORIZED, "this node needs an API key: send Authorization: Bearer KEY");
+    if (!header) return dc_fail(err, DC_E_UNAUTHORIZED, "this node needs an API key: send Authorization: Bearer KEY");
     if (strncasecmp(header, "Bearer ", 7) != 0)
         return dc_fail(err, DC_E_UNAUTHORIZED, "the Authorization header must be \"Bearer KEY\"");
     const char *key = header + 7;

@@ -293,8 +293,7 @@ static bool call_next(void *ud, strbuf *out) {
     call_follow_fork(k, &k->rep);
     if (k->kind == CALL_COMPLETION)
         api_completion_stream_close(&k->rep, k->env->node_id, llm_model_name(k->env->m), out);
-    else
-        api_chat_stream_close(&k->chat, &k->rep, out);
+    else api_chat_stream_close(&k->chat, &k->rep, out);
     return false;
 }
 
@@ -343,9 +342,7 @@ static dc_code call_parse(call *k, const http_req *hr, dc_error *err) {
                             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Turn"), &d, &k->req, &k->chat,
                             &k->root, err);
         break;
-    default:
-        rc = api_responses_parse(hr->body, hr->body_n, &d, &k->req, &k->chat, &k->root, err);
-        break;
+    default: rc = api_responses_parse(hr->body, hr->body_n, &d, &k->req, &k->chat, &k->root, err); break;
     }
     if (rc) return rc;
     if (k->kind != CALL_COMPLETION) {
@@ -386,8 +383,8 @@ static dc_code call_fork_if_older(call *k, dc_error *err) {
     if (k->kind != CALL_RESPONSES || !k->chat.prev_turn) return DC_OK;
     session_meta m;
     dc_code rc = ctx_session_get(k->env->c, k->chat.prev_sid, k->req.user_id, &m, err);
-    if (rc == DC_E_NOT_FOUND) return dc_fail(err, DC_E_NOT_FOUND, "no stored response resp_%s_%u", k->chat.prev_sid,
-                                             k->chat.prev_turn);
+    if (rc == DC_E_NOT_FOUND)
+        return dc_fail(err, DC_E_NOT_FOUND, "no stored response resp_%s_%u", k->chat.prev_sid, k->chat.prev_turn);
     if (rc || m.turn <= k->chat.prev_turn) return rc;
     char sid[ID_MAX + 1];
     if ((rc = identity_fork_id(sid, err))) return rc;

@@ -69,8 +69,13 @@ typedef struct {
  * honest client (a browser opens six) or the load test (64 clients over
  * two nodes) holds at once. */
 http_params http_default_params(void) {
-    return (http_params){.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20, .max_connections = 512,
-                         .max_per_address = 64, .request_timeout_s = 30, .answer_timeout_s = 600};
+    return (http_params){.host = "127.0.0.1",
+                         .port = 8080,
+                         .max_body = 1 << 20,
+                         .max_connections = 512,
+                         .max_per_address = 64,
+                         .request_timeout_s = 30,
+                         .answer_timeout_s = 600};
 }
 
 /* Every answer may be read by a page of any origin: the page at / chats
@@ -248,8 +253,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         unsigned long long len = cl ? strtoull(cl, NULL, 10) : 0;
         if (s->gate && strcmp(method, "OPTIONS") != 0) {
-            http_req head = {.conn = conn, .method = method, .url = url, .body = "", .t0 = cs->t0, .addr = cs->addr,
-                             .who = ""};
+            http_req head = {
+                .conn = conn, .method = method, .url = url, .body = "", .t0 = cs->t0, .addr = cs->addr, .who = ""};
             cs->refused = cs->by_gate = s->gate(s->ud, &head, cs->who, &cs->err) != DC_OK;
         }
         if (!cs->refused && len > s->p.max_body) {
@@ -276,8 +281,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     /* the request is in: from here the answer's time applies (on_completed
      * sets the request timeout back for the connection's next request) */
     MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, s->p.answer_timeout_s);
-    http_req req = {.conn = conn, .method = method, .url = url, .body = cs->body.s ? cs->body.s : "",
-                    .body_n = cs->body.n, .t0 = cs->t0, .addr = cs->addr, .who = cs->who};
+    http_req req = {.conn = conn,
+                    .method = method,
+                    .url = url,
+                    .body = cs->body.s ? cs->body.s : "",
+                    .body_n = cs->body.n,
+                    .t0 = cs->t0,
+                    .addr = cs->addr,
+                    .who = cs->who};
     return s->h(s->ud, &req);
 }
 
@@ -316,10 +327,10 @@ http_server *http_start(const http_params *p, http_gate gate, http_handler h, vo
     s->h = h;
     s->ud = ud;
     s->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, on_request,
-                            s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-                            s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_TIMEOUT,
-                            p->request_timeout_s, MHD_OPTION_CONNECTION_LIMIT, p->max_connections,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, p->max_per_address, MHD_OPTION_END);
+                            s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED,
+                            on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                            MHD_OPTION_CONNECTION_TIMEOUT, p->request_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+                            p->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, p->max_per_address, MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use?)", p->host, p->port);
         free(s);

@@ -15,21 +15,21 @@ dc_code api_get_string(json_t *root, const char *key, const char **out, dc_error
     return DC_OK;
 }
 
-dc_code api_get_number(json_t *root, const char *key, double lo, double hi, double *out, bool *given,
-                          dc_error *err) {
+dc_code api_get_number(json_t *root, const char *key, double lo, double hi, double *out, bool *given, dc_error *err) {
     json_t *v = json_object_get(root, key);
     if (given) *given = false;
     if (!v || json_is_null(v)) return DC_OK;
     if (!json_is_number(v)) return dc_fail(err, DC_E_INVALID, "%s must be a number", key);
     double x = json_number_value(v);
-    if (!isfinite(x) || x < lo || x > hi) return dc_fail(err, DC_E_INVALID, "%s must be between %g and %g", key, lo, hi);
+    if (!isfinite(x) || x < lo || x > hi)
+        return dc_fail(err, DC_E_INVALID, "%s must be between %g and %g", key, lo, hi);
     *out = x;
     if (given) *given = true;
     return DC_OK;
 }
 
 dc_code api_get_integer(json_t *root, const char *key, long long lo, long long hi, long long *out, bool *given,
-                           dc_error *err) {
+                        dc_error *err) {
     json_t *v = json_object_get(root, key);
     *given = false;
     if (!v || json_is_null(v)) return DC_OK;
@@ -66,7 +66,8 @@ dc_code api_sampling_parse(json_t *r, llm_gen_params *gen, dc_error *err) {
         return dc_fail(err, DC_E_INVALID, "cache_prompt must be a boolean");
     if (json_is_false(cache)) gen->cache_prompt = false;
     json_t *ieos = json_object_get(r, "ignore_eos");
-    if (ieos && !json_is_null(ieos) && !json_is_boolean(ieos)) return dc_fail(err, DC_E_INVALID, "ignore_eos must be a boolean");
+    if (ieos && !json_is_null(ieos) && !json_is_boolean(ieos))
+        return dc_fail(err, DC_E_INVALID, "ignore_eos must be a boolean");
     gen->ignore_eos = json_is_true(ieos);
     if ((rc = api_get_integer(r, "seed", -1, UINT32_MAX, &x, &given, err))) return rc;
     if (given && x >= 0) {
@@ -95,12 +96,12 @@ json_t *api_engine_json(llm *m) {
     llm_stats ls;
     llm_stats_get(m, &ls);
     json_t *o = json_pack("{s:s, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "kind",
-                          llm_is_remote(m) ? "remote" : "local", "active", ls.active, "queued", ls.queued,
-                          "n_parallel", ls.n_parallel, "n_slots", ls.n_slots, "requests", (json_int_t)ls.requests,
-                          "kv_hits", (json_int_t)ls.kv_hits, "cached_tokens", (json_int_t)ls.cached_tokens,
-                          "prefilled_tokens", (json_int_t)ls.prefilled_tokens, "generated_tokens",
-                          (json_int_t)ls.generated_tokens, "busy", (json_int_t)ls.busy, "cancelled",
-                          (json_int_t)ls.cancelled, "kv_bytes", (json_int_t)ls.kv_bytes);
+                          llm_is_remote(m) ? "remote" : "local", "active", ls.active, "queued", ls.queued, "n_parallel",
+                          ls.n_parallel, "n_slots", ls.n_slots, "requests", (json_int_t)ls.requests, "kv_hits",
+                          (json_int_t)ls.kv_hits, "cached_tokens", (json_int_t)ls.cached_tokens, "prefilled_tokens",
+                          (json_int_t)ls.prefilled_tokens, "generated_tokens", (json_int_t)ls.generated_tokens, "busy",
+                          (json_int_t)ls.busy, "cancelled", (json_int_t)ls.cancelled, "kv_bytes",
+                          (json_int_t)ls.kv_bytes);
     json_object_set_new(o, "backend", json_string(llm_backend(m)));
     json_object_set_new(o, "spill_saves", json_integer((json_int_t)ls.spill_saves));
     json_object_set_new(o, "spill_restores", json_integer((json_int_t)ls.spill_restores));
@@ -112,12 +113,12 @@ json_t *api_engine_json(llm *m) {
     json_object_set_new(o, "kv_transfers", json_integer((json_int_t)ls.kv_imports));
     json_object_set_new(o, "kv_transfer_refused", json_integer((json_int_t)ls.kv_import_refused));
     json_object_set_new(o, "kv_exports", json_integer((json_int_t)ls.kv_exports));
-    json_object_set_new(o, "warm", json_pack("{s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:f, s:f}", "sessions",
-                                             ls.warm_sessions, "slots", ls.warm_slots, "pending", ls.warm_pending,
-                                             "requests", (json_int_t)ls.warm_requests, "done",
-                                             (json_int_t)ls.warm_done, "tokens", (json_int_t)ls.warm_tokens, "used",
-                                             (json_int_t)ls.warm_used, "unused", (json_int_t)ls.warm_unused, "ms",
-                                             ls.warm_ms, "unused_ms", ls.warm_unused_ms));
+    json_object_set_new(o, "warm",
+                        json_pack("{s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:f, s:f}", "sessions", ls.warm_sessions,
+                                  "slots", ls.warm_slots, "pending", ls.warm_pending, "requests",
+                                  (json_int_t)ls.warm_requests, "done", (json_int_t)ls.warm_done, "tokens",
+                                  (json_int_t)ls.warm_tokens, "used", (json_int_t)ls.warm_used, "unused",
+                                  (json_int_t)ls.warm_unused, "ms", ls.warm_ms, "unused_ms", ls.warm_unused_ms));
     json_object_set_new(json_object_get(o, "warm"), "chunks", json_integer((json_int_t)ls.warm_chunks));
     json_object_set_new(json_object_get(o, "warm"), "wait_chunks_max",
                         json_integer((json_int_t)ls.warm_wait_chunks_max));

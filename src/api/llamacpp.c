@@ -16,7 +16,8 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
     if (!req->prompt) return dc_fail(err, DC_E_INVALID, "prompt is required (a string)");
     if ((rc = api_get_string(r, "mode", &mode, err))) return rc;
     req->mode = mode ? ctx_mode_parse(mode) : MODE_TOKENIZED;
-    if (!req->mode) return dc_fail(err, DC_E_INVALID, "unknown mode \"%.40s\": use tokenized, raw or client-side", mode);
+    if (!req->mode)
+        return dc_fail(err, DC_E_INVALID, "unknown mode \"%.40s\": use tokenized, raw or client-side", mode);
     if ((rc = api_get_string(r, "session_id", &req->session_id, err))) return rc;
     if ((rc = api_get_string(r, "user_id", &req->user_id, err))) return rc;
     if ((rc = api_get_string(r, "system", &req->system, err))) return rc;
@@ -33,7 +34,8 @@ dc_code api_completion_parse(const char *body, size_t len, const api_defaults *d
     long long x;
     bool given;
     json_t *turn = json_object_get(r, "turn");
-    if (turn && !json_is_null(turn) && !json_is_integer(turn)) return dc_fail(err, DC_E_INVALID, "turn must be an integer");
+    if (turn && !json_is_null(turn) && !json_is_integer(turn))
+        return dc_fail(err, DC_E_INVALID, "turn must be an integer");
     if (json_is_integer(turn) && json_integer_value(turn) < 1) return dc_fail(err, DC_E_INVALID, "turn must be >= 1");
     if ((rc = api_get_integer(r, "turn", 1, UINT32_MAX - 1, &x, &given, err))) return rc;
     if (given) req->turn = (uint32_t)x;
@@ -50,14 +52,14 @@ static double per_second(int n, double ms) { return ms > 0 ? 1e3 * n / ms : 0; }
 
 json_t *api_completion_json(const ctx_reply *rep, const char *node, const char *model) {
     const llm_timings *t = &rep->llm;
-    json_t *timings = json_pack(
-        "{s:i, s:i, s:f, s:f, s:f, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:f}", "prompt_n", t->prompt_n, "cache_n",
-        t->cached_n, "queue_ms", t->queue_ms, "prompt_ms", t->prompt_ms,
-        "prompt_per_token_ms", t->prompt_n ? t->prompt_ms / t->prompt_n : 0.0, "prompt_per_second",
-        per_second(t->prompt_n, t->prompt_ms), "predicted_n", t->predicted_n, "predicted_ms", t->predicted_ms,
-        "predicted_per_token_ms", t->predicted_n ? t->predicted_ms / t->predicted_n : 0.0, "predicted_per_second",
-        per_second(t->predicted_n, t->predicted_ms), "tokenize_ms", rep->tokenize_ms, "store_read_ms",
-        rep->store_read_ms, "store_commit_ms", rep->store_commit_ms);
+    json_t *timings = json_pack("{s:i, s:i, s:f, s:f, s:f, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:f}", "prompt_n",
+                                t->prompt_n, "cache_n", t->cached_n, "queue_ms", t->queue_ms, "prompt_ms", t->prompt_ms,
+                                "prompt_per_token_ms", t->prompt_n ? t->prompt_ms / t->prompt_n : 0.0,
+                                "prompt_per_second", per_second(t->prompt_n, t->prompt_ms), "predicted_n",
+                                t->predicted_n, "predicted_ms", t->predicted_ms, "predicted_per_token_ms",
+                                t->predicted_n ? t->predicted_ms / t->predicted_n : 0.0, "predicted_per_second",
+                                per_second(t->predicted_n, t->predicted_ms), "tokenize_ms", rep->tokenize_ms,
+                                "store_read_ms", rep->store_read_ms, "store_commit_ms", rep->store_commit_ms);
     /* round trips of the session read (ctx.h): how a handover read is
      * checked to cost one round trip to the core, and measured (bench) */
     json_object_set_new(timings, "store_read_trips", json_integer(rep->store_read_trips));
@@ -93,4 +95,3 @@ void api_completion_stream_close(const ctx_reply *rep, const char *node, const c
     json_object_set_new(o, "content", json_string("")); /* the text went out in the chunks */
     sse_event(out, NULL, o);
 }
-

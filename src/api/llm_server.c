@@ -150,8 +150,8 @@ static dc_code do_completion(llm_server *s, const http_req *hr, json_t *body, js
     json_error_t je;
     if (json_unpack_ex(body, &je, 0, "{s:o, s?I, s?F, s?F, s?I, s?I, s?b, s?b, s?b, s?b, s?s}", "prompt", &prompt,
                        "n_predict", &n_predict, "temperature", &temperature, "top_p", &top_p, "top_k", &top_k, "seed",
-                       &seed, "cache_prompt", &cache, "return_tokens", &return_tokens, "stream", &stream,
-                       "ignore_eos", &ignore_eos, "discedge_owner", &owner) != 0)
+                       &seed, "cache_prompt", &cache, "return_tokens", &return_tokens, "stream", &stream, "ignore_eos",
+                       &ignore_eos, "discedge_owner", &owner) != 0)
         return dc_fail(err, DC_E_INVALID, "/completion: %s", je.text);
     if (stream) return dc_fail(err, DC_E_INVALID, "/completion: stream:true is not supported by llm-serve");
     if (n_predict == 0 || n_predict < -1 || n_predict > 1 << 20)
@@ -228,12 +228,12 @@ static json_t *props_json(llm_server *s) {
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)llm_fingerprint(s->m));
     /* discedge.render: /render is offered, and /completion's content is
      * /detokenize of its tokens (remote.c relies on both) */
-    return json_pack("{s:{s:i}, s:i, s:s, s:s, s:s, s:{s:s, s:s, s:i, s:i, s:s, s:s, s:b}}", "default_generation_settings",
-                     "n_ctx", llm_n_ctx(s->m), "total_slots", ls.n_parallel, "model_path",
-                     s->p.model_path ? s->p.model_path : "", "bos_token", llm_bos_text(s->m), "eos_token",
+    return json_pack("{s:{s:i}, s:i, s:s, s:s, s:s, s:{s:s, s:s, s:i, s:i, s:s, s:s, s:b}}",
+                     "default_generation_settings", "n_ctx", llm_n_ctx(s->m), "total_slots", ls.n_parallel,
+                     "model_path", s->p.model_path ? s->p.model_path : "", "bos_token", llm_bos_text(s->m), "eos_token",
                      llm_eos_text(s->m), "discedge", "model", llm_model_name(s->m), "fingerprint", fp, "n_vocab",
-                     llm_n_vocab(s->m), "n_threads", llm_n_threads(s->m), "backend", llm_backend(s->m),
-                     "kv_isolation", "owner", "render", 1);
+                     llm_n_vocab(s->m), "n_threads", llm_n_threads(s->m), "backend", llm_backend(s->m), "kv_isolation",
+                     "owner", "render", 1);
 }
 
 static enum MHD_Result on_request(void *ud, const http_req *hr) {
@@ -247,17 +247,19 @@ static enum MHD_Result on_request(void *ud, const http_req *hr) {
     for (int i = 0; posts[i]; i++) known_post |= !strcmp(hr->url, posts[i]);
     if (!strcmp(hr->url, "/props") || !strcmp(hr->url, "/health")) {
         if (strcmp(hr->method, "GET") != 0) rc = dc_fail(&err, DC_E_METHOD, "use GET on %s", hr->url);
-        else out = !strcmp(hr->url, "/props") ? props_json(s) : json_pack("{s:s, s:o}", "status", "ok", "engine", api_engine_json(s->m));
+        else
+            out = !strcmp(hr->url, "/props") ? props_json(s)
+                                             : json_pack("{s:s, s:o}", "status", "ok", "engine", api_engine_json(s->m));
     } else if (known_post && !post) {
         rc = dc_fail(&err, DC_E_METHOD, "use POST on %s", hr->url);
     } else if (known_post) {
         rc = api_json_object(hr->body, hr->body_n, &body, &err);
         if (!rc)
-            rc = !strcmp(hr->url, "/tokenize")         ? do_tokenize(s, body, &out, &err)
-                 : !strcmp(hr->url, "/detokenize")     ? do_detokenize(s, body, &out, &err)
-                 : !strcmp(hr->url, "/apply-template") ? do_apply_template(s, body, &out, &err)
-                 : !strcmp(hr->url, "/render")         ? do_render(s, body, &out, &err)
-                                                       : do_completion(s, hr, body, &out, &err);
+            rc = !strcmp(hr->url, "/tokenize")        ? do_tokenize(s, body, &out, &err)
+                : !strcmp(hr->url, "/detokenize")     ? do_detokenize(s, body, &out, &err)
+                : !strcmp(hr->url, "/apply-template") ? do_apply_template(s, body, &out, &err)
+                : !strcmp(hr->url, "/render")         ? do_render(s, body, &out, &err)
+                                                      : do_completion(s, hr, body, &out, &err);
     } else {
         rc = dc_fail(&err, DC_E_NOT_FOUND, "no route %s %s", hr->method, hr->url);
     }

@@ -42,8 +42,8 @@ observe *observe_new(bool log_content) {
     metrics *m = o->mx;
     metrics_define(m, "discedge_requests_total", METRIC_COUNTER, "HTTP requests by route and status.", NULL, 0);
     metrics_define(m, "discedge_turn_seconds", METRIC_HISTOGRAM, "Time of a generating request, by mode.", turn_s, 10);
-    metrics_define(m, "discedge_prompt_tokens_total", METRIC_COUNTER, "Tokens fed to the model (context and new input).",
-                   NULL, 0);
+    metrics_define(m, "discedge_prompt_tokens_total", METRIC_COUNTER,
+                   "Tokens fed to the model (context and new input).", NULL, 0);
     metrics_define(m, "discedge_generated_tokens_total", METRIC_COUNTER, "Tokens generated.", NULL, 0);
     metrics_define(m, "discedge_store_read_seconds", METRIC_HISTOGRAM, "Reading a session's context from the store.",
                    store_s, 12);
@@ -55,8 +55,8 @@ observe *observe_new(bool log_content) {
                    12);
     metrics_define(m, "discedge_stale_answers_total", METRIC_COUNTER,
                    "Answers from a context behind the client (consistency: available), not committed.", NULL, 0);
-    metrics_define(m, "discedge_sessions_active", METRIC_GAUGE, "Sessions with a turn on this node in the last 5 minutes.",
-                   NULL, 0);
+    metrics_define(m, "discedge_sessions_active", METRIC_GAUGE,
+                   "Sessions with a turn on this node in the last 5 minutes.", NULL, 0);
     metrics_define(m, "discedge_kv_cache_hits_total", METRIC_COUNTER, "Generations that reused cached KV of a prefix.",
                    NULL, 0);
     metrics_define(m, "discedge_kv_cached_tokens_total", METRIC_COUNTER, "Input tokens whose KV was reused.", NULL, 0);
@@ -134,14 +134,16 @@ void observe_request(observe *o, const char *method, const char *route, int stat
         metrics_add(o->mx, "discedge_prompt_tokens_total", NULL, rep->context_tokens);
         metrics_add(o->mx, "discedge_generated_tokens_total", NULL, rep->llm.predicted_n);
         if (rep->session_id[0] && !rep->stale) saw_session(o, rep->session_id);
-        if (rep->store_commit_ms > 0) metrics_observe(o->mx, "discedge_store_commit_seconds", NULL, rep->store_commit_ms / 1e3);
+        if (rep->store_commit_ms > 0)
+            metrics_observe(o->mx, "discedge_store_commit_seconds", NULL, rep->store_commit_ms / 1e3);
     }
     if (rep->store_read_ms > 0) metrics_observe(o->mx, "discedge_store_read_seconds", NULL, rep->store_read_ms / 1e3);
     if (rep->wait_ms > 0 || rep->retries > 0) {
         /* caught up: the turn went on with a current context; else it
          * failed as stale (strong) or answered stale (available) */
         bool behind = status == 503 || rep->stale;
-        metrics_add(o->mx, "discedge_replication_waits_total", behind ? "outcome=\"behind\"" : "outcome=\"caught_up\"", 1);
+        metrics_add(o->mx, "discedge_replication_waits_total", behind ? "outcome=\"behind\"" : "outcome=\"caught_up\"",
+                    1);
         metrics_observe(o->mx, "discedge_replication_wait_seconds", NULL, rep->wait_ms / 1e3);
     }
     if (rep->stale && status == 200) metrics_add(o->mx, "discedge_stale_answers_total", NULL, 1);

@@ -99,7 +99,8 @@ static dc_code common_of(json_t *r, const api_defaults *d, const char *const *ca
     if ((rc = api_get_string(r, "model", &model, err))) return rc;
     if ((rc = get_bool(r, "stream", false, &chat->stream, err))) return rc;
     json_t *so = json_object_get(r, "stream_options");
-    if (so && !json_is_null(so) && !json_is_object(so)) return dc_fail(err, DC_E_INVALID, "stream_options must be an object");
+    if (so && !json_is_null(so) && !json_is_object(so))
+        return dc_fail(err, DC_E_INVALID, "stream_options must be an object");
     if (so && (rc = get_bool(so, "include_usage", false, &chat->include_usage, err))) return rc;
     /* what this node does not do is refused, not ignored */
     json_t *v = json_object_get(r, "stop");
@@ -186,7 +187,8 @@ dc_code api_chat_parse(const char *body, size_t len, const char *hdr_session, co
     }
     if ((rc = get_bool(r, "store", false, &store, err))) return rc;
     chat->session = req->session_id || store;
-    if (!chat->session && req->turn) return dc_fail(err, DC_E_INVALID, "turn needs a session (session_id or store:true)");
+    if (!chat->session && req->turn)
+        return dc_fail(err, DC_E_INVALID, "turn needs a session (session_id or store:true)");
     if (chat->session && !req->session_id) {
         if ((rc = new_session(chat, req, err))) return rc;
     } else if (chat->session) {
@@ -221,8 +223,7 @@ dc_code api_responses_parse(const char *body, size_t len, const api_defaults *d,
     if (prev) {
         if (!identity_response_id_parse(prev, chat->prev_sid, &chat->prev_turn))
             return dc_fail(err, DC_E_NOT_FOUND, "no stored response %.80s", prev);
-        if (!store)
-            return dc_fail(err, DC_E_INVALID, "continuing a response stores the new one: leave store at true");
+        if (!store) return dc_fail(err, DC_E_INVALID, "continuing a response stores the new one: leave store at true");
         if (instructions)
             return dc_fail(err, DC_E_INVALID, "instructions start a conversation; they cannot change in its middle");
         /* the session's next turn; complete.c forks when it has gone on since,
@@ -285,14 +286,18 @@ static json_t *message_item(const api_chat *chat, const char *status, json_t *co
 static json_t *response_json(const api_chat *chat, const ctx_reply *rep) {
     bool done = rep != NULL, cut = rep && rep->llm.stopped_limit;
     json_t *output = json_array();
-    if (done) json_array_append_new(output, message_item(chat, "completed", json_pack("[o]", text_part(&rep->content))));
-    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:s, s:o, s:o, s:n, s:o, s:{}, s:b, s:s, s:[], s:{s:{s:s}}, s:b}",
-                          "id", chat->id, "object", "response", "created_at", (json_int_t)chat->created, "status",
-                          !done ? "in_progress" : cut ? "incomplete" : "completed", "model", chat->model, "output",
-                          output, "usage", done ? usage_json(chat, rep) : json_null(), "error",
-                          "incomplete_details", cut ? json_pack("{s:s}", "reason", "max_output_tokens") : json_null(),
-                          "metadata", "parallel_tool_calls", 0, "tool_choice", "auto", "tools", "text", "format",
-                          "type", "text", "store", chat->session);
+    if (done)
+        json_array_append_new(output, message_item(chat, "completed", json_pack("[o]", text_part(&rep->content))));
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:s, s:o, s:o, s:n, s:o, s:{}, s:b, s:s, s:[], s:{s:{s:s}}, s:b}", "id",
+                          chat->id, "object", "response", "created_at", (json_int_t)chat->created, "status",
+                          !done     ? "in_progress"
+                              : cut ? "incomplete"
+                                    : "completed",
+                          "model", chat->model, "output", output, "usage", done ? usage_json(chat, rep) : json_null(),
+                          "error", "incomplete_details",
+                          cut ? json_pack("{s:s}", "reason", "max_output_tokens") : json_null(), "metadata",
+                          "parallel_tool_calls", 0, "tool_choice", "auto", "tools", "text", "format", "type", "text",
+                          "store", chat->session);
     char prev[IDENTITY_REPLY_MAX];
     identity_reply_id(true, chat->prev_sid, chat->prev_turn, prev);
     json_object_set_new(o, "previous_response_id", chat->prev_turn ? json_string(prev) : json_null());
@@ -317,8 +322,9 @@ json_t *api_chat_json(const ctx_reply *rep, const api_chat *chat) {
 static json_t *chunk(const api_chat *chat, json_t *delta, const char *finish) {
     json_t *choices = json_array();
     if (delta)
-        json_array_append_new(choices, json_pack("{s:i, s:o, s:o, s:n}", "index", 0, "delta", delta, "finish_reason",
-                                                 finish ? json_string(finish) : json_null(), "logprobs"));
+        json_array_append_new(choices,
+                              json_pack("{s:i, s:o, s:o, s:n}", "index", 0, "delta", delta, "finish_reason",
+                                        finish ? json_string(finish) : json_null(), "logprobs"));
     return json_pack("{s:s, s:s, s:I, s:s, s:o}", "id", chat->id, "object", "chat.completion.chunk", "created",
                      (json_int_t)chat->created, "model", chat->model, "choices", choices);
 }
@@ -353,8 +359,7 @@ void api_chat_stream_open(api_chat *chat, strbuf *out) {
 
 void api_chat_stream_delta(api_chat *chat, const char *text, size_t n, strbuf *out) {
     strbuf b = {.s = (char *)text, .n = n};
-    if (!chat->responses)
-        sse_event(out, NULL, chunk(chat, json_pack("{s:o}", "content", api_text_json(&b)), NULL));
+    if (!chat->responses) sse_event(out, NULL, chunk(chat, json_pack("{s:o}", "content", api_text_json(&b)), NULL));
     else
         event(chat, out, "response.output_text.delta",
               at_text(chat, json_pack("{s:o, s:[]}", "delta", api_text_json(&b), "logprobs")));

@@ -85,7 +85,8 @@ void peer_free(peer *pr) {
 
 dc_code peer_check(const peer *pr, const char *presented, dc_error *err) {
     if (!presented || !*presented)
-        return dc_fail(err, DC_E_UNAUTHORIZED, "this route is for peer nodes: it needs the peer key (" PEER_KEY_HEADER ")");
+        return dc_fail(err, DC_E_UNAUTHORIZED,
+                       "this route is for peer nodes: it needs the peer key (" PEER_KEY_HEADER ")");
     /* constant time in the key's contents: every byte of the longer is read */
     size_t n = strlen(presented), len = n > pr->key_n ? n : pr->key_n;
     unsigned diff = (unsigned)(n ^ pr->key_n);

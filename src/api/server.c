@@ -25,9 +25,15 @@ struct api_server {
 
 api_params api_default_params(void) {
     http_params h = http_default_params();
-    return (api_params){.host = h.host, .port = h.port, .max_body = h.max_body, .node_id = "node",
-                        .default_n_predict = 128, .max_n_predict = 4096, .max_streams = 4,
-                        .max_connections = h.max_connections, .max_per_address = h.max_per_address,
+    return (api_params){.host = h.host,
+                        .port = h.port,
+                        .max_body = h.max_body,
+                        .node_id = "node",
+                        .default_n_predict = 128,
+                        .max_n_predict = 4096,
+                        .max_streams = 4,
+                        .max_connections = h.max_connections,
+                        .max_per_address = h.max_per_address,
                         .request_timeout_s = h.request_timeout_s};
 }
 
@@ -47,17 +53,17 @@ static json_t *turns_json(const turn_rec *turns, uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {
         json_t *t = json_pack("{s:i}", "turn", (int)turns[i].turn);
         for (int k = 0; k < SEG_COUNT; k++) {
-            json_object_set_new(t, names[k], turns[i].kind == TURN_TOKENS
-                                                 ? api_ids_json(turns[i].tok[k].v, turns[i].tok[k].n)
-                                                 : api_text_json(&turns[i].text[k]));
+            json_object_set_new(t, names[k],
+                                turns[i].kind == TURN_TOKENS ? api_ids_json(turns[i].tok[k].v, turns[i].tok[k].n)
+                                                             : api_text_json(&turns[i].text[k]));
         }
         json_array_append_new(arr, t);
     }
     return arr;
 }
 
-static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn, const char *method,
-                                      const char *sid, const char *user, int *status) {
+static enum MHD_Result handle_session(api_server *s, struct MHD_Connection *conn, const char *method, const char *sid,
+                                      const char *user, int *status) {
     user = user_of(conn, user);
     ctx *c = s->env.c;
     dc_error err = {0};
@@ -94,8 +100,8 @@ static enum MHD_Result handle_warm(api_server *s, struct MHD_Connection *conn, c
     dc_error err = {0};
     bool warming = false;
     dc_code rc = strcmp(method, "POST")
-                     ? dc_fail(&err, DC_E_METHOD, "%s is not allowed on /v1/sessions/{id}/warm: use POST", method)
-                     : ctx_session_warm(s->env.c, sid, user, &warming, &err);
+        ? dc_fail(&err, DC_E_METHOD, "%s is not allowed on /v1/sessions/{id}/warm: use POST", method)
+        : ctx_session_warm(s->env.c, sid, user, &warming, &err);
     *status = rc ? api_error_status(rc) : 202;
     if (rc) return http_send_error(conn, &err);
     return http_send_json(conn, 202, json_pack("{s:s, s:b}", "session_id", sid, "warming", warming), NULL);
@@ -141,14 +147,18 @@ static dc_code gate(void *ud, const http_req *hr, char who[ID_MAX + 1], dc_error
      * API key, and not open when the node has no API keys (peer.c) */
     if (!strncmp(hr->url, "/v1/peer/", 9)) {
         if (!s->p.peer) return DC_OK; /* on_request answers 404: no such route here */
-        dc_code rc = peer_check(s->p.peer, MHD_lookup_connection_value(hr->conn, MHD_HEADER_KIND, PEER_KEY_HEADER), err);
-        if (rc) observe_request(s->env.obs, hr->method, "unauthorized", api_error_status(rc), clock_mono_ms() - hr->t0, NULL);
+        dc_code rc = peer_check(s->p.peer, MHD_lookup_connection_value(hr->conn, MHD_HEADER_KIND, PEER_KEY_HEADER),
+                                err);
+        if (rc)
+            observe_request(s->env.obs, hr->method, "unauthorized", api_error_status(rc), clock_mono_ms() - hr->t0,
+                            NULL);
         return rc;
     }
     if (!s->p.keys || open_route(hr->method, hr->url)) return DC_OK;
     dc_code rc = auth_check(s->p.keys, MHD_lookup_connection_value(hr->conn, MHD_HEADER_KIND, "Authorization"), who,
                             err);
-    if (rc) observe_request(s->env.obs, hr->method, "unauthorized", api_error_status(rc), clock_mono_ms() - hr->t0, NULL);
+    if (rc)
+        observe_request(s->env.obs, hr->method, "unauthorized", api_error_status(rc), clock_mono_ms() - hr->t0, NULL);
     return rc;
 }
 
@@ -218,8 +228,13 @@ api_server *api_server_start(const api_params *p, ctx *c, llm *m, char *err, siz
     api_server *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->p = *p;
-    s->env = (api_env){.c = c, .m = m, .node_id = p->node_id, .default_n_predict = p->default_n_predict,
-                       .max_n_predict = p->max_n_predict, .max_streams = p->max_streams, .turns = &s->turns};
+    s->env = (api_env){.c = c,
+                       .m = m,
+                       .node_id = p->node_id,
+                       .default_n_predict = p->default_n_predict,
+                       .max_n_predict = p->max_n_predict,
+                       .max_streams = p->max_streams,
+                       .turns = &s->turns};
     if (!(s->env.obs = observe_new(p->log_content)) || !(s->env.inflight = quota_new(NULL, NULL))) {
         observe_free(s->env.obs);
         free(s);

@@ -45,8 +45,8 @@ enum MHD_Result sse_respond(struct MHD_Connection *conn, const sse_source *src, 
     if (s) *s = (sse){.src = src, .ud = ud, .conn = conn};
     /* DC_FAULT_SSE_NO_RESPONSE: the tests' way to fail the allocation */
     struct MHD_Response *r = !s || getenv("DC_FAULT_SSE_NO_RESPONSE")
-                                 ? NULL
-                                 : MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, s, sse_free);
+        ? NULL
+        : MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, s, sse_free);
     if (!r) {
         free(s);
         src->done(ud); /* nobody will read this stream: the source stops (a turn is cancelled) */

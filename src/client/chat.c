@@ -10,10 +10,9 @@
 
 int chat_main(int argc, char **argv) {
     static const char *const modes[] = {"tokenized", "raw", "client-side", NULL};
-    static const char intro[] =
-        "usage: discedge chat --node URL [options]\n"
-        "Type a message and press Enter; /node URL switches node mid-conversation;\n"
-        "/quit or EOF ends.\n\n";
+    static const char intro[] = "usage: discedge chat --node URL [options]\n"
+                                "Type a message and press Enter; /node URL switches node mid-conversation;\n"
+                                "/quit or EOF ends.\n\n";
     const char *node = NULL, *mode = "tokenized", *user = NULL;
     int n_predict = 0;
     double temperature = -1;
@@ -62,7 +61,8 @@ int chat_main(int argc, char **argv) {
         client_turn t;
         if (client_session_send(&s, url, line, &t) == 0) {
             printf("bot> %s\n", t.content.s);
-            printf("     [turn %u, node %s, %.0f ms, %d context tokens]\n", s.turn, t.node, t.http.ms, t.context_tokens);
+            printf("     [turn %u, node %s, %.0f ms, %d context tokens]\n", s.turn, t.node, t.http.ms,
+                   t.context_tokens);
         } else {
             printf("error> %s\n", t.http.status ? t.http.body.s : t.http.error);
         }

@@ -135,7 +135,8 @@ int client_session_send(client_session *s, const char *base_url, const char *mes
     strbuf_puts(&t->content, content);
     t->context_tokens = (int)json_integer_value(json_object_get(resp, "context_tokens"));
     t->tokens_predicted = (int)json_integer_value(json_object_get(resp, "tokens_predicted"));
-    snprintf(t->node, sizeof t->node, "%s", json_string_value(json_object_get(resp, "node")) ? json_string_value(json_object_get(resp, "node")) : "");
+    snprintf(t->node, sizeof t->node, "%s",
+             json_string_value(json_object_get(resp, "node")) ? json_string_value(json_object_get(resp, "node")) : "");
     json_t *tm = json_object_get(resp, "timings");
     t->tokenize_ms = json_number_value(json_object_get(tm, "tokenize_ms"));
     t->prompt_ms = json_number_value(json_object_get(tm, "prompt_ms"));

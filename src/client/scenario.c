@@ -16,13 +16,12 @@ typedef struct {
     const char *url;
 } node_map;
 
-static const char intro[] =
-    "usage: discedge scenario FILE.yaml --node NAME=URL [--node NAME=URL ...]\n"
-    "                         [options]\n"
-    "Runs the scenario's turns in order; a `locations` list switches node.\n"
-    "The first --node is the default for scenarios without locations;\n"
-    "--node URL alone names it after its position (node1, node2, ...).\n"
-    "\n";
+static const char intro[] = "usage: discedge scenario FILE.yaml --node NAME=URL [--node NAME=URL ...]\n"
+                            "                         [options]\n"
+                            "Runs the scenario's turns in order; a `locations` list switches node.\n"
+                            "The first --node is the default for scenarios without locations;\n"
+                            "--node URL alone names it after its position (node1, node2, ...).\n"
+                            "\n";
 
 typedef struct {
     node_map v[16];
@@ -99,14 +98,13 @@ int scenario_main(int argc, char **argv) {
         {"quiet", OPT_FLAG, NULL, "print no table", .to = &quiet},
         {"no-cache", OPT_FLAG, NULL, "ask the node not to reuse KV (cache_prompt false)", .to = &no_cache},
         {"ignore-eos", OPT_FLAG, NULL, "generate exactly --n-predict tokens per turn", .to = &ignore_eos},
-        {"turns", OPT_INT, "N", "stop after N turns", OPT_TO(max_turns), .min = 0, .max = INT32_MAX,
-         .dflt = "all"},
+        {"turns", OPT_INT, "N", "stop after N turns", OPT_TO(max_turns), .min = 0, .max = INT32_MAX, .dflt = "all"},
         {"after-turn", OPT_STRING, "CMD",
          "run CMD through the shell after every turn, with DC_TURN set to its number, before the next one starts "
          "(the testbed samples its link counters this way)",
          .to = &after_turn},
-        {"think-ms", OPT_DURATION, "MS", "pause that long between turns (a user reading and typing)",
-         OPT_TO(think_ms), .min = 0, .max = 3600000, .unit = 1},
+        {"think-ms", OPT_DURATION, "MS", "pause that long between turns (a user reading and typing)", OPT_TO(think_ms),
+         .min = 0, .max = 3600000, .unit = 1},
         {"hint", OPT_FLAG, NULL,
          "after the last turn before each move, tell the next node to prepare (POST /v1/sessions/{id}/warm) "
          "before the turn goes there",
@@ -149,8 +147,10 @@ int scenario_main(int argc, char **argv) {
     }
     if (rc) goto out;
     if (csv)
-        fprintf(csv, "turn,node,mode,status,latency_ms,request_bytes,context_tokens,tokens_predicted,tokenize_ms,"
-                     "prompt_ms,predicted_ms,store_read_ms,store_commit_ms,wait_ms,answered_by,store_read_core_trips,reply\n");
+        fprintf(
+            csv,
+            "turn,node,mode,status,latency_ms,request_bytes,context_tokens,tokens_predicted,tokenize_ms,"
+            "prompt_ms,predicted_ms,store_read_ms,store_commit_ms,wait_ms,answered_by,store_read_core_trips,reply\n");
 
     client_session_init(&sess, mode, user ? user : sc.user_id);
     sess.n_predict = n_predict;
@@ -176,8 +176,8 @@ int scenario_main(int argc, char **argv) {
         if (csv) {
             fprintf(csv, "%zu,%s,%s,%ld,%.3f,%ld,%d,%d,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%s,%d,", i + 1, name, mode,
                     t.http.status, t.http.ms, t.http.request_bytes, t.context_tokens, t.tokens_predicted, t.tokenize_ms,
-                    t.prompt_ms, t.predicted_ms, t.store_read_ms, t.store_commit_ms, t.wait_ms, t.node[0] ? t.node : "-",
-                    t.store_read_core_trips);
+                    t.prompt_ms, t.predicted_ms, t.store_read_ms, t.store_commit_ms, t.wait_ms,
+                    t.node[0] ? t.node : "-", t.store_read_core_trips);
             csv_field(csv, ok ? t.content.s : t.http.body.s ? t.http.body.s : t.http.error);
             fputc('\n', csv);
         }
@@ -216,8 +216,8 @@ int scenario_main(int argc, char **argv) {
             }
         }
     }
-    if (!quiet && !rc) printf("session %s, user %s: %u turns\n", sess.session_id[0] ? sess.session_id : "-",
-                              sess.user_id, sess.turn);
+    if (!quiet && !rc)
+        printf("session %s, user %s: %u turns\n", sess.session_id[0] ? sess.session_id : "-", sess.user_id, sess.turn);
     client_session_free(&sess);
 out:
     if (csv) fclose(csv);

@@ -49,8 +49,12 @@ struct ctx {
 };
 
 ctx_params ctx_default_params(void) {
-    return (ctx_params){.node_id = "node", .stale_retries = 3, .stale_retry_ms = 10, .sync_timeout_ms = 2000,
-                        .max_sessions_per_user = 1000, .max_session_tokens = 131072,
+    return (ctx_params){.node_id = "node",
+                        .stale_retries = 3,
+                        .stale_retry_ms = 10,
+                        .sync_timeout_ms = 2000,
+                        .max_sessions_per_user = 1000,
+                        .max_session_tokens = 131072,
                         .warm = warm_default_params()};
 }
 
@@ -113,7 +117,8 @@ session_mode ctx_mode_parse(const char *s) {
 void ctx_reply_free(ctx_reply *rep) { strbuf_free(&rep->content); }
 
 static dc_code store_error(dc_error *err, store_status st) {
-    return dc_fail(err, st == STORE_UNAVAILABLE ? DC_E_UNAVAILABLE : DC_E_STORE, "store: %s (%s)", store_status_str(st), store_last_error());
+    return dc_fail(err, st == STORE_UNAVAILABLE ? DC_E_UNAVAILABLE : DC_E_STORE, "store: %s (%s)", store_status_str(st),
+                   store_last_error());
 }
 
 /* A failed call into the LLM service: 503 when the service cannot be
@@ -176,8 +181,8 @@ static dc_code generate(ctx *c, const tokvec *input, const ctx_request *req, tok
 /* Both modes' builders set *whole to the conversation's length in tokens as
  * the model would see it untruncated: every stored turn of the context and
  * the new message (the session bound, --max-session-tokens, is on it). */
-static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *turns, uint32_t n_turns,
-                               turn_rec *rec, tokvec *input, size_t *whole, ctx_reply *rep, dc_error *err) {
+static dc_code build_tokenized(ctx *c, const ctx_request *req, const turn_rec *turns, uint32_t n_turns, turn_rec *rec,
+                               tokvec *input, size_t *whole, ctx_reply *rep, dc_error *err) {
     double t0 = clock_mono_ms();
     if (n_turns == 0) llm_add_bos(c->m, &rec->tok[SEG_SYSTEM]); /* the conversation's start: kept whatever is cut */
     /* both messages of turn 1 in one go: a remote engine renders them in one round trip */
@@ -233,7 +238,8 @@ static dc_code build_raw(ctx *c, const ctx_request *req, const turn_rec *turns, 
     llm_add_bos(c->m, &sys); /* the conversation's start, counted with the system message: never cut */
     bool ok = !system || llm_chat_render(c->m, &(llm_msg){"system", system}, 1, false, &sys) == 0;
     for (uint32_t i = 0; ok && i < n_turns; i++) {
-        llm_msg pair[2] = {{"user", text_of(&turns[i].text[SEG_USER])}, {"assistant", text_of(&turns[i].text[SEG_REPLY])}};
+        llm_msg pair[2] = {{"user", text_of(&turns[i].text[SEG_USER])},
+                           {"assistant", text_of(&turns[i].text[SEG_REPLY])}};
         ok = llm_chat_render(c->m, pair, 2, false, &parts[i]) == 0;
     }
     ok = ok && llm_chat_render(c->m, &(llm_msg){"user", req->prompt}, 1, true, &last) == 0;
@@ -274,13 +280,15 @@ static dc_code complete_client_side(ctx *c, const ctx_request *req, ctx_reply *r
     size_t bos = llm_add_bos(c->m, &input);
     if (req->messages ? llm_chat_render(c->m, req->messages, req->n_messages, true, &input) != 0
                       : llm_tokenize(c->m, req->prompt, strlen(req->prompt), true, &input) != 0)
-        rc = llm_error(err, DC_E_INVALID, req->messages ? "the messages cannot be rendered with the model's chat template"
-                                                        : "the prompt cannot be tokenized");
+        rc = llm_error(err, DC_E_INVALID,
+                       req->messages ? "the messages cannot be rendered with the model's chat template"
+                                     : "the prompt cannot be tokenized");
     rep->tokenize_ms = clock_mono_ms() - t0;
     if (!rc && input.n == bos) rc = dc_fail(err, DC_E_INVALID, "prompt is empty");
     if (!rc && input.n + (size_t)req->gen.n_predict > (size_t)llm_n_ctx(c->m))
-        rc = dc_fail(err, DC_E_CTX_LENGTH, "the prompt (%zu tokens) plus n_predict (%d) does not fit the context window (%d tokens)",
-                     input.n, req->gen.n_predict, llm_n_ctx(c->m));
+        rc = dc_fail(err, DC_E_CTX_LENGTH,
+                     "the prompt (%zu tokens) plus n_predict (%d) does not fit the context window (%d tokens)", input.n,
+                     req->gen.n_predict, llm_n_ctx(c->m));
     if (!rc) rc = generate(c, &input, req, &out, rep, err);
     rep->turn = req->turn;
     tokvec_free(&input);
@@ -303,8 +311,8 @@ static dc_code check_compatible(ctx *c, const char *sid, const ctx_request *req,
         return dc_fail(err, DC_E_MODE_MISMATCH, "session %s is in %s mode, not %s", sid, ctx_mode_name(meta->mode),
                        ctx_mode_name(req->mode));
     if (meta->fingerprint != llm_fingerprint(c->m))
-        return dc_fail(err, DC_E_INCOMPATIBLE, "session %s was stored for another tokenizer or chat template (model %s)",
-                       sid, meta->model);
+        return dc_fail(err, DC_E_INCOMPATIBLE,
+                       "session %s was stored for another tokenizer or chat template (model %s)", sid, meta->model);
     return DC_OK;
 }
 
@@ -339,9 +347,7 @@ static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uin
             return dc_fail(err, DC_E_FORBIDDEN, "session %s belongs to another user", sid);
         uint32_t stored = *exists ? meta->turn : 0;
         switch (turn_decide(*exists, stored, turn, attempt >= c->p.stale_retries)) {
-        case TURN_PROCEED:
-            *out = LOAD_PROCEED;
-            return *exists ? check_compatible(c, sid, req, meta, err) : DC_OK;
+        case TURN_PROCEED: *out = LOAD_PROCEED; return *exists ? check_compatible(c, sid, req, meta, err) : DC_OK;
         case TURN_CONFLICT:
             if (req->request_id && stored == turn && !strcmp(meta->request_id, req->request_id)) {
                 *out = LOAD_REPLAY;
@@ -352,8 +358,8 @@ static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uin
                 return check_compatible(c, sid, req, meta, err);
             }
             err->expected_turn = stored + 1;
-            return dc_fail(err, DC_E_CONFLICT, "turn %u of session %s is already committed; expected turn %u",
-                           turn, sid, stored + 1);
+            return dc_fail(err, DC_E_CONFLICT, "turn %u of session %s is already committed; expected turn %u", turn,
+                           sid, stored + 1);
         case TURN_STALE:
         case TURN_NOT_FOUND:
             if (req->consistency == CONSISTENCY_AVAILABLE) {
@@ -364,7 +370,8 @@ static dc_code load_current(ctx *c, const char *sid, const ctx_request *req, uin
             if (*exists)
                 return dc_fail(err, DC_E_STALE,
                                "stored context is at turn %u, request is turn %u; still behind after waiting %.0f ms "
-                               "and %d re-reads", stored, turn, rep->wait_ms, rep->retries);
+                               "and %d re-reads",
+                               stored, turn, rep->wait_ms, rep->retries);
             return dc_fail(err, DC_E_NOT_FOUND, "no session %s (turn %u requested)", sid, turn);
         case TURN_WAIT:
             store_turns_free(*turns, *exists ? meta->turn : 0);
@@ -479,7 +486,8 @@ static dc_code settle_conflict(ctx *c, const ctx_request *req, uint32_t turn, ct
             err->expected_turn = turn + 1;
             rc = dc_fail(err, DC_E_CONFLICT,
                          "turn %u of session %s was committed by an earlier try of request %s while this one ran; "
-                         "send it again for the committed reply", turn, sid, req->request_id);
+                         "send it again for the committed reply",
+                         turn, sid, req->request_id);
         } else {
             log_info("session %s: turn %u already committed by request %s elsewhere; replayed", sid, turn,
                      req->request_id);
@@ -490,7 +498,8 @@ static dc_code settle_conflict(ctx *c, const ctx_request *req, uint32_t turn, ct
     } else if (st == STORE_NOT_FOUND && turn > 1) {
         rc = dc_fail(err, DC_E_NOT_FOUND,
                      "session %s ended (idle past its TTL, or deleted) while turn %u was generated; nothing was "
-                     "committed", sid, turn);
+                     "committed",
+                     sid, turn);
     } else if (mine && now.turn >= turn && req->fork_on_conflict) {
         *fork = true;
     } else {
@@ -769,7 +778,8 @@ dc_code ctx_session_delete(ctx *c, const char *sid, const char *user_id, dc_erro
     } else {
         rc = store_error(err, st);
     }
-    if (!rc && strcmp(m.user_id, user_id) != 0) rc = dc_fail(err, DC_E_FORBIDDEN, "session %s belongs to another user", sid);
+    if (!rc && strcmp(m.user_id, user_id) != 0)
+        rc = dc_fail(err, DC_E_FORBIDDEN, "session %s belongs to another user", sid);
     if (!rc) {
         st = store_session_delete(c->s, sid);
         if (st == STORE_NOT_FOUND) rc = dc_fail(err, DC_E_NOT_FOUND, "no session %s", sid);

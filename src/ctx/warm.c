@@ -108,7 +108,8 @@ static void warm_one(warm *w, const pending *pd) {
         /* laid out as the next turn will (window.h), leaving room for its
          * message and reply; if it drops more, the engine still reuses all
          * it can (engine.c) */
-        uint32_t first = window_first(turns, meta.turn, sys->n + (size_t)w->p.reserve, (size_t)llm_n_ctx(w->m), &history);
+        uint32_t first = window_first(turns, meta.turn, sys->n + (size_t)w->p.reserve, (size_t)llm_n_ctx(w->m),
+                                      &history);
         tokvec toks = {0};
         tokvec_reserve(&toks, sys->n + history);
         tokvec_append(&toks, sys->v, sys->n);

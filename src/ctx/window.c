@@ -1,9 +1,7 @@
 /* window.c - see window.h. */
 #include "window.h"
 
-size_t window_turn_tokens(const turn_rec *t) {
-    return t->tok[SEG_USER].n + t->tok[SEG_REPLY].n + t->tok[SEG_END].n;
-}
+size_t window_turn_tokens(const turn_rec *t) { return t->tok[SEG_USER].n + t->tok[SEG_REPLY].n + t->tok[SEG_END].n; }
 
 uint32_t window_first(const turn_rec *turns, uint32_t n, size_t fixed, size_t budget, size_t *history) {
     size_t h = 0;

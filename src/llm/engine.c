@@ -196,9 +196,7 @@ static struct llama_sampler *sampler_new(const engine *e, const llm_gen_params *
 }
 
 /* KV is shared only between requests of one owner (see the top). */
-static bool same_owner(const char *kept, const char *asker) {
-    return kept && asker && *asker && !strcmp(kept, asker);
-}
+static bool same_owner(const char *kept, const char *asker) { return kept && asker && *asker && !strcmp(kept, asker); }
 
 static size_t common_prefix(const tokvec *a, const int32_t *b, size_t n) {
     size_t i = 0, lim = a->n < n ? a->n : n;
@@ -392,9 +390,7 @@ static void slot_unwarm(engine *e, int s, bool used) {
 }
 
 /* Under mu (admit): slot s goes to a request of owner. */
-static void slot_claim(engine *e, int s, const char *owner) {
-    slot_unwarm(e, s, same_owner(e->slots[s].owner, owner));
-}
+static void slot_claim(engine *e, int s, const char *owner) { slot_unwarm(e, s, same_owner(e->slots[s].owner, owner)); }
 
 static void slot_wipe(engine *e, int s) {
     slot *sl = &e->slots[s];
@@ -498,8 +494,12 @@ static void warm_step(engine *e) {
         }
         llm_timings t = {0};
         tokvec none = {0};
-        job j = {.in = w->toks.v, .n = w->toks.n, .gp = {.cache_prompt = true, .owner = w->owner}, .t = &t,
-                 .out = &none, .slot = at};
+        job j = {.in = w->toks.v,
+                 .n = w->toks.n,
+                 .gp = {.cache_prompt = true, .owner = w->owner},
+                 .t = &t,
+                 .out = &none,
+                 .slot = at};
         for (int i = 0; i < spill_n(e->sp); i++) {
             const spill_entry *x = spill_at(e->sp, i);
             if (!same_owner(x->owner, w->owner)) continue;
@@ -559,8 +559,7 @@ static void wq_remove(engine *e, int i) {
 }
 
 bool engine_warm(engine *e, const char *owner, const int32_t *toks, size_t n) {
-    if (e->stats.warm_sessions <= 0 || !owner || !*owner || n == 0 || n >= (size_t)e->p.n_ctx_seq)
-        return false;
+    if (e->stats.warm_sessions <= 0 || !owner || !*owner || n == 0 || n >= (size_t)e->p.n_ctx_seq) return false;
     warm_req w = {.owner = dc_xstrdup(owner), .at = clock_mono_ms()};
     tokvec_append(&w.toks, toks, n);
     pthread_mutex_lock(&e->mu);
@@ -871,7 +870,8 @@ static void ctl_export(engine *e, ctl *c) {
     /* a slot's state is wrong until a pending shift has run (slot_spill) */
     for (int s = 0; s < e->p.n_slots && !e->shift_pending; s++) {
         const slot *sl = &e->slots[s];
-        if (!sl->busy && same_owner(sl->owner, c->owner) && whole_prefix(&sl->toks, c->toks, c->n) && sl->toks.n > best) {
+        if (!sl->busy && same_owner(sl->owner, c->owner) && whole_prefix(&sl->toks, c->toks, c->n) &&
+            sl->toks.n > best) {
             best = sl->toks.n;
             from = s;
         }
@@ -931,7 +931,7 @@ static void ctl_import(engine *e, ctl *c) {
      * KV types, row sizes, cell count); the positions it restored must be
      * exactly 0..n-1, one per token the header names */
     bool ok = llama_state_seq_set_data(e->ctx, c->state, c->state_n, s) == c->state_n &&
-              llama_memory_seq_pos_min(e->mem, s) == 0 && llama_memory_seq_pos_max(e->mem, s) == (llama_pos)c->n - 1;
+        llama_memory_seq_pos_min(e->mem, s) == 0 && llama_memory_seq_pos_max(e->mem, s) == (llama_pos)c->n - 1;
     if (!ok) {
         llama_memory_seq_rm(e->mem, s, -1, -1);
         snprintf(c->err, sizeof c->err, "the state does not load into this context");
@@ -957,8 +957,7 @@ static void *engine_main(void *arg) {
     engine *e = arg;
     pthread_mutex_lock(&e->mu);
     for (;;) {
-        while (!e->stop && !e->n_active && !e->q_head && !e->n_forget && !e->n_wq && !e->wcur.owner &&
-               !e->c_head)
+        while (!e->stop && !e->n_active && !e->q_head && !e->n_forget && !e->n_wq && !e->wcur.owner && !e->c_head)
             pthread_cond_wait(&e->wake, &e->mu);
         if (e->stop) break;
         admit(e);
@@ -1123,14 +1122,21 @@ static unsigned engine_retry_after_s(const engine *e) {
 
 llm_status engine_generate(engine *e, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
                            llm_timings *t, char *err, size_t errlen) {
-    job j = {.in = input, .n = n, .gp = *p, .out = out, .t = t, .state = JOB_QUEUED, .out_n0 = out->n,
+    job j = {.in = input,
+             .n = n,
+             .gp = *p,
+             .out = out,
+             .t = t,
+             .state = JOB_QUEUED,
+             .out_n0 = out->n,
              .t_queued = clock_mono_ms()};
     pthread_mutex_lock(&e->mu);
     j.warm0 = e->stats.warm_chunks;
     if (engine_full(e)) {
         e->stats.busy++;
         pthread_mutex_unlock(&e->mu);
-        snprintf(err, errlen, "%s", e->stop ? "the LLM service is shutting down" : "all sequences busy and the queue is full");
+        snprintf(err, errlen, "%s",
+                 e->stop ? "the LLM service is shutting down" : "all sequences busy and the queue is full");
         return e->stop ? LLM_FAIL : LLM_BUSY;
     }
     if (e->q_tail) e->q_tail->qnext = &j;

@@ -39,18 +39,30 @@ void llm_set_unreachable(const char *why) {
 const char *llm_unreachable(void) { return unreachable ? unreachable_why : NULL; }
 
 /* Content placeholders: control characters no template adds or trims. */
-#define SENTINEL_FMT "\x1e" "dc%zu" "\x1f"
+#define SENTINEL_FMT                                                                                                   \
+    "\x1e"                                                                                                             \
+    "dc%zu"                                                                                                            \
+    "\x1f"
 
 llm_params llm_default_params(void) {
-    return (llm_params){.model_path = NULL, .url = NULL, .backend_dir = NULL, .n_ctx = 0, .n_threads = 0,
-                        .n_parallel = 4, .n_queue = 16, .kv_sessions = 8, .spill_dir = NULL, .spill_mib = 1024,
-                        .warm_sessions = 0, .warm_window_s = 600,
+    return (llm_params){.model_path = NULL,
+                        .url = NULL,
+                        .backend_dir = NULL,
+                        .n_ctx = 0,
+                        .n_threads = 0,
+                        .n_parallel = 4,
+                        .n_queue = 16,
+                        .kv_sessions = 8,
+                        .spill_dir = NULL,
+                        .spill_mib = 1024,
+                        .warm_sessions = 0,
+                        .warm_window_s = 600,
                         .progress = true};
 }
 
 llm_gen_params llm_default_gen_params(void) {
-    return (llm_gen_params){.n_predict = 128, .temperature = 0.8f, .top_p = 0.95f, .top_k = 40, .seed = 0,
-                            .cache_prompt = true};
+    return (llm_gen_params){
+        .n_predict = 128, .temperature = 0.8f, .top_p = 0.95f, .top_k = 40, .seed = 0, .cache_prompt = true};
 }
 
 int llm_tokenize(const llm *m, const char *text, size_t len, bool parse_special, tokvec *out) {
@@ -78,7 +90,7 @@ int llm_detokenize(const llm *m, const int32_t *toks, size_t n, strbuf *out) {
 /* llm_chat_render on the implementation's primitives (see the top). */
 static int render_here(const llm *m, const llm_msg *msgs, size_t n, bool add_assistant, tokvec *out) {
     llm_msg *cm = calloc(n ? n : 1, sizeof *cm);
-    char (*sent)[32] = calloc(n ? n : 1, sizeof *sent);
+    char(*sent)[32] = calloc(n ? n : 1, sizeof *sent);
     strbuf text = {0};
     int rc = -1;
     if (!cm || !sent) goto done;
@@ -128,7 +140,11 @@ int llm_apply_template(const llm *m, const llm_msg *msgs, size_t n, bool add_ass
 
 /* What the template writes after an assistant message's content. */
 static int compute_turn_end(llm *m) {
-    llm_msg cm[2] = {{"user", "u"}, {"assistant", "\x1e" "dcend" "\x1f"}};
+    llm_msg cm[2] = {{"user", "u"},
+                     {"assistant",
+                      "\x1e"
+                      "dcend"
+                      "\x1f"}};
     strbuf text = {0};
     int rc = -1;
     if (m->ops->apply_template(m->impl, cm, 2, false, &text) == 0 && text.s) {
@@ -235,8 +251,8 @@ void llm_forget(llm *m, const char *owner) {
     if (m->ops->forget) m->ops->forget(m->impl, owner);
 }
 
-llm_status llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
-                        llm_timings *t, char *err, size_t errlen) {
+llm_status llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out, llm_timings *t,
+                        char *err, size_t errlen) {
     memset(t, 0, sizeof *t);
     unreachable = false;
     if (n == 0) {

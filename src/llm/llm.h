@@ -183,8 +183,8 @@ typedef struct {
 /* Generates a reply to the token sequence input, appending the generated ids
  * (without the end-of-generation token) to out. On anything but LLM_OK, err
  * says why and out holds nothing new. */
-llm_status llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out,
-                 llm_timings *t, char *err, size_t errlen);
+llm_status llm_generate(llm *m, const int32_t *input, size_t n, const llm_gen_params *p, tokvec *out, llm_timings *t,
+                        char *err, size_t errlen);
 
 /* After a call of this thread failed: why, when the reason is that the LLM
  * service cannot be reached (remote); NULL for any other failure. */

@@ -100,8 +100,9 @@ int llm_cpu_backend(const char *backend_dir, char *out, size_t outlen) {
     backend_dir_arg = backend_dir ? backend_dir : DC_BACKEND_DIR;
     pthread_once(&backend_once, backend_init);
     ggml_backend_reg_t reg = ggml_backend_reg_by_name("CPU");
-    ggml_backend_get_features_t features =
-        reg ? (ggml_backend_get_features_t)ggml_backend_reg_get_proc_address(reg, "ggml_backend_get_features") : NULL;
+    ggml_backend_get_features_t features = reg
+        ? (ggml_backend_get_features_t)ggml_backend_reg_get_proc_address(reg, "ggml_backend_get_features")
+        : NULL;
     if (!features) return -1;
     Dl_info di;
     const char *file = dladdr((void *)features, &di) && di.dli_fname ? di.dli_fname : "?";
@@ -285,19 +286,25 @@ void *llm_local_open(const llm_params *p, llm_info *info, char *err, size_t errl
     int n_head = llama_model_n_head(m->model);
     size_t head_dim = n_head > 0 ? (size_t)llama_model_n_embd(m->model) / (size_t)n_head : 0;
     m->kv_bytes = (size_t)n_slots * (size_t)info->n_ctx * (size_t)llama_model_n_layer(m->model) * 2 *
-                  ggml_row_size(m->kv_type, (int64_t)((size_t)llama_model_n_head_kv(m->model) * head_dim));
+        ggml_row_size(m->kv_type, (int64_t)((size_t)llama_model_n_head_kv(m->model) * head_dim));
     m->n_ctx_seq = info->n_ctx;
-    engine_params ep = {.n_slots = n_slots, .kv_sessions = p->kv_sessions, .n_parallel = p->n_parallel,
+    engine_params ep = {.n_slots = n_slots,
+                        .kv_sessions = p->kv_sessions,
+                        .n_parallel = p->n_parallel,
                         .n_queue = p->n_queue,
-                        .n_ctx_seq = info->n_ctx, .n_batch = n_batch, .reuse = p->kv_sessions > 0,
-                        .spill_dir = p->spill_mib ? p->spill_dir : NULL, .spill_budget = p->spill_mib << 20,
+                        .n_ctx_seq = info->n_ctx,
+                        .n_batch = n_batch,
+                        .reuse = p->kv_sessions > 0,
+                        .spill_dir = p->spill_mib ? p->spill_dir : NULL,
+                        .spill_budget = p->spill_mib << 20,
                         .spill_min = 64,
                         /* warm-up runs on an idle engine only and may use
                          * every sequence (a conversation it pushes out is
                          * spilled, not lost); its chunk bounds a live
                          * request's wait for it (engine.c) */
                         .warm_sessions = p->warm_sessions < n_slots ? p->warm_sessions : n_slots,
-                        .warm_chunk = 128, .warm_window_ms = p->warm_window_s * 1000.0};
+                        .warm_chunk = 128,
+                        .warm_window_ms = p->warm_window_s * 1000.0};
     m->eng = engine_new(m->ctx, m->vocab, &ep);
     if (!m->eng) {
         snprintf(err, errlen, "cannot start the generation engine");
@@ -371,7 +378,8 @@ static void local_forget(void *impl, const char *owner) { engine_forget(((local 
 enum { KV_HEADER = 4 + 4 + 8 * 4 + 4 * 7 };
 
 static void put32(strbuf *b, uint32_t v) {
-    unsigned char t[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16), (unsigned char)(v >> 24)};
+    unsigned char t[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 24)};
     strbuf_append(b, t, 4);
 }
 
@@ -441,7 +449,8 @@ static int local_kv_import(void *impl, const char *owner, const int32_t *want, s
     kv_facts(m, f64, f32);
     p += 8;
     for (int i = 0; i < 4; i++, p += 8)
-        if (get_n(p, 8) != f64[i]) return snprintf(err, errlen, "the state's %s differs from this node's", what64[i]), -1;
+        if (get_n(p, 8) != f64[i])
+            return snprintf(err, errlen, "the state's %s differs from this node's", what64[i]), -1;
     for (int i = 0; i < 6; i++, p += 4)
         if (i < 5 && get_n(p, 4) != f32[i])
             return snprintf(err, errlen, "the state's %s differs from this node's", what32[i]), -1;
@@ -450,7 +459,8 @@ static int local_kv_import(void *impl, const char *owner, const int32_t *want, s
     /* exactly a prefix of the stored tokens, at least one */
     if (n == 0 || n > n_want || n > (uint64_t)(end - p) / 4)
         return snprintf(err, errlen, "the state holds %llu tokens; the stored context has %zu", (unsigned long long)n,
-                        n_want), -1;
+                        n_want),
+               -1;
     for (size_t i = 0; i < n; i++, p += 4)
         if (get_n(p, 4) != (uint32_t)want[i])
             return snprintf(err, errlen, "the state's tokens differ from the stored ones at %zu", i), -1;

@@ -216,10 +216,10 @@ static int remote_apply_template(void *impl, const llm_msg *msgs, size_t n, bool
 static int remote_tokenize(void *impl, const char *text, size_t len, bool parse_special, tokvec *out) {
     json_t *resp;
     char err[256];
-    long st = request(impl, "/tokenize",
-                      json_pack("{s:s%, s:b, s:b}", "content", text, len, "add_special", 0, "parse_special",
-                                parse_special),
-                      NULL, 30, &resp, err, sizeof err);
+    long st = request(
+        impl, "/tokenize",
+        json_pack("{s:s%, s:b, s:b}", "content", text, len, "add_special", 0, "parse_special", parse_special), NULL, 30,
+        &resp, err, sizeof err);
     int rc = st == 200 ? ids_append(json_object_get(resp, "tokens"), out) : -1;
     json_decref(resp);
     return rc;
@@ -275,9 +275,10 @@ static int remote_render(void *impl, const llm_msg *msgs, size_t n, bool add_ass
     for (size_t i = 0; i < n; i++)
         json_array_append_new(arr, json_pack("{s:s, s:s}", "role", msgs[i].role, "content", msgs[i].content));
     char err[256];
-    long st = request(r, "/render",
-                      json_pack("{s:o, s:b, s:b}", "messages", arr, "add_generation_prompt", add_assistant, "each", each),
-                      NULL, 30, &resp, err, sizeof err);
+    long st = request(
+        r, "/render",
+        json_pack("{s:o, s:b, s:b}", "messages", arr, "add_generation_prompt", add_assistant, "each", each), NULL, 30,
+        &resp, err, sizeof err);
     if (st == 404) { /* the engine was replaced by one without it: the fine-grained calls from now on */
         log_warn("remote: %s no longer offers /render", r->where);
         __atomic_store_n(&r->renders, false, __ATOMIC_RELAXED);
@@ -427,7 +428,11 @@ static void url_where(const char *url, char *out, size_t n) {
  * flag), or gives us nothing to tell by: refuse either way. 0 or -1. */
 static int check_parse_special(remote *r, const char *eos, const char *bos, char *err, size_t errlen) {
     strbuf end = {0};
-    llm_msg cm[2] = {{"user", "u"}, {"assistant", "\x1e" "dcend" "\x1f"}};
+    llm_msg cm[2] = {{"user", "u"},
+                     {"assistant",
+                      "\x1e"
+                      "dcend"
+                      "\x1f"}};
     if (remote_apply_template(r, cm, 2, false, &end) == 0 && end.s && strstr(end.s, cm[1].content)) {
         const char *at = strstr(end.s, cm[1].content) + strlen(cm[1].content);
         memmove(end.s, at, strlen(at) + 1);
@@ -550,7 +555,8 @@ void *llm_remote_open(const llm_params *p, llm_info *info, char *err, size_t err
     if (!r->isolates)
         log_warn("remote: the LLM service at %s shares its KV cache between users (not a DisCEdge llm-serve): "
                  "cached-token counts are not passed on to clients, and prompt timings may still show a shared "
-                 "prefix (docs/SECURITY.md)", r->where);
+                 "prefix (docs/SECURITY.md)",
+                 r->where);
     return r;
 }
 

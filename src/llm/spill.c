@@ -54,9 +54,7 @@ struct spill {
     spill_stats st;
 };
 
-spill_params spill_default_params(void) {
-    return (spill_params){.mem_max = 0, .dir = NULL, .disk_budget = 0};
-}
+spill_params spill_default_params(void) { return (spill_params){.mem_max = 0, .dir = NULL, .disk_budget = 0}; }
 
 /* --- the disk's folder --- */
 
@@ -246,7 +244,7 @@ void spill_save(spill *sp, struct llama_context *ctx, int seq, const char *owner
     } else {
         uint8_t *buf = size <= sp->p.disk_budget ? malloc(size) : NULL;
         ok = buf && llama_state_seq_get_data(ctx, buf, size, seq) == size &&
-             disk_write(sp, x.id, buf, size, x.path, sizeof x.path, keep);
+            disk_write(sp, x.id, buf, size, x.path, sizeof x.path, keep);
         free(buf);
         if (!ok) return;
     }

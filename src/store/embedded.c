@@ -135,7 +135,8 @@ static store_status turn_decode(embedded *s, const char *sid, uint32_t turn, MDB
     codec_status cs = record_decode(s, ad, v, NULL, out, &opened);
     if (!opened) return STORE_CORRUPT;
     if (cs || out->turn != turn)
-        return store_fail(STORE_CORRUPT, "turn %u of %s: %s", turn, sid, cs ? codec_status_str(cs) : "turn number mismatch");
+        return store_fail(STORE_CORRUPT, "turn %u of %s: %s", turn, sid,
+                          cs ? codec_status_str(cs) : "turn number mismatch");
     return STORE_OK;
 }
 
@@ -307,7 +308,9 @@ static long embedded_expire(store *base, int64_t now_ms) {
     }
     /* Collect first, delete after: deleting under a live cursor is legal in
      * LMDB but its repositioning rules are subtle; this is not a hot path. */
-    typedef struct { char sid[ID_MAX + 1]; } victim;
+    typedef struct {
+        char sid[ID_MAX + 1];
+    } victim;
     victim *vs = NULL;
     size_t nv = 0, cap = 0;
     MDB_val k, v;

@@ -91,10 +91,10 @@ store_status nats_fail(const char *what, natsStatus st, jsErrCode jerr) {
     /* unreachable (no responders, timeouts, no connection) is "retry later",
      * not "broken" */
     bool unavailable = st == NATS_NO_RESPONDERS || st == NATS_TIMEOUT || st == NATS_CONNECTION_CLOSED ||
-                       st == NATS_CONNECTION_DISCONNECTED || st == NATS_NO_SERVER || jerr == 10008 /* cluster not avail */;
-    return store_fail(unavailable ? STORE_UNAVAILABLE : STORE_IO, "%s: %s%s%s (jetstream error %d)", what, natsStatus_GetText(st),
-                      nats_GetLastError(NULL) ? ": " : "", nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "",
-                      (int)jerr);
+        st == NATS_CONNECTION_DISCONNECTED || st == NATS_NO_SERVER || jerr == 10008 /* cluster not avail */;
+    return store_fail(unavailable ? STORE_UNAVAILABLE : STORE_IO, "%s: %s%s%s (jetstream error %d)", what,
+                      natsStatus_GetText(st), nats_GetLastError(NULL) ? ": " : "",
+                      nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "", (int)jerr);
 }
 
 /* Drops the messages of subj below stream sequence `below` (UINT64_MAX: all)
@@ -114,8 +114,8 @@ void nats_reclaim_below(nstore *s, bool mirror, const char *subj, uint64_t below
     jsErrCode jerr = 0;
     natsStatus ns = js_PurgeStream(mirror ? s->jsl : s->js, s->stream, &o, &jerr);
     if (ns != NATS_OK)
-        log_warn("purge of %s below %llu on the %s failed: %s", subj, (unsigned long long)below, mirror ? "mirror" : "core",
-                 natsStatus_GetText(ns));
+        log_warn("purge of %s below %llu on the %s failed: %s", subj, (unsigned long long)below,
+                 mirror ? "mirror" : "core", natsStatus_GetText(ns));
 }
 
 /* The session's last message as the stream leader has it. */
@@ -201,7 +201,9 @@ static store_status publish_record(nstore *s, const char *subj, const session_me
         if (jerr == JSStreamWrongLastSequenceErr || jerr == 10164) {
             out = unsure ? settle_ambiguous(s, subj, expect, msgid, seq) : STORE_CONFLICT;
             if (out != STORE_UNAVAILABLE) {
-                if (unsure) log_info("publish to %s: %s", subj, out == STORE_OK ? "an earlier try was stored" : "another record was stored");
+                if (unsure)
+                    log_info("publish to %s: %s", subj,
+                             out == STORE_OK ? "an earlier try was stored" : "another record was stored");
                 break;
             }
         } else {
@@ -216,8 +218,10 @@ static store_status publish_record(nstore *s, const char *subj, const session_me
         if (attempt == SETTLE_TRIES) {
             char why[256];
             snprintf(why, sizeof why, "%s", store_last_error());
-            out = store_fail(STORE_UNAVAILABLE, "%s; after %d tries it is not known whether this turn was committed "
-                             "(retry with the same request_id)", why, attempt);
+            out = store_fail(STORE_UNAVAILABLE,
+                             "%s; after %d tries it is not known whether this turn was committed "
+                             "(retry with the same request_id)",
+                             why, attempt);
             break;
         }
         log_warn("publish to %s: %s; the record may have been stored: publishing it again (same Nats-Msg-Id)", subj,
@@ -369,7 +373,8 @@ static uint64_t core_first_seq(nstore *s, const char *subj) {
     json_t *m = json_object_get(resp, "message");
     uint64_t seq = UINT64_MAX;
     if (m) seq = (uint64_t)json_integer_value(json_object_get(m, "seq"));
-    else if (json_integer_value(json_object_get(json_object_get(resp, "error"), "err_code")) == JSNoMessageFoundErr) seq = 0;
+    else if (json_integer_value(json_object_get(json_object_get(resp, "error"), "err_code")) == JSNoMessageFoundErr)
+        seq = 0;
     json_decref(resp);
     return seq;
 }

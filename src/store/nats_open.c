@@ -63,8 +63,8 @@ static int ensure_stream_once(nstore *s, int replicas, char *err, size_t errlen)
     if (js_api(s, subj, cfg, exists, err, errlen) != 0) return -1;
     if (!s->leaf) return 0;
     snprintf(subj, sizeof subj, "$JS.API.STREAM.CREATE.%s", s->stream);
-    json_t *mirror = json_pack("{s:s, s:s, s:b, s:{s:s, s:{s:s}}}", "name", s->stream, "storage", "file", "allow_direct",
-                               1, "mirror", "name", s->stream, "external", "api", s->api);
+    json_t *mirror = json_pack("{s:s, s:s, s:b, s:{s:s, s:{s:s}}}", "name", s->stream, "storage", "file",
+                               "allow_direct", 1, "mirror", "name", s->stream, "external", "api", s->api);
     return js_api(s, subj, mirror, exists, err, errlen);
 }
 
@@ -116,7 +116,8 @@ static natsStatus subscribe_replies(nstore *s) {
 
 store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     for (const char *k = p->keygroup; *k; k++)
-        if (!((*k >= 'a' && *k <= 'z') || (*k >= 'A' && *k <= 'Z') || (*k >= '0' && *k <= '9') || *k == '_' || *k == '-')) {
+        if (!((*k >= 'a' && *k <= 'z') || (*k >= 'A' && *k <= 'Z') || (*k >= '0' && *k <= '9') || *k == '_' ||
+              *k == '-')) {
             snprintf(err, errlen, "keygroup %s: only [A-Za-z0-9_-] allowed", p->keygroup);
             return NULL;
         }
@@ -188,8 +189,10 @@ store *store_nats_open(const store_params *p, char *err, size_t errlen) {
     jsOptions_Init(&lo);
     lo.Wait = 5000;
     if (natsConnection_JetStream(&s->js, s->nc, &jo) != NATS_OK ||
-        (s->leaf && natsConnection_JetStream(&s->jsl, s->nc, &lo) != NATS_OK) || ensure_stream(s, p->replicas, err, errlen) != 0 ||
-        natsConnection_Subscribe(&s->notes, s->nc, all_notes, nats_on_note, s) != NATS_OK || subscribe_replies(s) != NATS_OK) {
+        (s->leaf && natsConnection_JetStream(&s->jsl, s->nc, &lo) != NATS_OK) ||
+        ensure_stream(s, p->replicas, err, errlen) != 0 ||
+        natsConnection_Subscribe(&s->notes, s->nc, all_notes, nats_on_note, s) != NATS_OK ||
+        subscribe_replies(s) != NATS_OK) {
         if (!err[0]) snprintf(err, errlen, "cannot use JetStream on %s", shown);
         nats_close(&s->base);
         return NULL;

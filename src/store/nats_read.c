@@ -40,8 +40,7 @@ store_status nats_direct_get(nstore *s, jsCtx *js, const char *subj, uint64_t se
 
 /* Opens (when sealed, under its subject subj: seal.h) and decodes a commit
  * record of session sid. */
-store_status nats_decode(nstore *s, natsMsg *m, const char *subj, const char *sid, session_meta *meta,
-                           turn_rec *t) {
+store_status nats_decode(nstore *s, natsMsg *m, const char *subj, const char *sid, session_meta *meta, turn_rec *t) {
     strbuf buf = {0};
     size_t n = (size_t)natsMsg_GetDataLength(m);
     const void *p = store_record_open(&s->base, subj, natsMsg_GetData(m), &n, &buf);
@@ -56,7 +55,7 @@ bool nats_tombstone_at(nstore *s, const char *subj, const char *sid, uint64_t se
     natsMsg *m = NULL;
     session_meta meta;
     bool yes = nats_direct_get(s, s->js, subj, seq, false, &m) == STORE_OK && nats_msg_seq(m) == seq &&
-               nats_decode(s, m, subj, sid, &meta, NULL) == STORE_OK && meta.turn == 0;
+        nats_decode(s, m, subj, sid, &meta, NULL) == STORE_OK && meta.turn == 0;
     natsMsg_Destroy(m);
     return yes;
 }
@@ -143,8 +142,8 @@ static store_status absorb(nstore *s, natsMsg *m, const char *subj, const char *
  * like one that does not batch (before 2.11 the fields are ignored and the
  * reply is a single message without Nats-Num-Pending; or a 408 to the
  * request): nothing is appended then. */
-static store_status batch_get(nstore *s, bool core, const char *subj, uint64_t from, natsMsg ***v, int *n,
-                              bool *more, bool *refused) {
+static store_status batch_get(nstore *s, bool core, const char *subj, uint64_t from, natsMsg ***v, int *n, bool *more,
+                              bool *refused) {
     char api[200], reply[96];
     snprintf(api, sizeof api, "%s.DIRECT.GET.%s", core ? s->api : "$JS.API", s->stream);
     json_t *req = json_pack("{s:I, s:s, s:i, s:i}", "seq", (json_int_t)from, "next_by_subj", subj, "batch", BATCH_MSGS,
@@ -215,7 +214,7 @@ void nats_on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     uint64_t id = dot ? strtoull(dot + 1, NULL, 10) : 0;
     const char *hv = NULL;
     bool record = natsMsgHeader_Get(msg, "Status", &hv) != NATS_OK &&
-                  natsMsgHeader_Get(msg, "Nats-Num-Pending", &hv) == NATS_OK;
+        natsMsgHeader_Get(msg, "Nats-Num-Pending", &hv) == NATS_OK;
     pthread_mutex_lock(&s->mu);
     reply_wait *w = s->replies;
     while (w && w->id != id) w = w->next;
@@ -256,8 +255,10 @@ static store_status read_from(nstore *s, jsCtx *js, const char *subj, const char
         free(v);
         if (refused) {
             if (!atomic_exchange(&s->no_batch[core], true))
-                log_warn("the %s's nats-server refuses batched direct gets (before 2.11?): reading sessions one message "
-                         "per round trip", core ? "core" : "mirror");
+                log_warn(
+                    "the %s's nats-server refuses batched direct gets (before 2.11?): reading sessions one message "
+                    "per round trip",
+                    core ? "core" : "mirror");
             break;
         }
         if (st == STORE_NOT_FOUND) return STORE_OK;
@@ -307,8 +308,7 @@ static store_status load_via(nstore *s, jsCtx *js, const char *sid, session_meta
     return STORE_OK;
 }
 
-store_status nats_session_load(store *base, const char *sid, uint32_t want, session_meta *meta,
-                                      turn_rec **turns) {
+store_status nats_session_load(store *base, const char *sid, uint32_t want, session_meta *meta, turn_rec **turns) {
     nstore *s = (nstore *)base;
     store_status st = load_via(s, s->jsl, sid, meta, turns);
     /* Leaf mode: the local mirror does not have the turn the client needs

@@ -99,9 +99,7 @@ int seal_keygen(const char *path, char *err, size_t errlen) {
     return 0;
 }
 
-bool seal_is_sealed(const void *data, size_t n) {
-    return n >= SEAL_OVERHEAD && memcmp(data, header, HEADER) == 0;
-}
+bool seal_is_sealed(const void *data, size_t n) { return n >= SEAL_OVERHEAD && memcmp(data, header, HEADER) == 0; }
 
 /* The associated data: the header, then the caller's name for the record. */
 static void ad_of(const char *ad, strbuf *out) {
@@ -134,8 +132,8 @@ bool seal_decrypt(const seal *k, const char *ad, const void *data, size_t n, str
     strbuf_reserve(out, n - SEAL_OVERHEAD + 1);
     unsigned long long mlen = 0;
     int rc = crypto_aead_xchacha20poly1305_ietf_decrypt((unsigned char *)out->s, &mlen, NULL, p + HEADER + NONCE,
-                                                        n - HEADER - NONCE, (const unsigned char *)a.s, a.n,
-                                                        p + HEADER, k->key);
+                                                        n - HEADER - NONCE, (const unsigned char *)a.s, a.n, p + HEADER,
+                                                        k->key);
     strbuf_free(&a);
     out->n = rc == 0 ? (size_t)mlen : 0;
     out->s[out->n] = '\0';

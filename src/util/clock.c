@@ -18,5 +18,6 @@ int64_t clock_wall_ms(void) {
 
 void clock_sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {}
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
 }

@@ -32,8 +32,8 @@ bool id_is_valid(const char *id) {
     if (n == 0 || n > ID_MAX) return false;
     for (size_t i = 0; i < n; i++) {
         char c = id[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '_' || c == '-' || (c == '.' && i > 0 && i + 1 < n && id[i + 1] != '.');
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+            (c == '.' && i > 0 && i + 1 < n && id[i + 1] != '.');
         if (!ok) return false;
     }
     return true;

@@ -27,7 +27,7 @@ void metrics_define(metrics *m, const char *name, metric_kind kind, const char *
 /* labels: NULL for none. Unknown names are ignored (a programming error
  * that must not take the node down). */
 void metrics_add(metrics *m, const char *name, const char *labels, double v);     /* counter, gauge */
-void metrics_set(metrics *m, const char *name, const char *labels, double v);     /* gauge; a counter kept elsewhere */
+void metrics_set(metrics *m, const char *name, const char *labels, double v); /* gauge; a counter kept elsewhere */
 void metrics_observe(metrics *m, const char *name, const char *labels, double v); /* histogram */
 
 /* Appends every family with at least one series. */

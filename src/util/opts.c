@@ -52,8 +52,8 @@ static int with_unit(const char *s, const unit_name *units, long long plain, lon
 }
 
 int opts_duration_ms(const char *s, long long plain_unit_ms, long long *ms) {
-    static const unit_name u[] = {{"ms", 1}, {"s", 1000}, {"m", 60000}, {"min", 60000}, {"h", 3600000},
-                                  {"d", 86400000}, {NULL, 0}};
+    static const unit_name u[] = {{"ms", 1},      {"s", 1000},     {"m", 60000}, {"min", 60000},
+                                  {"h", 3600000}, {"d", 86400000}, {NULL, 0}};
     return with_unit(s, u, plain_unit_ms, ms);
 }
 
@@ -215,8 +215,8 @@ static int read_config(const char *cmd, const opt *const *tables, const char *pa
         }
         const opt *o = find(tables, name, strlen(name));
         if (!o || !strcmp(name, "config") || !strcmp(name, "help")) {
-            fprintf(stderr, "%s: %s:%d: unknown setting \"%s\" (settings are the long options of --help)\n", cmd,
-                    path, lineno, name);
+            fprintf(stderr, "%s: %s:%d: unknown setting \"%s\" (settings are the long options of --help)\n", cmd, path,
+                    lineno, name);
             rc = -1;
         } else if (o->kind != OPT_FLAG && !has_value) {
             fprintf(stderr, "%s: %s:%d: %s needs a value\n", cmd, path, lineno, name);

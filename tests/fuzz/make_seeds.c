@@ -21,8 +21,12 @@ int main(void) {
     tokvec_append(&t.tok[SEG_USER], user, sizeof user / sizeof user[0]);
     tokvec_append(&t.tok[SEG_REPLY], reply, sizeof reply / sizeof reply[0]);
     tokvec_append(&t.tok[SEG_END], end, 2);
-    session_meta m = {.mode = MODE_TOKENIZED, .turn = 3, .created_ms = 1700000000000, .last_ms = 1700000100000,
-                      .fingerprint = t.fingerprint, .n_tokens = 48};
+    session_meta m = {.mode = MODE_TOKENIZED,
+                      .turn = 3,
+                      .created_ms = 1700000000000,
+                      .last_ms = 1700000100000,
+                      .fingerprint = t.fingerprint,
+                      .n_tokens = 48};
     strcpy(m.user_id, "alice");
     strcpy(m.model, "SmolLM2-135M-Instruct");
     strcpy(m.request_id, "req-7");

@@ -55,8 +55,8 @@ static store *open_nats(int64_t ttl_ms) {
 }
 
 static session_meta meta_of(const char *user, uint32_t turn, int64_t created_ms, int64_t last_ms) {
-    session_meta m = {.mode = MODE_TOKENIZED, .turn = turn, .created_ms = created_ms, .last_ms = last_ms,
-                      .fingerprint = 77};
+    session_meta m = {
+        .mode = MODE_TOKENIZED, .turn = turn, .created_ms = created_ms, .last_ms = last_ms, .fingerprint = 77};
     snprintf(m.user_id, sizeof m.user_id, "%s", user);
     snprintf(m.model, sizeof m.model, "m");
     return m;
@@ -202,7 +202,8 @@ static int commit_needs_the_life_it_read(void) {
     store_close(a);
     store_close(a2);
     store_close(b);
-    if (st == STORE_OK) return fail("turn 3 of alice's old life was committed on bob's session (now %s, owner %s)", got, m.user_id);
+    if (st == STORE_OK)
+        return fail("turn 3 of alice's old life was committed on bob's session (now %s, owner %s)", got, m.user_id);
     if (ls != STORE_OK || m.turn != 2 || strcmp(m.user_id, "bob") != 0)
         return fail("bob's session changed: %s, owner %s", got, m.user_id);
     printf("ok: refused with %s; bob's session is %s\n", store_status_str(st), got);
@@ -274,7 +275,9 @@ static int lost_ack_is_settled(void) {
     store_close(s);
     store_close(fresh);
     if (ls != STORE_OK) return fail("read back: %s", got);
-    if (st != STORE_OK) return fail("commit answered %s (%s) though the stream has turns %s", store_status_str(st), store_last_error(), got);
+    if (st != STORE_OK)
+        return fail("commit answered %s (%s) though the stream has turns %s", store_status_str(st), store_last_error(),
+                    got);
     if (strcmp(got, "1,2") != 0) return fail("the stream has turns %s", got);
     printf("ok: committed once, the stream has turns %s\n", got);
     return 0;
@@ -318,7 +321,8 @@ static int earlier_lives_are_freed_and_reclaimed(void) {
     if (life(w, "single", "alice", 2, now, 20000) != STORE_OK) return fail("single: %s", store_last_error());
     if (!mirror_shows("single", ttl)) return fail("the mirror never showed the first session");
     for (int k = 0; k < 5; k++)
-        if (life(w, sid, "alice", 2, now - 2 * ttl, 20000) != STORE_OK) return fail("life %d: %s", k, store_last_error());
+        if (life(w, sid, "alice", 2, now - 2 * ttl, 20000) != STORE_OK)
+            return fail("life %d: %s", k, store_last_error());
     if (life(w, sid, "alice", 2, now, 20000) != STORE_OK) return fail("live: %s", store_last_error());
     if (life(w, "marker", "alice", 2, now, 1) != STORE_OK) return fail("marker: %s", store_last_error());
     store_close(w);

@@ -74,12 +74,9 @@ static size_t count(const tokvec *t, int32_t id) {
 
 static void render_concatenates(void **state) {
     (void)state;
-    llm_msg msgs[] = {{"system", "You are terse."},
-                      {"user", "Hello there"},
-                      {"assistant", "Hi! How can I help?"},
-                      {"user", "\nStarts with a newline, ends with spaces  "},
-                      {"assistant", " leading space"},
-                      {"user", "Last one"}};
+    llm_msg msgs[] = {{"system", "You are terse."},         {"user", "Hello there"},
+                      {"assistant", "Hi! How can I help?"}, {"user", "\nStarts with a newline, ends with spaces  "},
+                      {"assistant", " leading space"},      {"user", "Last one"}};
     size_t n = sizeof msgs / sizeof msgs[0];
     tokvec whole = {0}, parts = {0};
     assert_int_equal(llm_chat_render(m, msgs, n, true, &whole), 0);
@@ -150,8 +147,11 @@ static void node_close(node *n) {
 /* Runs the scenario in one mode; returns the session id in sid. */
 static void run_scenario(node *n, const scenario *sc, session_mode mode, char sid[ID_MAX + 1], strbuf *replies) {
     for (size_t i = 0; i < sc->n_turns; i++) {
-        ctx_request req = {.mode = mode, .prompt = sc->turns[i].message, .user_id = "robotics_dev",
-                           .session_id = i ? sid : NULL, .turn = (uint32_t)i + 1};
+        ctx_request req = {.mode = mode,
+                           .prompt = sc->turns[i].message,
+                           .user_id = "robotics_dev",
+                           .session_id = i ? sid : NULL,
+                           .turn = (uint32_t)i + 1};
         req.gen = llm_default_gen_params();
         req.gen.temperature = 0;
         req.gen.n_predict = 128;
@@ -172,7 +172,8 @@ static void tokenized_equals_raw(void **state) {
     node n;
     node_open(&n);
     char sid[ID_MAX + 1], raw_sid[ID_MAX + 1];
-    strbuf *tok_replies = calloc(sc.n_turns, sizeof *tok_replies), *raw_replies = calloc(sc.n_turns, sizeof *raw_replies);
+    strbuf *tok_replies = calloc(sc.n_turns, sizeof *tok_replies),
+           *raw_replies = calloc(sc.n_turns, sizeof *raw_replies);
     run_scenario(&n, &sc, MODE_TOKENIZED, sid, tok_replies);
 
     session_meta meta;
@@ -198,7 +199,8 @@ static void tokenized_equals_raw(void **state) {
     for (size_t i = 0; i < sc.n_turns; i++) {
         const tokvec *user = &turns[i].tok[SEG_USER], *reply = &turns[i].tok[SEG_REPLY];
         assert_true(o + user->n <= raw.n);
-        if (memcmp(raw.v + o, user->v, user->n * sizeof(int32_t)) != 0) fail_msg("user segment of turn %zu differs", i + 1);
+        if (memcmp(raw.v + o, user->v, user->n * sizeof(int32_t)) != 0)
+            fail_msg("user segment of turn %zu differs", i + 1);
         o += user->n;
         size_t span = 0; /* the reply runs to the template's end-of-turn marker */
         while (o + span < raw.n && raw.v[o + span] != end->v[0]) span++;
@@ -228,7 +230,7 @@ static void tokenized_equals_raw(void **state) {
     size_t same = 0;
     for (size_t i = 0; i < sc.n_turns; i++)
         same += tok_replies[i].n == raw_replies[i].n &&
-                (tok_replies[i].n == 0 || !memcmp(tok_replies[i].s, raw_replies[i].s, tok_replies[i].n));
+            (tok_replies[i].n == 0 || !memcmp(tok_replies[i].s, raw_replies[i].s, tok_replies[i].n));
     printf("equivalence: %zu turns; user segments identical; %zu of %zu assistant segments re-tokenize differently "
            "(%zu generated ids vs %zu re-tokenized), all detokenize to the same text; raw-mode replies identical to "
            "tokenized in %zu of %zu turns\n",
@@ -346,8 +348,8 @@ static float max_abs_diff(const float *a, const float *b, int n) {
  * tokens per llama_decode call, and returns the largest logit difference
  * between them at the positions in want. b may be NULL: then the rows of
  * ref (row k for the k-th wanted position) stand in for it. */
-static float compare_fresh(struct llama_context *a, struct llama_context *b, const logit_rows *ref,
-                           const int32_t *toks, size_t n, const bool *want) {
+static float compare_fresh(struct llama_context *a, struct llama_context *b, const logit_rows *ref, const int32_t *toks,
+                           size_t n, const bool *want) {
     llama_memory_clear(llama_get_memory(a), true);
     if (b) llama_memory_clear(llama_get_memory(b), true);
     int nv = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(a)));
@@ -387,8 +389,11 @@ static void reuse_within_split_noise(void **state) {
     bool *reply_pos = NULL; /* over all: the positions that predict a reply token or its end */
     for (size_t i = 0; i < sc.n_turns; i++) {
         logit_rows rows = {0};
-        ctx_request req = {.mode = MODE_TOKENIZED, .prompt = sc.turns[i].message, .user_id = "robotics_dev",
-                           .session_id = i ? sid : NULL, .turn = (uint32_t)i + 1};
+        ctx_request req = {.mode = MODE_TOKENIZED,
+                           .prompt = sc.turns[i].message,
+                           .user_id = "robotics_dev",
+                           .session_id = i ? sid : NULL,
+                           .turn = (uint32_t)i + 1};
         req.gen = llm_default_gen_params();
         req.gen.temperature = 0;
         req.gen.n_predict = 128;
@@ -435,7 +440,8 @@ static void reuse_within_split_noise(void **state) {
         assert_int_equal(lt.cached_n, 0);
         same += out.n == reply->n && !memcmp(out.v, reply->v, out.n * sizeof(int32_t));
         printf("reuse: turn %zu: %zu input tokens, %zu reply tokens; largest logit difference from a fresh "
-               "prefill %.4f\n", i + 1, input_n, reply->n, d);
+               "prefill %.4f\n",
+               i + 1, input_n, reply->n, d);
         tokvec_free(&out);
         tokvec_append(&all, t->tok[SEG_END].v, t->tok[SEG_END].n);
         reply_pos = realloc(reply_pos, all.n * sizeof *reply_pos);
@@ -658,12 +664,9 @@ int main(int argc, char **argv) {
     scenario_path = argv[2];
     if (argc == 4) cmocka_set_test_filter(argv[3]); /* e.g. "warm*": one case while working on it */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(render_concatenates),
-        cmocka_unit_test(user_text_cannot_forge_markup),
-        cmocka_unit_test(turn_end_matches_template),
-        cmocka_unit_test(tokenized_equals_raw),
-        cmocka_unit_test(reuse_within_split_noise),
-        cmocka_unit_test(warm_within_split_noise),
+        cmocka_unit_test(render_concatenates),       cmocka_unit_test(user_text_cannot_forge_markup),
+        cmocka_unit_test(turn_end_matches_template), cmocka_unit_test(tokenized_equals_raw),
+        cmocka_unit_test(reuse_within_split_noise),  cmocka_unit_test(warm_within_split_noise),
         cmocka_unit_test(shift_within_split_noise),
     };
     return cmocka_run_group_tests(tests, load_model, free_model);

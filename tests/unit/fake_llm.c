@@ -107,13 +107,18 @@ static void fake_free(void *impl) {
     free(f);
 }
 
-static const llm_ops fake_ops = {.apply_template = apply_template, .tokenize = tokenize, .detokenize = detokenize,
-                                 .generate = generate, .stats = stats, .admit = admit, .free = fake_free};
+static const llm_ops fake_ops = {.apply_template = apply_template,
+                                 .tokenize = tokenize,
+                                 .detokenize = detokenize,
+                                 .generate = generate,
+                                 .stats = stats,
+                                 .admit = admit,
+                                 .free = fake_free};
 
 llm *fake_llm_open(int n_ctx, uint64_t fingerprint, fake_llm **fake) {
     fake_llm *f = calloc(1, sizeof *f);
-    llm_info info = {.n_ctx = n_ctx, .n_threads = 1, .n_vocab = FAKE_VOCAB, .fingerprint = fingerprint,
-                     .bos = FAKE_TOK_BOS};
+    llm_info info = {
+        .n_ctx = n_ctx, .n_threads = 1, .n_vocab = FAKE_VOCAB, .fingerprint = fingerprint, .bos = FAKE_TOK_BOS};
     snprintf(info.name, sizeof info.name, "fake");
     snprintf(info.backend, sizeof info.backend, "fake");
     char err[128];

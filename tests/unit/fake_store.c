@@ -216,9 +216,14 @@ static void fake_close(store *base) {
     free(fs);
 }
 
-static const store_ops fake_ops = {.name = "fake", .meta_get = fake_meta_get, .session_load = fake_session_load,
-                                   .turn_commit = fake_turn_commit, .session_delete = fake_session_delete,
-                                   .expire = fake_expire, .wait = fake_wait, .close = fake_close};
+static const store_ops fake_ops = {.name = "fake",
+                                   .meta_get = fake_meta_get,
+                                   .session_load = fake_session_load,
+                                   .turn_commit = fake_turn_commit,
+                                   .session_delete = fake_session_delete,
+                                   .expire = fake_expire,
+                                   .wait = fake_wait,
+                                   .close = fake_close};
 
 fake_core *fake_core_new(int64_t ttl_ms) {
     fake_core *core = calloc(1, sizeof *core);

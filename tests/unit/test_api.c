@@ -28,13 +28,20 @@ static void error_statuses(void **state) {
         int status;
         const char *type;
     } cases[] = {
-        {DC_E_INVALID, 400, "invalid_request"},   {DC_E_JSON, 400, "invalid_json"},
-        {DC_E_CTX_LENGTH, 400, "context_length_exceeded"}, {DC_E_MODE_MISMATCH, 400, "mode_mismatch"},
-        {DC_E_FORBIDDEN, 403, "forbidden"},       {DC_E_NOT_FOUND, 404, "not_found"},
-        {DC_E_METHOD, 405, "method_not_allowed"}, {DC_E_CONFLICT, 409, "turn_conflict"},
-        {DC_E_INCOMPATIBLE, 409, "incompatible_context"}, {DC_E_TOO_LARGE, 413, "payload_too_large"},
-        {DC_E_INTERNAL, 500, "server_error"},     {DC_E_STORE, 500, "store_error"},
-        {DC_E_STALE, 503, "stale_context"},       {DC_E_UNAVAILABLE, 503, "store_unavailable"},
+        {DC_E_INVALID, 400, "invalid_request"},
+        {DC_E_JSON, 400, "invalid_json"},
+        {DC_E_CTX_LENGTH, 400, "context_length_exceeded"},
+        {DC_E_MODE_MISMATCH, 400, "mode_mismatch"},
+        {DC_E_FORBIDDEN, 403, "forbidden"},
+        {DC_E_NOT_FOUND, 404, "not_found"},
+        {DC_E_METHOD, 405, "method_not_allowed"},
+        {DC_E_CONFLICT, 409, "turn_conflict"},
+        {DC_E_INCOMPATIBLE, 409, "incompatible_context"},
+        {DC_E_TOO_LARGE, 413, "payload_too_large"},
+        {DC_E_INTERNAL, 500, "server_error"},
+        {DC_E_STORE, 500, "store_error"},
+        {DC_E_STALE, 503, "stale_context"},
+        {DC_E_UNAVAILABLE, 503, "store_unavailable"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         assert_int_equal(api_error_status(cases[i].code), cases[i].status);
@@ -75,9 +82,10 @@ static void paper_client_request(void **state) {
     ctx_request r;
     dc_error e = {0};
     /* what the paper's Python client posts, plus a field we do not know */
-    const char *body = "{\"prompt\":\"hi\",\"mode\":\"raw\",\"session_id\":\"s1\",\"user_id\":\"robotics_dev\","
-                       "\"turn\":2,\"temperature\":0,\"seed\":123,\"stream\":false,\"model\":\"Qwen/Qwen1.5-0.5B-Chat\","
-                       "\"n_predict\":64,\"cache_prompt\":true}";
+    const char *body =
+        "{\"prompt\":\"hi\",\"mode\":\"raw\",\"session_id\":\"s1\",\"user_id\":\"robotics_dev\","
+        "\"turn\":2,\"temperature\":0,\"seed\":123,\"stream\":false,\"model\":\"Qwen/Qwen1.5-0.5B-Chat\","
+        "\"n_predict\":64,\"cache_prompt\":true}";
     api_defaults d = {.default_n_predict = 128};
     json_t *root = NULL;
     bool stream = true;
@@ -128,7 +136,8 @@ static void bad_requests(void **state) {
         ctx_request r;
         dc_error e = {0};
         assert_int_equal(parse(cases[i].body, &r, &e), cases[i].code);
-        if (!strstr(e.message, cases[i].says)) fail_msg("%s: message \"%s\" lacks \"%s\"", cases[i].body, e.message, cases[i].says);
+        if (!strstr(e.message, cases[i].says))
+            fail_msg("%s: message \"%s\" lacks \"%s\"", cases[i].body, e.message, cases[i].says);
     }
 }
 
@@ -303,8 +312,17 @@ static void response_ids(void **state) {
     assert_true(api_response_id_parse("resp_a_b_12", sid, &turn)); /* the session id may hold '_' */
     assert_string_equal(sid, "a_b");
     assert_int_equal(turn, 12);
-    static const char *bad[] = {"", "resp_", "resp_abc", "resp_abc_", "resp_abc_0", "resp_abc_01", "resp__3",
-                                "resp_abc_3x", "chatcmpl-abc_3", "resp_a b_3", "resp_0123456789abcdef0123456789abcdef"};
+    static const char *bad[] = {"",
+                                "resp_",
+                                "resp_abc",
+                                "resp_abc_",
+                                "resp_abc_0",
+                                "resp_abc_01",
+                                "resp__3",
+                                "resp_abc_3x",
+                                "chatcmpl-abc_3",
+                                "resp_a b_3",
+                                "resp_0123456789abcdef0123456789abcdef"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         if (api_response_id_parse(bad[i], sid, &turn)) fail_msg("\"%s\" parsed", bad[i]);
     char longid[100] = "resp_";
@@ -325,9 +343,9 @@ static void responses_requests(void **state) {
     json_t *root;
     dc_error e = {0};
     /* stored by default: a new session, instructions as its system message */
-    assert_int_equal(responses("{\"input\":\"hi\",\"instructions\":\"be brief\",\"max_output_tokens\":7}", &req, &c,
-                               &root, &e),
-                     DC_OK);
+    assert_int_equal(
+        responses("{\"input\":\"hi\",\"instructions\":\"be brief\",\"max_output_tokens\":7}", &req, &c, &root, &e),
+        DC_OK);
     assert_true(c.session);
     assert_int_equal(req.mode, MODE_TOKENIZED);
     assert_string_equal(req.prompt, "hi");
@@ -341,10 +359,11 @@ static void responses_requests(void **state) {
     api_chat_free(&c);
     json_decref(root);
     /* continued: the next turn of the previous response's session */
-    assert_int_equal(responses("{\"input\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":\"q\"}]}],"
-                               "\"previous_response_id\":\"resp_s1_4\",\"user\":\"ann\"}",
-                               &req, &c, &root, &e),
-                     DC_OK);
+    assert_int_equal(
+        responses("{\"input\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":\"q\"}]}],"
+                  "\"previous_response_id\":\"resp_s1_4\",\"user\":\"ann\"}",
+                  &req, &c, &root, &e),
+        DC_OK);
     assert_string_equal(req.session_id, "s1");
     assert_int_equal(req.turn, 5);
     assert_string_equal(req.prompt, "q");
@@ -434,15 +453,16 @@ static void metrics_text(void **state) {
     metrics_add(m, "t_nothing", NULL, 1);            /* an unknown name: ignored */
     strbuf out = {0};
     metrics_render(m, &out);
-    assert_string_equal(out.s, "# HELP t_requests_total Requests.\n# TYPE t_requests_total counter\n"
-                               "t_requests_total{route=\"/a\",status=\"200\"} 3\n"
-                               "t_requests_total 1\n"
-                               "# HELP t_seconds Time.\n# TYPE t_seconds histogram\n"
-                               "t_seconds_bucket{mode=\"x\",le=\"0.5\"} 1\n"
-                               "t_seconds_bucket{mode=\"x\",le=\"1\"} 2\n"
-                               "t_seconds_bucket{mode=\"x\",le=\"+Inf\"} 3\n"
-                               "t_seconds_sum{mode=\"x\"} 4\n"
-                               "t_seconds_count{mode=\"x\"} 3\n");
+    assert_string_equal(out.s,
+                        "# HELP t_requests_total Requests.\n# TYPE t_requests_total counter\n"
+                        "t_requests_total{route=\"/a\",status=\"200\"} 3\n"
+                        "t_requests_total 1\n"
+                        "# HELP t_seconds Time.\n# TYPE t_seconds histogram\n"
+                        "t_seconds_bucket{mode=\"x\",le=\"0.5\"} 1\n"
+                        "t_seconds_bucket{mode=\"x\",le=\"1\"} 2\n"
+                        "t_seconds_bucket{mode=\"x\",le=\"+Inf\"} 3\n"
+                        "t_seconds_sum{mode=\"x\"} 4\n"
+                        "t_seconds_count{mode=\"x\"} 3\n");
     strbuf_free(&out);
     metrics_free(m);
 }
@@ -468,8 +488,13 @@ static void api_keys(void **state) {
     assert_string_equal(user, "bob");
     assert_int_equal(auth_check(a, "bearer 0123456789abcdef-ann ", user, &e), DC_OK);
     assert_string_equal(user, "ann");
-    static const char *refused[] = {"0123456789abcdef-ann", "Bearer", "Bearer ", "Bearer 0123456789abcdef-an",
-                                    "Bearer 0123456789abcdef-annn", "Basic 0123456789abcdef-ann", "Bearer ann"};
+    static const char *refused[] = {"0123456789abcdef-ann",
+                                    "Bearer",
+                                    "Bearer ",
+                                    "Bearer 0123456789abcdef-an",
+                                    "Bearer 0123456789abcdef-annn",
+                                    "Basic 0123456789abcdef-ann",
+                                    "Bearer ann"};
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
         if (auth_check(a, refused[i], user, &e) != DC_E_UNAUTHORIZED) fail_msg("\"%s\" accepted", refused[i]);
     assert_int_equal(auth_check(a, NULL, user, &e), DC_E_UNAUTHORIZED);
@@ -502,12 +527,20 @@ static void api_keys(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(error_statuses), cmocka_unit_test(error_body_shape), cmocka_unit_test(paper_client_request),
-        cmocka_unit_test(bad_requests),   cmocka_unit_test(ids),              cmocka_unit_test(utf8),
-        cmocka_unit_test(chat_stateless_and_session), cmocka_unit_test(chat_bad_requests),
-        cmocka_unit_test(utf8_stream_boundaries), cmocka_unit_test(response_ids),
-        cmocka_unit_test(responses_requests), cmocka_unit_test(chat_stream_options),
-        cmocka_unit_test(metrics_text), cmocka_unit_test(api_keys),
+        cmocka_unit_test(error_statuses),
+        cmocka_unit_test(error_body_shape),
+        cmocka_unit_test(paper_client_request),
+        cmocka_unit_test(bad_requests),
+        cmocka_unit_test(ids),
+        cmocka_unit_test(utf8),
+        cmocka_unit_test(chat_stateless_and_session),
+        cmocka_unit_test(chat_bad_requests),
+        cmocka_unit_test(utf8_stream_boundaries),
+        cmocka_unit_test(response_ids),
+        cmocka_unit_test(responses_requests),
+        cmocka_unit_test(chat_stream_options),
+        cmocka_unit_test(metrics_text),
+        cmocka_unit_test(api_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

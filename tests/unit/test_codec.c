@@ -142,8 +142,12 @@ static void bad_fields_are_refused(void **state) {
 
 static void meta_round_trip_and_damage(void **state) {
     (void)state;
-    session_meta m = {.mode = MODE_RAW, .turn = 9, .created_ms = 1700000000000, .last_ms = 1700000009999,
-                      .fingerprint = 42, .n_tokens = 1234};
+    session_meta m = {.mode = MODE_RAW,
+                      .turn = 9,
+                      .created_ms = 1700000000000,
+                      .last_ms = 1700000009999,
+                      .fingerprint = 42,
+                      .n_tokens = 1234};
     strcpy(m.user_id, "robotics_dev");
     strcpy(m.model, "SmolLM2");
     strcpy(m.request_id, "req-9");
@@ -163,7 +167,8 @@ static void meta_round_trip_and_damage(void **state) {
  * it round-trips; a record with it differs from one without only by it. */
 static void meta_node_url_is_optional(void **state) {
     (void)state;
-    session_meta m = {.mode = MODE_TOKENIZED, .turn = 3, .created_ms = 1, .last_ms = 2, .fingerprint = 7, .n_tokens = 99};
+    session_meta m = {
+        .mode = MODE_TOKENIZED, .turn = 3, .created_ms = 1, .last_ms = 2, .fingerprint = 7, .n_tokens = 99};
     strcpy(m.user_id, "u1");
     strcpy(m.model, "SmolLM2");
     strbuf plain = {0}, with = {0};
@@ -210,11 +215,16 @@ static void crc_table_is_constant_and_correct(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(tokens_round_trip),     cmocka_unit_test(tokens_are_compact),
-        cmocka_unit_test(text_round_trip),       cmocka_unit_test(every_truncation_is_refused),
-        cmocka_unit_test(every_bit_flip_is_refused), cmocka_unit_test(bad_fields_are_refused),
-        cmocka_unit_test(meta_round_trip_and_damage), cmocka_unit_test(crc_known_value),
-        cmocka_unit_test(crc_table_is_constant_and_correct), cmocka_unit_test(meta_node_url_is_optional),
+        cmocka_unit_test(tokens_round_trip),
+        cmocka_unit_test(tokens_are_compact),
+        cmocka_unit_test(text_round_trip),
+        cmocka_unit_test(every_truncation_is_refused),
+        cmocka_unit_test(every_bit_flip_is_refused),
+        cmocka_unit_test(bad_fields_are_refused),
+        cmocka_unit_test(meta_round_trip_and_damage),
+        cmocka_unit_test(crc_known_value),
+        cmocka_unit_test(crc_table_is_constant_and_correct),
+        cmocka_unit_test(meta_node_url_is_optional),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

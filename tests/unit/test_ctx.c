@@ -74,7 +74,11 @@ static int teardown(void **state) {
 }
 
 static ctx_request req_of(const char *user, const char *sid, uint32_t turn, const char *prompt) {
-    ctx_request r = {.mode = MODE_TOKENIZED, .prompt = prompt, .session_id = sid, .user_id = user, .turn = turn,
+    ctx_request r = {.mode = MODE_TOKENIZED,
+                     .prompt = prompt,
+                     .session_id = sid,
+                     .user_id = user,
+                     .turn = turn,
                      .gen = llm_default_gen_params()};
     r.gen.n_predict = 16;
     return r;

@@ -99,8 +99,8 @@ static int parse(char *err, size_t errlen, ...) {
 static void takes_each_kind(void **state) {
     (void)state;
     char err[512];
-    assert_int_equal(parse(err, sizeof err, "--port", "9000", "--session-ttl=1d", "--sync-timeout", "1s",
-                           "--max-body", "64K", "--spill-mib", "2G", "--mbps", "2.5", "--node-id", "edge-1", "--llm",
+    assert_int_equal(parse(err, sizeof err, "--port", "9000", "--session-ttl=1d", "--sync-timeout", "1s", "--max-body",
+                           "64K", "--spill-mib", "2G", "--mbps", "2.5", "--node-id", "edge-1", "--llm",
                            "http://u:p@h:1", "--kv-type", "q8_0", "--dir", "/x", "--verbose", "--node", "a", "--node",
                            "b", NULL),
                      0);
@@ -124,9 +124,8 @@ static void takes_each_kind(void **state) {
     assert_int_equal(v.wait_ms, 250);
     assert_int_equal(v.mib, 0);
     assert_int_equal(v.body, 100);
-    assert_int_equal(parse(err, sizeof err, "--session-ttl", "2h", "--sync-timeout", "10m", "--spill-mib", "512MiB",
-                           NULL),
-                     0);
+    assert_int_equal(
+        parse(err, sizeof err, "--session-ttl", "2h", "--sync-timeout", "10m", "--spill-mib", "512MiB", NULL), 0);
     assert_int_equal(v.ttl_s, 7200);
     assert_int_equal(v.wait_ms, 600000);
     assert_int_equal(v.mib, 512);
@@ -270,11 +269,26 @@ static void help_lists_every_row(void **state) {
     close(fd);
     unlink(path);
     assert_int_equal(rc, 1);
-    static const char *says[] = {"A heading.", "  --port N              TCP port (default 8080)",
-                                 "--session-ttl SECS", "(default 86400s)", "--sync-timeout MS", "(default 2000ms)",
-                                 "--max-body BYTES", "(default 1048576)", "--spill-mib N", "(default 1024MiB)",
-                                 "(default 100)", "--node-id NAME", "(default hostname)", "--llm URL",
-                                 "--kv-type T", "(default f16)", "--dir DIR", "--verbose", "--quiet", "--node URL"};
+    static const char *says[] = {"A heading.",
+                                 "  --port N              TCP port (default 8080)",
+                                 "--session-ttl SECS",
+                                 "(default 86400s)",
+                                 "--sync-timeout MS",
+                                 "(default 2000ms)",
+                                 "--max-body BYTES",
+                                 "(default 1048576)",
+                                 "--spill-mib N",
+                                 "(default 1024MiB)",
+                                 "(default 100)",
+                                 "--node-id NAME",
+                                 "(default hostname)",
+                                 "--llm URL",
+                                 "--kv-type T",
+                                 "(default f16)",
+                                 "--dir DIR",
+                                 "--verbose",
+                                 "--quiet",
+                                 "--node URL"};
     for (size_t i = 0; i < sizeof says / sizeof *says; i++)
         if (!strstr(out, says[i])) fail_msg("--help lacks \"%s\":\n%s", says[i], out);
     for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))

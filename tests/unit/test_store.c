@@ -46,8 +46,12 @@ static store *open_store(int64_t ttl_ms) {
 
 static session_meta meta_at(uint32_t turn, int64_t last_ms) {
     /* one life per session id: a commit continues the life it read (store.h) */
-    session_meta m = {.mode = MODE_TOKENIZED, .turn = turn, .created_ms = 1700000000000, .last_ms = last_ms,
-                      .fingerprint = 77, .n_tokens = turn * 3};
+    session_meta m = {.mode = MODE_TOKENIZED,
+                      .turn = turn,
+                      .created_ms = 1700000000000,
+                      .last_ms = last_ms,
+                      .fingerprint = 77,
+                      .n_tokens = turn * 3};
     strcpy(m.user_id, "alice");
     strcpy(m.model, "m");
     return m;

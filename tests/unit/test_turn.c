@@ -44,8 +44,10 @@ static void extremes(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(new_session), cmocka_unit_test(next_turn_proceeds),
-        cmocka_unit_test(repeated_or_old_turn_conflicts), cmocka_unit_test(behind_waits_then_goes_stale),
+        cmocka_unit_test(new_session),
+        cmocka_unit_test(next_turn_proceeds),
+        cmocka_unit_test(repeated_or_old_turn_conflicts),
+        cmocka_unit_test(behind_waits_then_goes_stale),
         cmocka_unit_test(extremes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
