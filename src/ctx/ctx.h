@@ -21,7 +21,7 @@ typedef struct {
     int stale_retries;    /* re-reads when the stored turn is behind (paper: 3) */
     int stale_retry_ms;   /* pause between re-reads (paper: 10 ms) */
     int sync_timeout_ms;  /* longest wait for a missing turn to replicate (store_wait) */
-    int max_sessions_per_user; /* live sessions a user may create through this node (owners.h); 0: no limit */
+    int max_sessions_per_user; /* live sessions a user may create through this node (util/quota.h); 0: no limit */
     long max_session_tokens;   /* the longest conversation a session may hold, in tokens (its whole stored context
                                   plus a turn's message and n_predict); a turn past it is DC_E_SESSION_FULL; 0: no limit */
     warm_params warm;          /* warm handover (warm.h; node_id is node_id's): on when the engine warms */
