@@ -155,6 +155,24 @@ class LlmServer(Node):
         return "http://127.0.0.1:%d" % self.fixed_port
 
 
+def remote_pair(binary, model, llm_extra=(), node_id="cm"):
+    """A `discedge llm-serve` started with llm_extra and a node on it
+    (`serve --llm`): (llm, node). Stop with stop_pair."""
+    llm = LlmServer(binary, model, extra=list(llm_extra)).start()
+    try:
+        return llm, Node(binary, model, node_id=node_id, llm_url=llm.url).start()
+    except Exception:
+        llm.cleanup()
+        raise
+
+
+def stop_pair(llm, node):
+    try:
+        node.cleanup()
+    finally:
+        llm.cleanup()
+
+
 def detokenize(binary, model, *id_lists):
     """The text of each list of token ids, from a short-lived `discedge
     llm-serve` of the same model (its /detokenize). How a test reads what a

@@ -15,7 +15,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import LlmServer, Node, raw_post, turns_of  # noqa: E402
+from dcnode import LlmServer, Node, raw_post, remote_pair, stop_pair, turns_of  # noqa: E402
 from fake_llama import FakeLlama  # noqa: E402
 
 BIN = MODEL = None
@@ -370,19 +370,11 @@ class RemoteTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.llm = LlmServer(BIN, MODEL, extra=ONE_THREAD + ["--kv-cache-sessions", "4"]).start()
-        try:
-            cls.node = Node(BIN, MODEL, node_id="cm", llm_url=cls.llm.url).start()
-        except Exception:
-            cls.llm.cleanup()
-            raise
+        cls.llm, cls.node = remote_pair(BIN, MODEL, ONE_THREAD + ["--kv-cache-sessions", "4"])
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.node.cleanup()
-        finally:
-            cls.llm.cleanup()
+        stop_pair(cls.llm, cls.node)
 
     def test_same_conversation_as_a_local_engine(self):
         # fresh engines on both sides, so both run the same llama_decode calls
@@ -486,19 +478,11 @@ class RemoteRoundTripTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.llm = LlmServer(BIN, MODEL, extra=ONE_THREAD + ["--kv-cache-sessions", "4", "--log-level", "debug"]).start()
-        try:
-            cls.node = Node(BIN, MODEL, node_id="cm", llm_url=cls.llm.url).start()
-        except Exception:
-            cls.llm.cleanup()
-            raise
+        cls.llm, cls.node = remote_pair(BIN, MODEL, ONE_THREAD + ["--kv-cache-sessions", "4", "--log-level", "debug"])
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.node.cleanup()
-        finally:
-            cls.llm.cleanup()
+        stop_pair(cls.llm, cls.node)
 
     def calls(self):
         """The requests llm-serve has logged: "METHOD /path" each."""

@@ -22,7 +22,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dcnode import LlmServer, Node, raw_post, turns_of  # noqa: E402
+from dcnode import LlmServer, Node, raw_post, remote_pair, stop_pair, turns_of  # noqa: E402
 from fake_llama import FakeLlama  # noqa: E402
 
 BIN = MODEL = GEMMA = None
@@ -163,19 +163,11 @@ class RemoteEngine(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.llm = LlmServer(BIN, MODEL, extra=ONE + ["--parallel", "1", "--kv-cache-sessions", "4"]).start()
-        try:
-            cls.node = Node(BIN, MODEL, node_id="cm", llm_url=cls.llm.url).start()
-        except Exception:
-            cls.llm.cleanup()
-            raise
+        cls.llm, cls.node = remote_pair(BIN, MODEL, ONE + ["--parallel", "1", "--kv-cache-sessions", "4"])
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.node.cleanup()
-        finally:
-            cls.llm.cleanup()
+        stop_pair(cls.llm, cls.node)
 
     def test_kv_reuse_is_confined_to_its_owner_on_a_remote_engine(self):
         assert_owner_isolation(self, self.node)
